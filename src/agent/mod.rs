@@ -1,0 +1,2 @@
+//! The conversation engine.
+pub mod extract;

@@ -1,0 +1,231 @@
+//! The `callbox` command: argument parsing and one function per subcommand. Subcommands return
+//! an exit code; errors that reach here are printed once, plainly, by `main`.
+
+mod doctor;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, ConfigSource, LogTarget};
+use crate::models::{self, Manifest};
+use crate::store::{DbKey, OpenMode, Store};
+
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (rev ",
+    env!("CALLBOX_GIT_REV"),
+    ", features: ",
+    env!("CALLBOX_FEATURES"),
+    ")"
+);
+
+#[derive(Debug, Parser)]
+#[command(name = "callbox", version = VERSION, about = "On-prem AI phone agent appliance")]
+pub struct Cli {
+    /// Config file (default /etc/callbox/callbox.toml, else the embedded default).
+    #[arg(long, global = true, env = "CALLBOX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where logs go: auto (journald under systemd, else stderr), journald or stderr.
+    #[arg(long, global = true, value_parser = parse_log_target)]
+    pub log: Option<LogTarget>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+fn parse_log_target(s: &str) -> Result<LogTarget, String> {
+    match s {
+        "auto" => Ok(LogTarget::Auto),
+        "journald" => Ok(LogTarget::Journald),
+        "stderr" => Ok(LogTarget::Stderr),
+        _ => Err("expected auto, journald or stderr".into()),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Configuration checks.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The database: migrations, statistics, backups.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Models: what is installed and verified.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Checks everything the box needs and says how to fix what is wrong.
+    Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Loads and validates the configuration; exit code 2 when it is invalid.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Creates the database or brings its schema up to date.
+    Migrate,
+    /// Row counts per table.
+    Stats,
+    /// Online backup to a new file.
+    Backup { path: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Every model of the manifest with its installation state.
+    List,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config_path = cli.config.as_deref();
+    if let Command::Config(ConfigCommand::Check) = cli.command {
+        return Ok(config_check(config_path));
+    }
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let log_target = cli.log.unwrap_or(config.logging.target);
+    crate::system::logging::init(config.logging.level, log_target)?;
+    match cli.command {
+        Command::Config(ConfigCommand::Check) => unreachable!("handled above"),
+        Command::Db(cmd) => db(&config, cmd),
+        Command::Models(ModelsCommand::List) => models_list(&config),
+        Command::Doctor => Ok(doctor::run(&config)),
+    }
+}
+
+fn config_check(path: Option<&Path>) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            match &config.source {
+                ConfigSource::Embedded => println!(
+                    "no config file ({} absent, no --config or CALLBOX_CONFIG): using the embedded default",
+                    crate::config::DEFAULT_CONFIG_PATH
+                ),
+                ConfigSource::File(p) => println!("{}: valid", p.display()),
+            }
+            println!(
+                "  unit        {} (tenant {})",
+                config.unit.id, config.unit.tenant
+            );
+            println!("  state       {}", config.store.dir.display());
+            println!("  sip         {}", config.sip.listen);
+            match &config.mqtt {
+                Some(m) => println!("  mqtt        {}:{} (tls: {})", m.host, m.port, m.tls),
+                None => println!("  mqtt        none (summaries stay in the outbox)"),
+            }
+            println!("  script      {}", config.agent.script);
+            ExitCode::SUCCESS
+        }
+        Err(e @ ConfigError::Invalid { .. }) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The database key named by the config, if any.
+pub fn db_key(config: &Config) -> anyhow::Result<Option<DbKey>> {
+    config
+        .store
+        .key_file
+        .as_deref()
+        .map(DbKey::from_file)
+        .transpose()
+        .map_err(Into::into)
+}
+
+/// Opens the configured database, creating and migrating it when needed.
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let key = db_key(config)?;
+    Ok(Store::open(
+        &config.store.database_path(),
+        key.as_ref(),
+        OpenMode::CreateAndMigrate,
+    )?)
+}
+
+fn db(config: &Config, cmd: DbCommand) -> anyhow::Result<ExitCode> {
+    let key = db_key(config)?;
+    let path = config.store.database_path();
+    match cmd {
+        DbCommand::Migrate => {
+            let existed = path.exists();
+            let mut store = Store::open(&path, key.as_ref(), OpenMode::CreateAndMigrate)?;
+            let (from, to) = store.migrate()?;
+            let verb = if existed { "migrated" } else { "created" };
+            if from == to && existed {
+                println!("{}: schema version {to}, up to date", path.display());
+            } else {
+                println!("{}: {verb}, schema version {from} -> {to}", path.display());
+                store.audit("installer", "db.migrate", &format!("{from} -> {to}"))?;
+            }
+        }
+        DbCommand::Stats => {
+            let store = Store::open(&path, key.as_ref(), OpenMode::Existing)?;
+            println!(
+                "{} (schema version {})",
+                path.display(),
+                store.schema_version()?
+            );
+            for (table, rows) in store.stats()? {
+                println!("  {table:<12} {rows:>8}");
+            }
+        }
+        DbCommand::Backup { path: dest } => {
+            let store = Store::open(&path, key.as_ref(), OpenMode::Existing)?;
+            store
+                .backup(&dest, key.as_ref())
+                .with_context(|| format!("backup to {} failed", dest.display()))?;
+            println!("backed up {} to {}", path.display(), dest.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn models_list(config: &Config) -> anyhow::Result<ExitCode> {
+    let manifest = Manifest::embedded();
+    println!("models directory: {}", config.models.dir.display());
+    let mut missing_required = false;
+    for model in &manifest.models {
+        let checks = models::check_model(&config.models.dir, model);
+        let bytes: u64 = model.files.iter().map(|f| f.size).sum();
+        let state = match checks.iter().find(|c| !c.state.is_ok()) {
+            None => "verified".to_string(),
+            Some(c) => format!("{}: {:?}", c.file.path, c.state),
+        };
+        if model.required && checks.iter().any(|c| !c.state.is_ok()) {
+            missing_required = true;
+        }
+        println!(
+            "  {:<18} {:<4} {:<9} {:>7.1} MiB  {}",
+            model.id,
+            model.role,
+            if model.required {
+                "required"
+            } else {
+                "optional"
+            },
+            bytes as f64 / (1024.0 * 1024.0),
+            state
+        );
+    }
+    if missing_required {
+        println!("run models/fetch to install the required models");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,853 @@
+//! The box's configuration: one TOML file (default `/etc/callbox/callbox.toml`, or `--config`,
+//! or `CALLBOX_CONFIG`), validated field by field before anything runs. With no file at all the
+//! embedded default (`default.toml`) is used, which runs on a developer machine.
+//!
+//! Every problem is reported with the file, line, column, the offending key and what would be
+//! valid, all at once, so an installer fixes the file in one pass.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+
+use crate::models::Manifest;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/callbox/callbox.toml";
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(file, problems))]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One thing wrong in a config file, located in the source text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+    pub valid: String,
+}
+
+fn render_problems(file: &str, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{file}:{}:{}: `{}`: {}",
+            p.line, p.column, p.key, p.message
+        ));
+        if !p.valid.is_empty() {
+            out.push_str(&format!("\n    valid: {}", p.valid));
+        }
+    }
+    out
+}
+
+/// Where the configuration in force came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    Embedded,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: ConfigSource,
+    pub unit: UnitConfig,
+    pub store: StoreConfig,
+    pub models: ModelsConfig,
+    pub agent: AgentConfig,
+    pub sip: SipConfig,
+    pub audio: AudioConfig,
+    pub modem: Option<ModemConfig>,
+    pub mqtt: Option<MqttConfig>,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct UnitConfig {
+    pub id: String,
+    pub tenant: String,
+    pub market: Market,
+    pub timezone: chrono_tz::Tz,
+}
+
+/// The regulatory market, which decides when the box must say it is automated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Market {
+    Us,
+    Ca,
+    Uk,
+    Eu,
+    Au,
+}
+
+impl Market {
+    pub const NAMES: &'static str = "us, ca, uk, eu, au";
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub retention_days: u32,
+}
+
+impl StoreConfig {
+    pub fn database_path(&self) -> PathBuf {
+        self.dir.join("callbox.db")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelsConfig {
+    pub dir: PathBuf,
+    pub stt: String,
+    pub llm: String,
+    pub tts: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `clinic`, `law` (built-in scripts) or a path to a script file.
+    pub script: String,
+    pub silence_reprompt_s: u32,
+    pub silence_hangup_s: u32,
+    pub max_turns: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SipTransport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+#[derive(Debug, Clone)]
+pub struct SipConfig {
+    pub listen: SocketAddr,
+    pub transport: SipTransport,
+    pub max_calls: u32,
+    pub answer_after_rings: u32,
+    pub registrar: Option<String>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AudioConfig {
+    pub capture_device: Option<String>,
+    pub playback_device: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModemConfig {
+    pub port: PathBuf,
+    pub baud: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub keepalive_s: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    Auto,
+    Journald,
+    Stderr,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LoggingConfig {
+    pub level: LogLevel,
+    pub target: LogTarget,
+}
+
+// ---- The file as written: every field optional, unknown keys refused. ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    unit: Option<RawUnit>,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    models: RawModels,
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    sip: RawSip,
+    #[serde(default)]
+    audio: RawAudio,
+    modem: Option<RawModem>,
+    mqtt: Option<RawMqtt>,
+    #[serde(default)]
+    logging: RawLogging,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnit {
+    id: String,
+    tenant: String,
+    market: Option<Market>,
+    timezone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    dir: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    retention_days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModels {
+    dir: Option<PathBuf>,
+    stt: Option<String>,
+    llm: Option<String>,
+    tts: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    script: Option<String>,
+    silence_reprompt_s: Option<u32>,
+    silence_hangup_s: Option<u32>,
+    max_turns: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    listen: Option<String>,
+    transport: Option<SipTransport>,
+    max_calls: Option<u32>,
+    answer_after_rings: Option<u32>,
+    registrar: Option<String>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudio {
+    capture_device: Option<String>,
+    playback_device: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModem {
+    port: PathBuf,
+    baud: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    broker: String,
+    client_id: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    keepalive_s: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    level: Option<LogLevel>,
+    target: Option<LogTarget>,
+}
+
+const SERIAL_BAUDS: [u32; 8] = [9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600];
+
+/// Which config to load, as the command line and environment ask for it.
+pub fn choose_path(cli: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = cli {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("CALLBOX_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    default.exists().then(|| default.to_path_buf())
+}
+
+impl Config {
+    /// Loads the config named on the command line or by `CALLBOX_CONFIG`, else the system file,
+    /// else the embedded default. A named file that is missing is an error, never a silent default.
+    pub fn load(cli: Option<&Path>) -> Result<Config, ConfigError> {
+        match choose_path(cli) {
+            Some(path) => Config::from_file(&path),
+            None => Config::embedded(),
+        }
+    }
+
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::parse(
+            EMBEDDED_DEFAULT,
+            "<embedded default>",
+            ConfigSource::Embedded,
+        )
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = Config::parse(
+            &text,
+            &path.display().to_string(),
+            ConfigSource::File(path.to_path_buf()),
+        )?;
+        config.make_paths_relative_to(base);
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `file` names it in messages.
+    pub fn parse(text: &str, file: &str, source: ConfigSource) -> Result<Config, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            file: file.to_string(),
+            problems,
+        };
+        let doc = match DeTable::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => return Err(invalid(vec![problem_from_toml(text, None, &e)])),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                return Err(invalid(vec![problem_from_toml(
+                    text,
+                    Some(doc.get_ref()),
+                    &e,
+                )]))
+            }
+        };
+        let mut v = Validator {
+            text,
+            doc: doc.get_ref(),
+            problems: Vec::new(),
+        };
+        let config = v.resolve(raw, source);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(invalid(v.problems))
+        }
+    }
+
+    fn make_paths_relative_to(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for p in [
+            self.store.key_file.as_mut(),
+            self.sip.password_file.as_mut(),
+            self.modem.as_mut().map(|m| &mut m.port),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        if let Some(m) = self.mqtt.as_mut() {
+            for p in [
+                m.password_file.as_mut(),
+                m.ca_file.as_mut(),
+                m.cert_file.as_mut(),
+                m.key_file.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                fix(p);
+            }
+        }
+    }
+}
+
+/// State directory when the config names none: `$XDG_STATE_HOME/callbox`, else `./callbox-data`.
+pub fn default_state_dir() -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME").filter(|p| !p.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("callbox"),
+        None => PathBuf::from("callbox-data"),
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    doc: &'a DeTable<'a>,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn report(&mut self, key: &str, message: impl Into<String>, valid: impl Into<String>) {
+        let path: Vec<&str> = key.split('.').collect();
+        let offset = span_of(self.doc, &path).map(|s| s.start).unwrap_or(0);
+        let (line, column) = line_col(self.text, offset);
+        self.problems.push(Problem {
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+            valid: valid.into(),
+        });
+    }
+
+    fn range(&mut self, key: &str, value: Option<u32>, default: u32, lo: u32, hi: u32) -> u32 {
+        match value {
+            Some(v) if v < lo || v > hi => {
+                self.report(key, format!("{v} is out of range"), format!("{lo} to {hi}"));
+                default
+            }
+            Some(v) => v,
+            None => default,
+        }
+    }
+
+    fn existing_file(&mut self, key: &str, path: Option<PathBuf>) -> Option<PathBuf> {
+        if let Some(p) = &path {
+            if p.as_os_str().is_empty() {
+                self.report(key, "is empty", "a path to an existing file");
+            }
+        }
+        path
+    }
+
+    fn resolve(&mut self, raw: RawConfig, source: ConfigSource) -> Config {
+        let unit = self.unit(raw.unit, &source);
+        let store = StoreConfig {
+            dir: raw.store.dir.unwrap_or_else(default_state_dir),
+            key_file: self.existing_file("store.key_file", raw.store.key_file),
+            retention_days: self.range(
+                "store.retention_days",
+                raw.store.retention_days,
+                90,
+                1,
+                3650,
+            ),
+        };
+        let models = self.models(raw.models);
+        let agent = self.agent(raw.agent);
+        let sip = self.sip(raw.sip);
+        for (key, dev) in [
+            ("audio.capture_device", &raw.audio.capture_device),
+            ("audio.playback_device", &raw.audio.playback_device),
+        ] {
+            if dev.as_deref().is_some_and(|d| d.trim().is_empty()) {
+                self.report(
+                    key,
+                    "is empty",
+                    "an ALSA device name such as \"hw:1,0\" or \"default\"",
+                );
+            }
+        }
+        let audio = AudioConfig {
+            capture_device: raw.audio.capture_device,
+            playback_device: raw.audio.playback_device,
+        };
+        let modem = raw.modem.map(|m| {
+            let baud = m.baud.unwrap_or(115_200);
+            if !SERIAL_BAUDS.contains(&baud) {
+                let valid = SERIAL_BAUDS.map(|b| b.to_string()).join(", ");
+                self.report(
+                    "modem.baud",
+                    format!("{baud} is not a standard serial rate"),
+                    valid,
+                );
+            }
+            if !m.port.is_absolute() && matches!(source, ConfigSource::Embedded) {
+                self.report(
+                    "modem.port",
+                    "must be an absolute path",
+                    "e.g. /dev/ttyUSB2",
+                );
+            }
+            ModemConfig { port: m.port, baud }
+        });
+        let mqtt = raw.mqtt.map(|m| self.mqtt(m, &unit.id));
+        let logging = LoggingConfig {
+            level: raw.logging.level.unwrap_or(LogLevel::Info),
+            target: raw.logging.target.unwrap_or(LogTarget::Auto),
+        };
+        Config {
+            source,
+            unit,
+            store,
+            models,
+            agent,
+            sip,
+            audio,
+            modem,
+            mqtt,
+            logging,
+        }
+    }
+
+    fn unit(&mut self, raw: Option<RawUnit>, source: &ConfigSource) -> UnitConfig {
+        let Some(raw) = raw else {
+            self.problems.push(Problem {
+                line: 1,
+                column: 1,
+                key: "unit".into(),
+                message: format!(
+                    "the [unit] table is missing{}",
+                    if *source == ConfigSource::Embedded {
+                        ""
+                    } else {
+                        " from the file"
+                    }
+                ),
+                valid: "[unit] with id = \"...\" and tenant = \"...\"".into(),
+            });
+            return UnitConfig {
+                id: String::new(),
+                tenant: String::new(),
+                market: Market::Us,
+                timezone: chrono_tz::UTC,
+            };
+        };
+        for (key, value) in [("unit.id", &raw.id), ("unit.tenant", &raw.tenant)] {
+            if !is_topic_safe_id(value) {
+                self.report(
+                    key,
+                    format!("{value:?} is not a valid identifier"),
+                    "1 to 64 characters of a-z, 0-9, '-' and '_' (it appears in MQTT topics)",
+                );
+            }
+        }
+        let timezone = match raw.timezone.as_deref() {
+            None => chrono_tz::UTC,
+            Some(name) => match name.parse::<chrono_tz::Tz>() {
+                Ok(tz) => tz,
+                Err(_) => {
+                    self.report(
+                        "unit.timezone",
+                        format!("{name:?} is not a known time zone"),
+                        "an IANA time zone name such as \"America/Chicago\" or \"Europe/London\"",
+                    );
+                    chrono_tz::UTC
+                }
+            },
+        };
+        UnitConfig {
+            id: raw.id,
+            tenant: raw.tenant,
+            market: raw.market.unwrap_or(Market::Us),
+            timezone,
+        }
+    }
+
+    fn models(&mut self, raw: RawModels) -> ModelsConfig {
+        let manifest = Manifest::embedded();
+        let mut pick = |key: &str, value: Option<String>, role: &str, default: &str| {
+            let id = value.unwrap_or_else(|| default.to_string());
+            match manifest.get(&id) {
+                Some(m) if m.role == role => {}
+                _ => {
+                    let valid: Vec<&str> = manifest
+                        .models
+                        .iter()
+                        .filter(|m| m.role == role)
+                        .map(|m| m.id.as_str())
+                        .collect();
+                    self.report(
+                        key,
+                        format!("{id:?} is not a {role} model of the manifest"),
+                        valid.join(", "),
+                    );
+                }
+            }
+            id
+        };
+        let stt = pick("models.stt", raw.stt, "stt", "whisper-tiny-en");
+        let llm = pick("models.llm", raw.llm, "llm", "smollm2-135m");
+        let tts = pick("models.tts", raw.tts, "tts", "piper-joe");
+        ModelsConfig {
+            dir: raw.dir.unwrap_or_else(crate::models::default_models_dir),
+            stt,
+            llm,
+            tts,
+        }
+    }
+
+    fn agent(&mut self, raw: RawAgent) -> AgentConfig {
+        let script = raw.script.unwrap_or_else(|| "clinic".into());
+        if script.trim().is_empty() {
+            self.report(
+                "agent.script",
+                "is empty",
+                "\"clinic\", \"law\" or a path to a script file",
+            );
+        }
+        let reprompt = self.range("agent.silence_reprompt_s", raw.silence_reprompt_s, 6, 2, 60);
+        let hangup = self.range("agent.silence_hangup_s", raw.silence_hangup_s, 20, 5, 300);
+        if hangup <= reprompt {
+            self.report(
+                "agent.silence_hangup_s",
+                format!("{hangup} s is not longer than silence_reprompt_s ({reprompt} s)"),
+                "a value greater than agent.silence_reprompt_s",
+            );
+        }
+        AgentConfig {
+            script,
+            silence_reprompt_s: reprompt,
+            silence_hangup_s: hangup,
+            max_turns: self.range("agent.max_turns", raw.max_turns, 40, 4, 200),
+        }
+    }
+
+    fn sip(&mut self, raw: RawSip) -> SipConfig {
+        let default_listen: SocketAddr = ([127, 0, 0, 1], 5060).into();
+        let listen = match raw.listen.as_deref() {
+            None => default_listen,
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                self.report(
+                    "sip.listen",
+                    format!("{text:?} is not an address with a port"),
+                    "IP:port such as \"0.0.0.0:5060\" or \"[::]:5060\"",
+                );
+                default_listen
+            }),
+        };
+        if let Some(reg) = &raw.registrar {
+            let rest = reg
+                .strip_prefix("sip:")
+                .or_else(|| reg.strip_prefix("sips:"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(' ')) {
+                self.report(
+                    "sip.registrar",
+                    format!("{reg:?} is not a SIP URI"),
+                    "\"sip:pbx.example.lan\" or \"sip:10.0.0.2:5060\"",
+                );
+            }
+            if raw.user.is_none() {
+                self.report(
+                    "sip.registrar",
+                    "a registrar needs sip.user",
+                    "add user = \"<extension>\" to [sip]",
+                );
+            }
+        }
+        SipConfig {
+            listen,
+            transport: raw.transport.unwrap_or(SipTransport::Udp),
+            max_calls: self.range("sip.max_calls", raw.max_calls, 4, 1, 32),
+            answer_after_rings: self.range(
+                "sip.answer_after_rings",
+                raw.answer_after_rings,
+                1,
+                0,
+                10,
+            ),
+            registrar: raw.registrar,
+            user: raw.user,
+            password_file: self.existing_file("sip.password_file", raw.password_file),
+        }
+    }
+
+    fn mqtt(&mut self, raw: RawMqtt, unit_id: &str) -> MqttConfig {
+        let (tls, rest, default_port) = if let Some(r) = raw.broker.strip_prefix("mqtts://") {
+            (true, r, 8883)
+        } else if let Some(r) = raw.broker.strip_prefix("mqtt://") {
+            (false, r, 1883)
+        } else {
+            self.report(
+                "mqtt.broker",
+                format!("{:?} is not an MQTT URL", raw.broker),
+                "mqtt://host[:port] or mqtts://host[:port]",
+            );
+            (false, raw.broker.as_str(), 1883)
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || p.parse::<u16>().is_ok() => match p.parse::<u16>()
+            {
+                Ok(port) if port > 0 => (h.trim_matches(['[', ']']).to_string(), port),
+                _ => {
+                    self.report(
+                        "mqtt.broker",
+                        format!("port {p:?} is not a number from 1 to 65535"),
+                        "mqtt://host:1883",
+                    );
+                    (h.to_string(), default_port)
+                }
+            },
+            _ => (rest.trim_matches(['[', ']']).to_string(), default_port),
+        };
+        if host.is_empty() {
+            self.report("mqtt.broker", "has no host", "mqtt://host[:port]");
+        }
+        if raw.cert_file.is_some() != raw.key_file.is_some() {
+            self.report(
+                "mqtt.cert_file",
+                "a client certificate needs both cert_file and key_file",
+                "set both mqtt.cert_file and mqtt.key_file, or neither",
+            );
+        }
+        if !tls && (raw.ca_file.is_some() || raw.cert_file.is_some()) {
+            self.report(
+                "mqtt.broker",
+                "TLS files are set but the broker URL is not mqtts://",
+                "mqtts://host:8883",
+            );
+        }
+        if raw.password_file.is_some() && raw.username.is_none() {
+            self.report(
+                "mqtt.password_file",
+                "a password needs mqtt.username",
+                "add username = \"...\"",
+            );
+        }
+        let client_id = raw.client_id.unwrap_or_else(|| unit_id.to_string());
+        if client_id.is_empty() || client_id.len() > 64 {
+            self.report(
+                "mqtt.client_id",
+                "must be 1 to 64 characters",
+                "e.g. the unit id",
+            );
+        }
+        MqttConfig {
+            host,
+            port,
+            tls,
+            client_id,
+            username: raw.username,
+            password_file: self.existing_file("mqtt.password_file", raw.password_file),
+            ca_file: self.existing_file("mqtt.ca_file", raw.ca_file),
+            cert_file: raw.cert_file,
+            key_file: raw.key_file,
+            keepalive_s: self.range("mqtt.keepalive_s", raw.keepalive_s, 30, 5, 1200),
+        }
+    }
+}
+
+/// An identifier that is safe inside an MQTT topic and a file name.
+pub fn is_topic_safe_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn problem_from_toml(text: &str, doc: Option<&DeTable>, e: &toml::de::Error) -> Problem {
+    let span = e.span().unwrap_or(0..0);
+    let (line, column) = line_col(text, span.start);
+    let key = doc
+        .and_then(|d| key_at(d, span.start, &mut Vec::new()))
+        .unwrap_or_else(|| "(syntax)".into());
+    let message = e.message().trim().to_string();
+    let valid = match message.split_once(", expected ") {
+        Some((_, expected)) => expected.to_string(),
+        None if message.starts_with("missing field") => "add the field".into(),
+        None => String::new(),
+    };
+    Problem {
+        line,
+        column,
+        key,
+        message,
+        valid,
+    }
+}
+
+/// The span of the value at a dotted key path, if the file has it.
+fn span_of(table: &DeTable, path: &[&str]) -> Option<Range<usize>> {
+    let (first, rest) = path.split_first()?;
+    let (key, value) = table.iter().find(|(k, _)| k.get_ref() == first)?;
+    if rest.is_empty() {
+        return Some(value.span());
+    }
+    match value.get_ref() {
+        DeValue::Table(inner) => span_of(inner, rest).or_else(|| Some(key.span())),
+        _ => Some(value.span()),
+    }
+}
+
+/// The deepest dotted key whose key or value covers `offset`.
+fn key_at(table: &DeTable, offset: usize, prefix: &mut Vec<String>) -> Option<String> {
+    for (key, value) in table.iter() {
+        let covers = |r: Range<usize>| r.start <= offset && offset < r.end.max(r.start + 1);
+        if covers(key.span()) || covers(value.span()) {
+            prefix.push(key.get_ref().to_string());
+            if let DeValue::Table(inner) = value.get_ref() {
+                if let Some(deeper) = key_at(inner, offset, prefix) {
+                    return Some(deeper);
+                }
+            }
+            return Some(prefix.join("."));
+        }
+    }
+    // Tables written as `[section]` headers do not cover their body; look inside them too.
+    for (key, value) in table.iter() {
+        if let DeValue::Table(inner) = value.get_ref() {
+            prefix.push(key.get_ref().to_string());
+            if let Some(deeper) = key_at(inner, offset, prefix) {
+                return Some(deeper);
+            }
+            prefix.pop();
+        }
+    }
+    None
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests;

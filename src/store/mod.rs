@@ -1,0 +1,552 @@
+//! The box's SQLite database and its single owner. Calls, turns, slots, events, summaries, the
+//! outbox that feeds the CRM, contacts, consents, do-not-call entries, scripts and the audit log
+//! all live here. The database is opened in WAL mode with `synchronous=FULL` so a committed call
+//! survives power loss; a finished call and its outbox row are written in one transaction.
+//!
+//! When the config names a key file the database is encrypted with SQLCipher; a wrong key is
+//! reported as such and never replaced by a new empty database.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
+
+/// Forward-only migrations; index `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Every table, in the order `db stats` lists them.
+pub const TABLES: &[&str] = &[
+    "calls",
+    "turns",
+    "slots",
+    "call_events",
+    "summaries",
+    "outbox",
+    "contacts",
+    "consents",
+    "do_not_call",
+    "scripts",
+    "audit_log",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {} does not exist (run `callbox db migrate` to create it)", .0.display())]
+    Missing(PathBuf),
+    #[error("cannot decrypt database {}: the key in the key file is wrong, or the file is not a Callbox database", .0.display())]
+    CannotDecrypt(PathBuf),
+    #[error("database {} is encrypted but the config names no store.key_file", .0.display())]
+    EncryptedWithoutKey(PathBuf),
+    #[error("database {} has schema version {found}, newer than this binary supports ({supported}); install a newer callbox or restore a backup", path.display())]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("cannot read key file {}: {source}", path.display())]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {} is unusable: {reason}", path.display())]
+    BadKey { path: PathBuf, reason: String },
+    #[error("cannot create the state directory {}: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the disk holding the database is full; nothing was written")]
+    DiskFull,
+    #[error("outbox message {0} does not exist")]
+    UnknownMessage(String),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The SQLCipher key, as read from the key file: 64 hex digits (a raw 256-bit key) or a passphrase
+/// of at least 16 characters.
+#[derive(Clone)]
+pub struct DbKey(String);
+
+impl std::fmt::Debug for DbKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbKey(..)")
+    }
+}
+
+impl DbKey {
+    pub fn from_file(path: &Path) -> Result<DbKey> {
+        let text = std::fs::read_to_string(path).map_err(|source| StoreError::KeyFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        DbKey::parse(text.trim()).map_err(|reason| StoreError::BadKey {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    pub fn parse(text: &str) -> std::result::Result<DbKey, String> {
+        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(DbKey(format!("x'{text}'")))
+        } else if text.chars().count() >= 16 {
+            Ok(DbKey(text.to_string()))
+        } else {
+            Err("expected 64 hex digits or a passphrase of at least 16 characters".into())
+        }
+    }
+}
+
+/// How an existing database file should be treated when opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file if missing and bring the schema up to date.
+    CreateAndMigrate,
+    /// The file must exist; the schema is checked but not changed.
+    Existing,
+}
+
+/// One finished call as it is committed: the call row, its turns, slots and events, its summary
+/// and the outbox message that carries the summary to the CRM.
+#[derive(Debug, Clone)]
+pub struct FinishedCall {
+    pub id: String,
+    pub direction: String,
+    pub line: String,
+    pub remote_number: Option<String>,
+    pub script_name: String,
+    pub script_version: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub ended_by: String,
+    pub outcome: String,
+    pub turns: Vec<TurnRow>,
+    pub slots: Vec<SlotRow>,
+    pub events: Vec<EventRow>,
+    pub summary_id: String,
+    pub summary_json: String,
+    pub outbox: OutboxMessage,
+    /// The caller asked never to be called again: add this number to the do-not-call list.
+    pub do_not_call: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnRow {
+    pub speaker: String,
+    pub text: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub interrupted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotRow {
+    pub name: String,
+    pub value: serde_json::Value,
+    pub confirmed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub t_ms: i64,
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    pub message_id: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub message: OutboxMessage,
+    pub created_at: String,
+    pub attempts: i64,
+    pub delivered_at: Option<String>,
+}
+
+/// The points inside the finished-call transaction, so tests can crash the process between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteStage {
+    CallRow,
+    Details,
+    Summary,
+    Outbox,
+}
+
+/// The open database. One `Store` owns one connection; share it through the owner, not by
+/// opening the file twice in one process.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn map_open_error(path: &Path, key: Option<&DbKey>, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) if key.is_some() => StoreError::CannotDecrypt(path.into()),
+        Some(ErrorCode::NotADatabase) => StoreError::EncryptedWithoutKey(path.into()),
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull,
+        _ => StoreError::Sqlite(e),
+    }
+}
+
+fn map_write_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull,
+        _ => StoreError::Sqlite(e),
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path, key: Option<&DbKey>, mode: OpenMode) -> Result<Store> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        match mode {
+            OpenMode::CreateAndMigrate => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::StateDir {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                }
+                flags |= OpenFlags::SQLITE_OPEN_CREATE;
+            }
+            OpenMode::Existing if !path.exists() => return Err(StoreError::Missing(path.into())),
+            OpenMode::Existing => {}
+        }
+        let conn = Connection::open_with_flags(path, flags)?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store
+            .configure(key)
+            .map_err(|e| map_open_error(path, key, e))?;
+        let found = store.schema_version()?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.into(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if mode == OpenMode::CreateAndMigrate {
+            store.migrate()?;
+        }
+        Ok(store)
+    }
+
+    /// Keys the connection (first, as SQLCipher requires) and sets the durability pragmas. The
+    /// first read of the schema is what fails on a wrong key.
+    fn configure(&mut self, key: Option<&DbKey>) -> rusqlite::Result<()> {
+        if let Some(key) = key {
+            self.conn.pragma_update(None, "key", &key.0)?;
+        }
+        self.conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+        self.conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.conn.pragma_update(None, "foreign_keys", true)?;
+        self.conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn schema_version(&self) -> Result<u32> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// Applies the missing migrations, each in its own transaction together with the version bump.
+    /// Returns the versions before and after.
+    pub fn migrate(&mut self) -> Result<(u32, u32)> {
+        let from = self.schema_version()?;
+        if from > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found: from,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let tx = self.conn.transaction().map_err(map_write_error)?;
+            tx.execute_batch(sql).map_err(map_write_error)?;
+            tx.pragma_update(None, "user_version", index as u32 + 1)?;
+            tx.commit().map_err(map_write_error)?;
+        }
+        Ok((from, self.schema_version()?))
+    }
+
+    /// Row counts per table, in [`TABLES`] order.
+    pub fn stats(&self) -> Result<Vec<(&'static str, i64)>> {
+        TABLES
+            .iter()
+            .map(|t| {
+                let n = self
+                    .conn
+                    .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
+                Ok((*t, n))
+            })
+            .collect()
+    }
+
+    /// `PRAGMA integrity_check`: `Ok(vec![])` when the database is sound, else the problems found.
+    pub fn integrity_problems(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    /// Online backup through SQLite's backup API; an encrypted database is backed up encrypted
+    /// with the same key. The destination must not exist.
+    pub fn backup(&self, dest: &Path, key: Option<&DbKey>) -> Result<()> {
+        if dest.exists() {
+            return Err(StoreError::Sqlite(rusqlite::Error::InvalidPath(
+                dest.into(),
+            )));
+        }
+        let tmp = dest.with_extension("partial");
+        let _ = std::fs::remove_file(&tmp);
+        let result = (|| -> Result<()> {
+            let mut out = Connection::open(&tmp)?;
+            if let Some(key) = key {
+                out.pragma_update(None, "key", &key.0)?;
+            }
+            {
+                let backup = rusqlite::backup::Backup::new(&self.conn, &mut out)?;
+                backup
+                    .run_to_completion(256, Duration::from_millis(5), None)
+                    .map_err(map_write_error)?;
+            }
+            out.pragma_update(None, "journal_mode", "DELETE")?;
+            drop(out);
+            std::fs::rename(&tmp, dest).map_err(|source| StoreError::StateDir {
+                path: dest.to_path_buf(),
+                source,
+            })
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Commits a finished call — call row, turns, slots, events, summary, outbox message and any
+    /// do-not-call request — in one transaction: after a crash either all of it is there or none.
+    pub fn record_finished_call(&mut self, call: &FinishedCall) -> Result<()> {
+        self.record_finished_call_with(call, &mut |_| {})
+    }
+
+    pub(crate) fn record_finished_call_with(
+        &mut self,
+        call: &FinishedCall,
+        after: &mut dyn FnMut(WriteStage),
+    ) -> Result<()> {
+        let tx = self.conn.transaction().map_err(map_write_error)?;
+        write_finished_call(&tx, call, after).map_err(map_write_error)?;
+        tx.commit().map_err(map_write_error)
+    }
+
+    pub fn is_do_not_call(&self, phone: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM do_not_call WHERE phone = ?1",
+                [phone],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    pub fn add_do_not_call(&mut self, phone: &str, source: &str, reason: &str) -> Result<()> {
+        add_dnc(&self.conn, phone, source, reason).map_err(map_write_error)?;
+        Ok(())
+    }
+
+    /// Undelivered outbox messages, oldest first.
+    pub fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, message_id, topic, payload, created_at, attempts, delivered_at
+             FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(OutboxRow {
+                    seq: r.get(0)?,
+                    message: OutboxMessage {
+                        message_id: r.get(1)?,
+                        topic: r.get(2)?,
+                        payload: r.get(3)?,
+                    },
+                    created_at: r.get(4)?,
+                    attempts: r.get(5)?,
+                    delivered_at: r.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn mark_delivered(&mut self, message_id: &str) -> Result<()> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE outbox SET delivered_at = ?2 WHERE message_id = ?1 AND delivered_at IS NULL",
+                params![message_id, now_rfc3339()],
+            )
+            .map_err(map_write_error)?;
+        if n == 0 && !self.outbox_exists(message_id)? {
+            return Err(StoreError::UnknownMessage(message_id.into()));
+        }
+        Ok(())
+    }
+
+    fn outbox_exists(&self, message_id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM outbox WHERE message_id = ?1",
+                [message_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// The stored summary record (JSON) of a call.
+    pub fn summary_of_call(&self, call_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT record FROM summaries WHERE call_id = ?1",
+                [call_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn audit(&mut self, actor: &str, action: &str, detail: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![now_rfc3339(), actor, action, detail],
+            )
+            .map_err(map_write_error)?;
+        Ok(())
+    }
+}
+
+fn add_dnc(conn: &Connection, phone: &str, source: &str, reason: &str) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO do_not_call (phone, source, reason, added_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(phone) DO NOTHING",
+        params![phone, source, reason, now_rfc3339()],
+    )
+}
+
+fn write_finished_call(
+    tx: &Transaction,
+    c: &FinishedCall,
+    after: &mut dyn FnMut(WriteStage),
+) -> rusqlite::Result<()> {
+    let ts = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    tx.execute(
+        "INSERT INTO calls (id, direction, line, remote_number, script_name, script_version,
+                            started_at, ended_at, ended_by, outcome)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            c.id,
+            c.direction,
+            c.line,
+            c.remote_number,
+            c.script_name,
+            c.script_version,
+            ts(&c.started_at),
+            ts(&c.ended_at),
+            c.ended_by,
+            c.outcome
+        ],
+    )?;
+    after(WriteStage::CallRow);
+    {
+        let mut turn = tx.prepare(
+            "INSERT INTO turns (call_id, seq, speaker, text, start_ms, end_ms, interrupted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for (seq, t) in c.turns.iter().enumerate() {
+            turn.execute(params![
+                c.id,
+                seq as i64,
+                t.speaker,
+                t.text,
+                t.start_ms,
+                t.end_ms,
+                t.interrupted
+            ])?;
+        }
+        let mut slot = tx.prepare(
+            "INSERT INTO slots (call_id, name, value, confirmed) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for s in &c.slots {
+            slot.execute(params![c.id, s.name, s.value.to_string(), s.confirmed])?;
+        }
+        let mut event = tx.prepare(
+            "INSERT INTO call_events (call_id, t_ms, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for e in &c.events {
+            event.execute(params![c.id, e.t_ms, e.kind, e.detail])?;
+        }
+    }
+    after(WriteStage::Details);
+    tx.execute(
+        "INSERT INTO summaries (id, call_id, outcome, record, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![c.summary_id, c.id, c.outcome, c.summary_json, now_rfc3339()],
+    )?;
+    after(WriteStage::Summary);
+    tx.execute(
+        "INSERT INTO outbox (message_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            c.outbox.message_id,
+            c.outbox.topic,
+            c.outbox.payload,
+            now_rfc3339()
+        ],
+    )?;
+    if let Some(phone) = &c.do_not_call {
+        add_dnc(tx, phone, "caller", "asked during a call")?;
+    }
+    after(WriteStage::Outbox);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,278 @@
+use super::*;
+
+fn sample_call(id: &str) -> FinishedCall {
+    let started_at = Utc::now();
+    FinishedCall {
+        id: id.into(),
+        direction: "inbound".into(),
+        line: "text".into(),
+        remote_number: Some("5552349876".into()),
+        script_name: "clinic".into(),
+        script_version: "1.0.0".into(),
+        started_at,
+        ended_at: started_at + chrono::Duration::seconds(42),
+        ended_by: "caller".into(),
+        outcome: "callback_scheduled".into(),
+        turns: vec![
+            TurnRow {
+                speaker: "agent".into(),
+                text: "Hello".into(),
+                start_ms: 0,
+                end_ms: 900,
+                interrupted: false,
+            },
+            TurnRow {
+                speaker: "caller".into(),
+                text: "Hi there".into(),
+                start_ms: 1200,
+                end_ms: 2000,
+                interrupted: false,
+            },
+        ],
+        slots: vec![SlotRow {
+            name: "name".into(),
+            value: serde_json::json!("Dana Lee"),
+            confirmed: true,
+        }],
+        events: vec![EventRow {
+            t_ms: 0,
+            kind: "answered".into(),
+            detail: String::new(),
+        }],
+        summary_id: format!("sum-{id}"),
+        summary_json: format!("{{\"call\":\"{id}\"}}"),
+        outbox: OutboxMessage {
+            message_id: format!("sum-{id}"),
+            topic: "dt/callbox/dev/unit/summary".into(),
+            payload: b"{}".to_vec(),
+        },
+        do_not_call: None,
+    }
+}
+
+fn fresh(dir: &tempfile::TempDir) -> Store {
+    Store::open(
+        &dir.path().join("callbox.db"),
+        None,
+        OpenMode::CreateAndMigrate,
+    )
+    .unwrap()
+}
+
+#[test]
+fn migrates_up_from_empty_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state/callbox.db");
+    let mut store = Store::open(&path, None, OpenMode::CreateAndMigrate).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(store.migrate().unwrap(), (SCHEMA_VERSION, SCHEMA_VERSION));
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.len(), TABLES.len());
+    assert!(stats.iter().all(|(_, n)| *n == 0));
+    let mode: String = store
+        .conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let sync: i64 = store
+        .conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous must be FULL");
+    let fk: i64 = store
+        .conn
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(fk, 1);
+}
+
+#[test]
+fn refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callbox.db");
+    drop(Store::open(&path, None, OpenMode::CreateAndMigrate).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 3)
+        .unwrap();
+    drop(conn);
+    for mode in [OpenMode::CreateAndMigrate, OpenMode::Existing] {
+        let err = Store::open(&path, None, mode).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 3),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer than this binary supports"));
+    }
+}
+
+#[test]
+fn existing_mode_never_creates_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nothing.db");
+    let err = Store::open(&path, None, OpenMode::Existing).unwrap_err();
+    assert!(matches!(err, StoreError::Missing(_)));
+    assert!(!path.exists());
+}
+
+#[test]
+fn finished_call_lands_whole_with_its_outbox_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = fresh(&dir);
+    let mut call = sample_call("c1");
+    call.do_not_call = Some("5552349876".into());
+    store.record_finished_call(&call).unwrap();
+    let counts: std::collections::HashMap<_, _> = store.stats().unwrap().into_iter().collect();
+    assert_eq!(counts["calls"], 1);
+    assert_eq!(counts["turns"], 2);
+    assert_eq!(counts["slots"], 1);
+    assert_eq!(counts["summaries"], 1);
+    assert_eq!(counts["outbox"], 1);
+    assert!(store.is_do_not_call("5552349876").unwrap());
+    assert_eq!(
+        store.summary_of_call("c1").unwrap().unwrap(),
+        "{\"call\":\"c1\"}"
+    );
+    // A second write of the same call fails as a whole and changes nothing.
+    assert!(store.record_finished_call(&call).is_err());
+    assert_eq!(store.stats().unwrap()[0].1, 1);
+}
+
+#[test]
+fn outbox_rows_are_delivered_only_when_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = fresh(&dir);
+    store.record_finished_call(&sample_call("a")).unwrap();
+    store.record_finished_call(&sample_call("b")).unwrap();
+    let pending = store.pending_outbox(10).unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|r| r.message.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["sum-a", "sum-b"]
+    );
+    store.mark_delivered("sum-a").unwrap();
+    store.mark_delivered("sum-a").unwrap();
+    let pending = store.pending_outbox(10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].message.message_id, "sum-b");
+    assert!(matches!(
+        store.mark_delivered("nope"),
+        Err(StoreError::UnknownMessage(_))
+    ));
+}
+
+/// Runs in a child process (see `crash_between_statements_leaves_no_half_written_call`): writes a
+/// call and aborts the process at the stage named in the environment, before the commit.
+#[test]
+fn crash_child() {
+    let (Ok(db), Ok(stage)) = (
+        std::env::var("CALLBOX_CRASH_DB"),
+        std::env::var("CALLBOX_CRASH_STAGE"),
+    ) else {
+        return;
+    };
+    let mut store = Store::open(Path::new(&db), None, OpenMode::Existing).unwrap();
+    let stage = match stage.as_str() {
+        "call" => WriteStage::CallRow,
+        "details" => WriteStage::Details,
+        "summary" => WriteStage::Summary,
+        _ => WriteStage::Outbox,
+    };
+    let _ = store.record_finished_call_with(&sample_call("crashed"), &mut |s| {
+        if s == stage {
+            std::process::abort();
+        }
+    });
+    unreachable!("the child should have aborted");
+}
+
+#[test]
+fn crash_between_statements_leaves_no_half_written_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("callbox.db");
+    let mut store = Store::open(&db, None, OpenMode::CreateAndMigrate).unwrap();
+    store.record_finished_call(&sample_call("before")).unwrap();
+    drop(store);
+    for stage in ["call", "details", "summary", "outbox"] {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "store::tests::crash_child", "--nocapture"])
+            .env("CALLBOX_CRASH_DB", &db)
+            .env("CALLBOX_CRASH_STAGE", stage)
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "child must crash at {stage}");
+        let store = Store::open(&db, None, OpenMode::Existing).unwrap();
+        assert!(store.integrity_problems().unwrap().is_empty());
+        let counts: std::collections::HashMap<_, _> = store.stats().unwrap().into_iter().collect();
+        assert_eq!(counts["calls"], 1, "stage {stage}");
+        assert_eq!(counts["turns"], 2, "stage {stage}");
+        assert_eq!(counts["summaries"], 1, "stage {stage}");
+        assert_eq!(counts["outbox"], 1, "stage {stage}");
+        assert!(store.summary_of_call("crashed").unwrap().is_none());
+        assert!(store.summary_of_call("before").unwrap().is_some());
+    }
+}
+
+const KEY_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const KEY_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+#[test]
+fn encrypted_database_refuses_wrong_key_and_keeps_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("callbox.db");
+    let right = DbKey::parse(KEY_A).unwrap();
+    let wrong = DbKey::parse(KEY_B).unwrap();
+    let mut store = Store::open(&db, Some(&right), OpenMode::CreateAndMigrate).unwrap();
+    store.record_finished_call(&sample_call("secret")).unwrap();
+    drop(store);
+    let raw = std::fs::read(&db).unwrap();
+    assert!(
+        !raw.windows(b"SQLite format 3".len())
+            .any(|w| w == b"SQLite format 3"),
+        "file must be encrypted"
+    );
+    assert!(!raw.windows(6).any(|w| w == b"secret"));
+
+    for mode in [OpenMode::CreateAndMigrate, OpenMode::Existing] {
+        let err = Store::open(&db, Some(&wrong), mode).unwrap_err();
+        assert!(matches!(err, StoreError::CannotDecrypt(_)), "{err}");
+        assert!(err.to_string().contains("cannot decrypt"));
+    }
+    let err = Store::open(&db, None, OpenMode::Existing).unwrap_err();
+    assert!(matches!(err, StoreError::EncryptedWithoutKey(_)), "{err}");
+
+    let store = Store::open(&db, Some(&right), OpenMode::Existing).unwrap();
+    assert!(store.summary_of_call("secret").unwrap().is_some());
+}
+
+#[test]
+fn key_file_formats() {
+    assert!(DbKey::parse(KEY_A).is_ok());
+    assert!(DbKey::parse("a long enough passphrase").is_ok());
+    assert!(DbKey::parse("short").is_err());
+    let dir = tempfile::tempdir().unwrap();
+    let err = DbKey::from_file(&dir.path().join("missing.key")).unwrap_err();
+    assert!(err.to_string().contains("missing.key"));
+}
+
+#[test]
+fn online_backup_is_a_complete_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    for key in [None, Some(DbKey::parse(KEY_A).unwrap())] {
+        let db = dir.path().join(format!("src-{}.db", key.is_some()));
+        let mut store = Store::open(&db, key.as_ref(), OpenMode::CreateAndMigrate).unwrap();
+        store.record_finished_call(&sample_call("x")).unwrap();
+        let dest = dir.path().join(format!("backup-{}.db", key.is_some()));
+        store.backup(&dest, key.as_ref()).unwrap();
+        assert!(
+            store.backup(&dest, key.as_ref()).is_err(),
+            "never overwrites"
+        );
+        let copy = Store::open(&dest, key.as_ref(), OpenMode::Existing).unwrap();
+        assert_eq!(copy.stats().unwrap(), store.stats().unwrap());
+        assert!(copy.integrity_problems().unwrap().is_empty());
+    }
+}

@@ -85,6 +85,7 @@ fn state_dir(r: &mut Report, dir: &Path) {
     let _ = std::fs::remove_file(&probe);
     match nix::sys::statvfs::statvfs(dir) {
         Ok(fs) => {
+            #[allow(clippy::unnecessary_cast)] // fsblkcnt_t is 32-bit on some targets
             let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
             let mib = free / (1024 * 1024);
             let status = if mib < 64 {

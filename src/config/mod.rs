@@ -6,13 +6,16 @@
 //! valid, all at once, so an installer fixes the file in one pass.
 
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 
 use crate::models::Manifest;
+
+mod locate;
+pub use locate::line_col;
+pub(crate) use locate::{problem_from_toml, span_of};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/callbox/callbox.toml";
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -777,76 +780,6 @@ pub fn is_topic_safe_id(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
-fn problem_from_toml(text: &str, doc: Option<&DeTable>, e: &toml::de::Error) -> Problem {
-    let span = e.span().unwrap_or(0..0);
-    let (line, column) = line_col(text, span.start);
-    let key = doc
-        .and_then(|d| key_at(d, span.start, &mut Vec::new()))
-        .unwrap_or_else(|| "(syntax)".into());
-    let message = e.message().trim().to_string();
-    let valid = match message.split_once(", expected ") {
-        Some((_, expected)) => expected.to_string(),
-        None if message.starts_with("missing field") => "add the field".into(),
-        None => String::new(),
-    };
-    Problem {
-        line,
-        column,
-        key,
-        message,
-        valid,
-    }
-}
-
-/// The span of the value at a dotted key path, if the file has it.
-fn span_of(table: &DeTable, path: &[&str]) -> Option<Range<usize>> {
-    let (first, rest) = path.split_first()?;
-    let (key, value) = table.iter().find(|(k, _)| k.get_ref() == first)?;
-    if rest.is_empty() {
-        return Some(value.span());
-    }
-    match value.get_ref() {
-        DeValue::Table(inner) => span_of(inner, rest).or_else(|| Some(key.span())),
-        _ => Some(value.span()),
-    }
-}
-
-/// The deepest dotted key whose key or value covers `offset`.
-fn key_at(table: &DeTable, offset: usize, prefix: &mut Vec<String>) -> Option<String> {
-    for (key, value) in table.iter() {
-        let covers = |r: Range<usize>| r.start <= offset && offset < r.end.max(r.start + 1);
-        if covers(key.span()) || covers(value.span()) {
-            prefix.push(key.get_ref().to_string());
-            if let DeValue::Table(inner) = value.get_ref() {
-                if let Some(deeper) = key_at(inner, offset, prefix) {
-                    return Some(deeper);
-                }
-            }
-            return Some(prefix.join("."));
-        }
-    }
-    // Tables written as `[section]` headers do not cover their body; look inside them too.
-    for (key, value) in table.iter() {
-        if let DeValue::Table(inner) = value.get_ref() {
-            prefix.push(key.get_ref().to_string());
-            if let Some(deeper) = key_at(inner, offset, prefix) {
-                return Some(deeper);
-            }
-            prefix.pop();
-        }
-    }
-    None
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    (line, before[line_start..].chars().count() + 1)
 }
 
 #[cfg(test)]

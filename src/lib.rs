@@ -1,6 +1,7 @@
 //! Callbox: firmware for an on-prem AI phone agent appliance. See ARCHITECTURE in the README for
 //! how a call flows through these modules.
 pub mod agent;
+pub mod call;
 pub mod cli;
 pub mod config;
 pub mod models;

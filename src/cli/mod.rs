@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::agent::Script;
+use crate::call::{run_text_call, TextCall, Utterance};
 use crate::config::{Config, ConfigError, ConfigSource, LogTarget};
 use crate::models::{self, Manifest};
 use crate::store::{DbKey, OpenMode, Store};
@@ -57,6 +59,33 @@ pub enum Command {
     Models(ModelsCommand),
     /// Checks everything the box needs and says how to fix what is wrong.
     Doctor,
+    /// Runs one call through the real agent, with the caller's side as text.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// `clinic`, `law` or a script file (default: the configured script).
+    #[arg(long)]
+    pub script: Option<String>,
+    /// One caller line; repeat for each turn. An empty line is a silence.
+    #[arg(long = "say")]
+    pub say: Vec<String>,
+    /// A file with one caller line per line (an empty line is a silence; the end hangs up).
+    #[arg(long)]
+    pub caller_file: Option<PathBuf>,
+    /// Print only the summary record (JSON) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Use a temporary database instead of the box's.
+    #[arg(long)]
+    pub ephemeral: bool,
+    /// When the call happens (RFC 3339), for reproducible runs; default now.
+    #[arg(long)]
+    pub at: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// The caller's number as the line would present it.
+    #[arg(long)]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +130,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(cmd) => db(&config, cmd),
         Command::Models(ModelsCommand::List) => models_list(&config),
         Command::Doctor => Ok(doctor::run(&config)),
+        Command::Simulate(args) => simulate(&config, args),
     }
 }
 
@@ -226,6 +256,76 @@ fn models_list(config: &Config) -> anyhow::Result<ExitCode> {
     }
     if missing_required {
         println!("run models/fetch to install the required models");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let script_name = args.script.as_deref().unwrap_or(&config.agent.script);
+    let script = match Script::load(script_name) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut lines = args.say.clone();
+    if let Some(file) = &args.caller_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read caller file {}", file.display()))?;
+        lines.extend(text.lines().map(str::to_string));
+    }
+    if let Some(from) = &args.from {
+        if crate::agent::extract::phone_number(from).is_none() {
+            anyhow::bail!("--from {from:?} is not a phone number");
+        }
+    }
+    let temp_dir;
+    let mut store = if args.ephemeral {
+        temp_dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        Store::open(
+            &temp_dir.path().join("callbox.db"),
+            None,
+            OpenMode::CreateAndMigrate,
+        )?
+    } else {
+        open_store(config)?
+    };
+    let call = TextCall {
+        started_at: args
+            .at
+            .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc)),
+        remote_number: args
+            .from
+            .as_deref()
+            .and_then(crate::agent::extract::phone_number),
+    };
+    let quiet = args.json;
+    let mut watch = |u: Utterance| {
+        if quiet {
+            return;
+        }
+        match u {
+            Utterance::Agent(text) => println!("agent:  {text}"),
+            Utterance::Caller(text) => println!("caller: {text}"),
+            Utterance::Silence => println!("caller: (silence)"),
+            Utterance::Transfer { target, context } => {
+                println!("[transfer to {target}; context for the human: {context}]")
+            }
+            Utterance::Hangup => println!("[hang up]"),
+        }
+    };
+    let summary = run_text_call(config, script, call, &lines, &mut store, &mut watch)?;
+    let json = serde_json::to_string_pretty(&summary)?;
+    if args.json {
+        println!("{json}");
+    } else {
+        println!();
+        println!(
+            "summary (stored in {}, queued for the CRM):",
+            store.path().display()
+        );
+        println!("{json}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -32,8 +32,9 @@ pub fn mask_phone(number: &str) -> String {
     out
 }
 
-/// Masks every run of five or more digits (spaces, dots, dashes and parentheses between them
-/// included) except its last two digits.
+/// Masks every run of five or more digits (spaces, dashes and parentheses between them
+/// included) except its last two digits. Digits that touch letters (ids, hex) or a decimal point
+/// (durations) are not phone numbers and stay as they are.
 pub fn redact_line(line: &str) -> String {
     let chars: Vec<char> = line.chars().collect();
     let mut out = String::with_capacity(line.len());
@@ -52,13 +53,21 @@ pub fn redact_line(line: &str) -> String {
             if chars[j].is_ascii_digit() {
                 digits += 1;
                 end = j + 1;
-            } else if !matches!(chars[j], ' ' | '-' | '.' | '(' | ')') {
+            } else if !matches!(chars[j], ' ' | '-' | '(' | ')') {
                 break;
             }
             j += 1;
         }
+        let at = |p: Option<usize>| p.and_then(|p| chars.get(p)).copied();
+        let decimal = |dot: Option<char>, digit: Option<char>| {
+            dot == Some('.') && digit.is_some_and(|c| c.is_ascii_digit())
+        };
+        let glued_before = at(start.checked_sub(1)).is_some_and(|c| c.is_ascii_alphabetic())
+            || decimal(at(start.checked_sub(1)), at(start.checked_sub(2)));
+        let glued_after = at(Some(end)).is_some_and(|c| c.is_ascii_alphabetic())
+            || decimal(at(Some(end)), at(Some(end + 1)));
         let run: String = chars[start..end].iter().collect();
-        if digits >= 5 {
+        if digits >= 5 && !glued_before && !glued_after {
             out.push_str(&mask_phone(&run));
         } else {
             out.push_str(&run);
@@ -179,5 +188,10 @@ mod tests {
         );
         assert_eq!(redact_line("turn 3 took 1234 ms"), "turn 3 took 1234 ms");
         assert_eq!(redact_line("id 20261122"), "id ******22");
+        assert_eq!(
+            redact_line("call=01a201b3-6d92-754d-9c60-5e04d502451f took 68.205 s"),
+            "call=01a201b3-6d92-754d-9c60-5e04d502451f took 68.205 s"
+        );
+        assert_eq!(redact_line("from +1 (555) 234 9876."), "from +*********76.");
     }
 }

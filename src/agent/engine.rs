@@ -1110,9 +1110,9 @@ impl Agent {
             .next_step
             .clone()
             .unwrap_or_else(|| self.default_next_step(outcome));
-        let follow_up_after = self
-            .follow_up_after
-            .or(next_step.due.filter(|_| outcome == Outcome::CallbackScheduled));
+        let follow_up_after = self.follow_up_after.or(next_step
+            .due
+            .filter(|_| outcome == Outcome::CallbackScheduled));
         let mut slots: BTreeMap<String, Value> = BTreeMap::new();
         for (name, v) in &self.slots {
             slots.insert(name.clone(), v.value.clone());

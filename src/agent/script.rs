@@ -478,7 +478,12 @@ impl Script {
         }
         v.non_empty("business.name", &self.business.name);
         v.non_empty("business.assistant", &self.business.assistant);
-        v.non_empty("disclosure.text", &self.disclosure.text);
+
+        let slot_names: Vec<&str> = self.slots.iter().map(|s| s.name.as_str()).collect();
+        let mut placeholders: Vec<&str> = FIXED_PLACEHOLDERS.to_vec();
+        placeholders.extend(&slot_names);
+
+        v.template("disclosure.text", &self.disclosure.text, &placeholders);
         for market in self.disclosure.markets.keys() {
             if !["us", "ca", "uk", "eu", "au"].contains(&market.as_str()) {
                 v.report(
@@ -487,11 +492,8 @@ impl Script {
                 );
             }
         }
-        v.non_empty("greeting.text", &self.greeting.text);
+        v.template("greeting.text", &self.greeting.text, &placeholders);
 
-        let slot_names: Vec<&str> = self.slots.iter().map(|s| s.name.as_str()).collect();
-        let mut placeholders: Vec<&str> = FIXED_PLACEHOLDERS.to_vec();
-        placeholders.extend(&slot_names);
         if self.slots.is_empty() {
             v.report("slot", "a script needs at least one [[slot]] to ask");
         }
@@ -632,7 +634,7 @@ impl Script {
 
         if let Some(e) = &self.emergency {
             v.phrases("emergency.phrases", &e.phrases);
-            v.non_empty("emergency.reply", &e.reply);
+            v.template("emergency.reply", &e.reply, &placeholders);
         }
 
         if self.outcomes.is_empty() {
@@ -748,9 +750,16 @@ impl Script {
 
     fn condition(&self, v: &mut Check, key: &str, cond: &Condition, allowed: &[Slot]) {
         match allowed.iter().find(|s| s.name == cond.slot) {
+            None if self.slot(&cond.slot).is_some() => v.report(
+                &format!("{key}.slot"),
+                &format!(
+                    "slot {:?} is not asked before this point; ask_if may only use earlier slots",
+                    cond.slot
+                ),
+            ),
             None => v.report(
                 &format!("{key}.slot"),
-                &format!("{:?} is not a slot defined before this point", cond.slot),
+                &format!("no slot named {:?}", cond.slot),
             ),
             Some(slot) => {
                 if cond.values.is_empty() {
@@ -804,6 +813,21 @@ pub fn placeholders(template: &str) -> Vec<&str> {
     out
 }
 
+/// Every `{` is closed by a `}` before the next `{`, and no `}` comes without a `{`.
+fn braces_balanced(text: &str) -> bool {
+    let mut open = false;
+    for c in text.chars() {
+        match c {
+            '{' if open => return false,
+            '{' => open = true,
+            '}' if !open => return false,
+            '}' => open = false,
+            _ => {}
+        }
+    }
+    !open
+}
+
 struct Check<'a> {
     text: &'a str,
     doc: &'a DeTable<'a>,
@@ -850,7 +874,7 @@ impl Check<'_> {
             self.report(key, "must not be empty");
             return;
         }
-        if text.matches('{').count() != text.matches('}').count() {
+        if !braces_balanced(text) {
             self.report(key, "has an unbalanced { or }");
             return;
         }

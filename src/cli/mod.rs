@@ -1,6 +1,7 @@
 //! The `callbox` command: argument parsing and one function per subcommand. Subcommands return
 //! an exit code; errors that reach here are printed once, plainly, by `main`.
 
+mod bench;
 mod doctor;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +62,22 @@ pub enum Command {
     Doctor,
     /// Runs one call through the real agent, with the caller's side as text.
     Simulate(SimulateArgs),
+    /// Measurements: medians and tails of the real code on fixed inputs.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Agent time per caller turn (rules path) over the fixture conversations.
+    Agent {
+        /// How many times the fixture conversations are replayed.
+        #[arg(long, default_value_t = 300)]
+        iterations: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +148,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models(ModelsCommand::List) => models_list(&config),
         Command::Doctor => Ok(doctor::run(&config)),
         Command::Simulate(args) => simulate(&config, args),
+        Command::Bench(BenchCommand::Agent { iterations, json }) => {
+            let stats = bench::agent(iterations.max(1));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "agent turn (rules path): {} turns over {} calls\n  p50 {:.1} µs  p95 {:.1} µs  p99 {:.1} µs  max {:.1} µs  mean {:.1} µs\n  summary p50 {:.1} µs",
+                    stats.turns, stats.calls, stats.p50_us, stats.p95_us, stats.p99_us, stats.max_us, stats.mean_us, stats.summary_p50_us
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -195,7 +224,7 @@ fn db(config: &Config, cmd: DbCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DbCommand::Migrate => {
             let existed = path.exists();
-            let mut store = Store::open(&path, key.as_ref(), OpenMode::CreateAndMigrate)?;
+            let mut store = Store::open(&path, key.as_ref(), OpenMode::Create)?;
             let (from, to) = store.migrate()?;
             let verb = if existed { "migrated" } else { "created" };
             if from == to && existed {

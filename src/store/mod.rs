@@ -108,6 +108,8 @@ impl DbKey {
 pub enum OpenMode {
     /// Create the file if missing and bring the schema up to date.
     CreateAndMigrate,
+    /// Create the file if missing; leave the schema to an explicit [`Store::migrate`].
+    Create,
     /// The file must exist; the schema is checked but not changed.
     Existing,
 }
@@ -221,7 +223,7 @@ impl Store {
     pub fn open(path: &Path, key: Option<&DbKey>, mode: OpenMode) -> Result<Store> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         match mode {
-            OpenMode::CreateAndMigrate => {
+            OpenMode::CreateAndMigrate | OpenMode::Create => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|source| StoreError::StateDir {
                         path: dir.to_path_buf(),

@@ -99,7 +99,7 @@ fn state_dir(r: &mut Report, dir: &Path) {
                 status,
                 "state",
                 format!("{} writable, {mib} MiB free", dir.display()),
-                "free disk space: calls are refused before the disk fills",
+                "free disk space: every call is written to the database",
             );
         }
         Err(e) => r.line(

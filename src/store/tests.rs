@@ -276,3 +276,32 @@ fn online_backup_is_a_complete_copy() {
         assert!(copy.integrity_problems().unwrap().is_empty());
     }
 }
+
+#[test]
+fn a_full_disk_is_reported_and_loses_nothing_already_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = fresh(&dir);
+    store.record_finished_call(&sample_call("kept")).unwrap();
+    let pages: i64 = store
+        .conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    // The database may not grow past its current size: the next calls no longer fit.
+    store
+        .conn
+        .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap();
+    let mut big = sample_call("too-big");
+    big.summary_json = "x".repeat(64 * 1024);
+    let err = store.record_finished_call(&big).unwrap_err();
+    assert!(matches!(err, StoreError::DiskFull), "{err}");
+    assert!(err
+        .to_string()
+        .contains("disk holding the database is full"));
+    assert!(store.summary_of_call("too-big").unwrap().is_none());
+    assert!(store.summary_of_call("kept").unwrap().is_some());
+    assert!(store.integrity_problems().unwrap().is_empty());
+    assert_eq!(store.pending_outbox(10).unwrap().len(), 1);
+}

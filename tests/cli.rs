@@ -400,3 +400,147 @@ fn info_logs_carry_no_transcript_text_or_phone_numbers() {
         .env("RUST_LOG", "callbox=debug"));
     assert!(err.contains("I need a refill"), "{err}");
 }
+
+#[test]
+fn malformed_script_installs_are_rejected_and_the_active_script_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let clinic = include_str!("../src/agent/builtin/clinic.toml");
+    let good = clinic
+        .replacen("version = \"1.0.0\"", "version = \"1.0.7\"", 1)
+        .replacen(
+            "This is {assistant}.",
+            "This is {assistant}, the clinic's assistant.",
+            1,
+        );
+    assert_ne!(good, clinic, "the fixture edits must apply");
+    let good_path = dir.path().join("good.toml");
+    std::fs::write(&good_path, &good).unwrap();
+    let (code, out, err) = run(callbox(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["script", "install"])
+        .arg(&good_path));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("installed and activated clinic 1.0.7"),
+        "{out}"
+    );
+
+    let broken: Vec<(&str, String, &str)> = vec![
+        (
+            "syntax",
+            good.replacen("[business]", "[business", 1),
+            "(syntax)",
+        ),
+        (
+            "unknown key",
+            good.replacen("[greeting]", "[greeting]\ncolour = \"blue\"", 1),
+            "unknown field `colour`",
+        ),
+        (
+            "bad version",
+            good.replacen("version = \"1.0.7\"", "version = \"one\"", 1),
+            "`script.version`",
+        ),
+        (
+            "slot type",
+            good.replacen("type = \"phone\"", "type = \"telephone\"", 1),
+            "unknown variant `telephone`",
+        ),
+        (
+            "placeholder",
+            good.replacen("This is {assistant},", "This is {asistant},", 1),
+            "unknown placeholder {asistant}",
+        ),
+        (
+            "close before open",
+            good.replacen("close = \"17:30\"", "close = \"07:30\"", 1),
+            "later than handoff.open",
+        ),
+        (
+            "weekday",
+            good.replacen("\"mon\"", "\"monday-ish\"", 1),
+            "is not a weekday",
+        ),
+        (
+            "target",
+            good.replacen("handoff = \"billing\"", "handoff = \"accounts\"", 1),
+            "no handoff target named \"accounts\"",
+        ),
+        (
+            "empty business",
+            good.replacen("name = \"Maple Street Family Clinic\"", "name = \"\"", 1),
+            "`business.name`: must not be empty",
+        ),
+        (
+            "missing closing",
+            good.replacen("[closing]", "[closing_lines]", 1),
+            "closing",
+        ),
+        (
+            "operator key",
+            good.replacen("operator_key = \"0\"", "operator_key = \"00\"", 1),
+            "one DTMF key",
+        ),
+    ];
+    for (what, text, expected) in broken {
+        assert_ne!(text, good, "{what}: the fixture edit must apply");
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, &text).unwrap();
+        let (code, _, err) = run(callbox(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .args(["script", "install"])
+            .arg(&path));
+        assert_eq!(code, 2, "{what}: {err}");
+        assert!(
+            err.contains(expected),
+            "{what}: expected {expected:?} in\n{err}"
+        );
+        assert!(
+            err.contains("broken.toml:"),
+            "{what}: the file is named\n{err}"
+        );
+        assert!(
+            err.contains("the active script is unchanged"),
+            "{what}: {err}"
+        );
+        let (_, out, _) = run(callbox(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .args(["script", "active"]));
+        assert!(out.starts_with("clinic 1.0.7"), "{what}: {out}");
+    }
+
+    // Calls use the installed script.
+    let (code, out, _) = run(callbox(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["simulate", "--say", "bye"]));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("This is Ava, the clinic's assistant."),
+        "{out}"
+    );
+    assert!(out.contains("\"version\": \"1.0.7\""), "{out}");
+}
+
+#[test]
+fn script_check_and_show() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["clinic", "law"] {
+        let (code, out, _) = run(callbox(dir.path()).args(["script", "check", name]));
+        assert_eq!(code, 0);
+        assert!(out.contains("valid"), "{out}");
+        let (code, out, _) = run(callbox(dir.path()).args(["script", "show", name]));
+        assert_eq!(code, 0);
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, &out).unwrap();
+        let (code, _, err) = run(callbox(dir.path()).args(["script", "check"]).arg(&path));
+        assert_eq!(code, 0, "a shown script checks as valid: {err}");
+    }
+    let (code, _, err) = run(callbox(dir.path()).args(["script", "check", "nope.toml"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read script nope.toml"), "{err}");
+}

@@ -10,11 +10,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use sha2::Digest;
+
+use crate::agent::script::ScriptError;
 use crate::agent::Script;
 use crate::call::{run_text_call, TextCall, Utterance};
 use crate::config::{Config, ConfigError, ConfigSource, LogTarget};
 use crate::models::{self, Manifest};
-use crate::store::{DbKey, OpenMode, Store};
+use crate::store::{DbKey, OpenMode, Store, StoredScript};
 
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -60,6 +63,9 @@ pub enum Command {
     Models(ModelsCommand),
     /// Checks everything the box needs and says how to fix what is wrong.
     Doctor,
+    /// Business scripts: check, show, install, and which one is active.
+    #[command(subcommand)]
+    Script(ScriptCommand),
     /// Runs one call through the real agent, with the caller's side as text.
     Simulate(SimulateArgs),
     /// Measurements: medians and tails of the real code on fixed inputs.
@@ -122,6 +128,18 @@ pub enum DbCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ScriptCommand {
+    /// Validates a script file (or `clinic` / `law`) and lists every problem; exit 2 if any.
+    Check { script: String },
+    /// Prints a built-in script (`clinic` or `law`), the starting point for a business's own.
+    Show { name: String },
+    /// Validates a script file, stores it and makes it the script calls use.
+    Install { path: PathBuf },
+    /// Names the script calls use now.
+    Active,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// Every model of the manifest with its installation state.
     List,
@@ -147,6 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(cmd) => db(&config, cmd),
         Command::Models(ModelsCommand::List) => models_list(&config),
         Command::Doctor => Ok(doctor::run(&config)),
+        Command::Script(cmd) => script(&config, cmd),
         Command::Simulate(args) => simulate(&config, args),
         Command::Bench(BenchCommand::Agent { iterations, json }) => {
             let stats = bench::agent(iterations.max(1));
@@ -289,15 +308,93 @@ fn models_list(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    let script_name = args.script.as_deref().unwrap_or(&config.agent.script);
-    let script = match Script::load(script_name) {
-        Ok(s) => std::sync::Arc::new(s),
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(2));
+/// The script a call uses: the one named for this run, else the installed active one, else the
+/// configured one.
+fn resolve_script(
+    config: &Config,
+    store: &Store,
+    named: Option<&str>,
+) -> Result<Script, ScriptError> {
+    if let Some(name) = named {
+        return Script::load(name);
+    }
+    match store.active_script() {
+        Ok(Some(active)) => Script::parse(
+            &active.body,
+            &format!("<installed {} {}>", active.name, active.version),
+        ),
+        _ => Script::load(&config.agent.script),
+    }
+}
+
+fn script(config: &Config, cmd: ScriptCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ScriptCommand::Check { script } => match Script::load(&script) {
+            Ok(s) => {
+                println!(
+                    "{script}: valid — {} {} for {}: {} slots, {} intents, {} objections, {} knowledge entries, {} handoff targets",
+                    s.script.name,
+                    s.script.version,
+                    s.business.name,
+                    s.slots.len(),
+                    s.intents.len(),
+                    s.objections.len(),
+                    s.knowledge.len(),
+                    s.handoff.targets.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        ScriptCommand::Show { name } => {
+            let text = match name.as_str() {
+                "clinic" => crate::agent::script::CLINIC,
+                "law" => crate::agent::script::LAW,
+                _ => anyhow::bail!("no built-in script named {name:?} (built-in: clinic, law)"),
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
         }
-    };
+        ScriptCommand::Install { path } => {
+            let body = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read script {}", path.display()))?;
+            let parsed = match Script::parse(&body, &path.display().to_string()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}\nnothing was installed; the active script is unchanged");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let mut store = open_store(config)?;
+            let stored = StoredScript {
+                name: parsed.script.name.clone(),
+                version: parsed.script.version.clone(),
+                sha256: hex::encode(sha2::Sha256::digest(body.as_bytes())),
+                signature: None,
+                body,
+            };
+            store.install_script(&stored, true, "installer")?;
+            println!("installed and activated {} {}", stored.name, stored.version);
+            Ok(ExitCode::SUCCESS)
+        }
+        ScriptCommand::Active => {
+            let store = open_store(config)?;
+            match store.active_script()? {
+                Some(s) => println!("{} {} (installed, sha256 {})", s.name, s.version, s.sha256),
+                None => println!(
+                    "{} (from the config; no script installed)",
+                    config.agent.script
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let mut lines = args.say.clone();
     if let Some(file) = &args.caller_file {
         let text = std::fs::read_to_string(file)
@@ -319,6 +416,13 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         )?
     } else {
         open_store(config)?
+    };
+    let script = match resolve_script(config, &store, args.script.as_deref()) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
     };
     let call = TextCall {
         started_at: args

@@ -63,6 +63,8 @@ pub enum StoreError {
     DiskFull,
     #[error("outbox message {0} does not exist")]
     UnknownMessage(String),
+    #[error("script {name} {version} is already installed with different content; give the new script a new version")]
+    ScriptVersionClash { name: String, version: String },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -175,6 +177,16 @@ pub struct OutboxRow {
     pub created_at: String,
     pub attempts: i64,
     pub delivered_at: Option<String>,
+}
+
+/// A business script as stored: its exact text, with the hash and (for fleet updates) signature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredScript {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub signature: Option<String>,
+    pub body: String,
 }
 
 /// The points inside the finished-call transaction, so tests can crash the process between them.
@@ -452,6 +464,90 @@ impl Store {
                 "SELECT record FROM summaries WHERE call_id = ?1",
                 [call_id],
                 |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Stores a validated script and, with `activate`, makes it the one calls use — all in one
+    /// transaction with its audit entry. Installing the same name, version and content again
+    /// only (re)activates it.
+    pub fn install_script(
+        &mut self,
+        script: &StoredScript,
+        activate: bool,
+        actor: &str,
+    ) -> Result<()> {
+        let tx = self.conn.transaction().map_err(map_write_error)?;
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT sha256 FROM scripts WHERE name = ?1 AND version = ?2",
+                params![script.name, script.version],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match existing {
+            Some(sha) if sha != script.sha256 => {
+                return Err(StoreError::ScriptVersionClash {
+                    name: script.name.clone(),
+                    version: script.version.clone(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                tx.execute(
+                    "INSERT INTO scripts (name, version, sha256, signature, body, active, installed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+                    params![script.name, script.version, script.sha256, script.signature, script.body, now_rfc3339()],
+                )
+                .map_err(map_write_error)?;
+            }
+        }
+        if activate {
+            tx.execute("UPDATE scripts SET active = 0 WHERE active = 1", [])
+                .map_err(map_write_error)?;
+            tx.execute(
+                "UPDATE scripts SET active = 1 WHERE name = ?1 AND version = ?2",
+                params![script.name, script.version],
+            )
+            .map_err(map_write_error)?;
+        }
+        let action = if activate {
+            "script.activate"
+        } else {
+            "script.install"
+        };
+        tx.execute(
+            "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                now_rfc3339(),
+                actor,
+                action,
+                format!(
+                    "{} {} sha256:{}",
+                    script.name, script.version, script.sha256
+                )
+            ],
+        )
+        .map_err(map_write_error)?;
+        tx.commit().map_err(map_write_error)
+    }
+
+    /// The script calls use, when one was installed.
+    pub fn active_script(&self) -> Result<Option<StoredScript>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, version, sha256, signature, body FROM scripts WHERE active = 1",
+                [],
+                |r| {
+                    Ok(StoredScript {
+                        name: r.get(0)?,
+                        version: r.get(1)?,
+                        sha256: r.get(2)?,
+                        signature: r.get(3)?,
+                        body: r.get(4)?,
+                    })
+                },
             )
             .optional()?)
     }

@@ -305,3 +305,45 @@ fn a_full_disk_is_reported_and_loses_nothing_already_recorded() {
     assert!(store.integrity_problems().unwrap().is_empty());
     assert_eq!(store.pending_outbox(10).unwrap().len(), 1);
 }
+
+fn stored(version: &str, body: &str) -> StoredScript {
+    StoredScript {
+        name: "clinic".into(),
+        version: version.into(),
+        sha256: format!(
+            "{:x}",
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(body))
+        ),
+        signature: None,
+        body: body.into(),
+    }
+}
+
+#[test]
+fn one_script_is_active_and_installs_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = fresh(&dir);
+    assert!(store.active_script().unwrap().is_none());
+    store
+        .install_script(&stored("1.0.0", "a"), true, "installer")
+        .unwrap();
+    store
+        .install_script(&stored("1.1.0", "b"), false, "installer")
+        .unwrap();
+    assert_eq!(store.active_script().unwrap().unwrap().version, "1.0.0");
+    store
+        .install_script(&stored("1.1.0", "b"), true, "installer")
+        .unwrap();
+    assert_eq!(store.active_script().unwrap().unwrap().body, "b");
+    let err = store
+        .install_script(&stored("1.1.0", "changed"), true, "fleet")
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::ScriptVersionClash { .. }),
+        "{err}"
+    );
+    assert_eq!(store.active_script().unwrap().unwrap().body, "b");
+    let counts: std::collections::HashMap<_, _> = store.stats().unwrap().into_iter().collect();
+    assert_eq!(counts["scripts"], 2);
+    assert_eq!(counts["audit_log"], 3);
+}

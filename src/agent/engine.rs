@@ -129,6 +129,20 @@ pub struct Agent {
     now_ms: u64,
 }
 
+/// Slot names the summary schema defines as text.
+const TEXT_KEYS: &[&str] = &[
+    "name",
+    "reason",
+    "preferred_time",
+    "urgency",
+    "budget",
+    "authority",
+];
+
+/// Said when a transfer the agent started could not be completed.
+const TRANSFER_FAILED: &str =
+    "I'm sorry, I couldn't reach anyone just now. I'll take a message, and someone will call you back.";
+
 const ENGINE_DONT_KNOW: &str =
     "I'm sorry, I don't have that information. I can have someone from {business} call you back about it.";
 
@@ -212,7 +226,10 @@ impl Agent {
 
     pub fn handle(&mut self, event: Event, t_ms: u64) -> Reply {
         self.now_ms = t_ms;
-        if self.ended.is_some() {
+        // A failed transfer brings a transferred call back to the agent.
+        let transfer_failed =
+            event == Event::TransferFailed && self.ended == Some(EndedBy::Transfer);
+        if self.ended.is_some() && !transfer_failed {
             return Reply {
                 say: String::new(),
                 then: Then::Hangup,
@@ -235,7 +252,7 @@ impl Agent {
                 self.handoff = None;
                 self.outcome = None;
                 self.ended = None;
-                self.take_message(vec![self.fill(&self.script.handoff.unavailable, &[])])
+                self.take_message(vec![TRANSFER_FAILED.into()])
             }
         }
     }
@@ -290,6 +307,8 @@ impl Agent {
         }
         if let Some(intent) = understand::intent(&norm, &self.script) {
             let intent = intent.clone();
+            // "My landlord kept my deposit, can I sue?" still tells the reason for the call.
+            self.fill_opportunistic(raw, &norm, None);
             return self.on_intent(&intent);
         }
         if understand::is_correction(&norm) {
@@ -297,7 +316,10 @@ impl Agent {
                 return reply;
             }
         }
-        if understand::asks_for_follow_up(&norm) || self.pending == Some(Pending::FollowUpDate) {
+        // While taking a message, "please have someone call me tonight" is the message.
+        let follow_up =
+            understand::asks_for_follow_up(&norm) && self.pending != Some(Pending::Message);
+        if follow_up || self.pending == Some(Pending::FollowUpDate) {
             if let Some(reply) = self.on_follow_up(&norm) {
                 return reply;
             }
@@ -436,6 +458,17 @@ impl Agent {
 
     fn on_slot_answer(&mut self, i: usize, raw: &str, norm: &str) -> Option<Reply> {
         let slot = self.script.slots[i].clone();
+        if slot.kind == SlotType::FreeText && is_dont_know_answer(norm) {
+            // "I don't know" is not the pharmacy's or the other party's name.
+            if !slot.required {
+                self.skipped.insert(i);
+                self.event("slot_skipped", &slot.name);
+                return Some(self.ask_next(vec!["That's fine.".into()]));
+            }
+            self.set_slot(&slot.name, json!("unknown"), "unknown".into());
+            self.misunderstood = 0;
+            return Some(self.acknowledge("That's okay.".into()));
+        }
         let found = self
             .extract(&slot, raw, norm, true)
             .or_else(|| self.score_choice(&slot, raw));
@@ -447,9 +480,18 @@ impl Agent {
             }
             return None;
         };
+        // The words that answered this question ("a court date tomorrow" for the urgency) say
+        // nothing about the others.
+        let rest = match value
+            .as_str()
+            .and_then(|v| slot.choices.iter().find(|c| c.value == v))
+        {
+            Some(choice) => without_phrases(norm, &choice.phrases),
+            None => norm.to_string(),
+        };
         self.set_slot(&slot.name, value, spoken);
         self.misunderstood = 0;
-        self.fill_opportunistic(raw, norm, Some(i));
+        self.fill_opportunistic(raw, &rest, Some(i));
         if slot.confirm {
             return Some(self.confirm(i, vec![]));
         }
@@ -470,7 +512,12 @@ impl Agent {
             text: raw.to_string(),
             handled: then != AfterObjection::End,
         });
-        let answer = self.fill(&o.answer, &[]);
+        // Closing after a repeated "not interested" skips the answer the caller already heard.
+        let answer = if then == o.then {
+            self.fill(&o.answer, &[])
+        } else {
+            String::new()
+        };
         match then {
             AfterObjection::Continue => self.reask(vec![answer]),
             AfterObjection::OfferCallback => {
@@ -515,8 +562,11 @@ impl Agent {
         {
             let reason = format!("caller intent {}", intent.name);
             let mut reply = self.hand_off(&target, &reason);
-            if !parts.is_empty() {
-                parts.push(reply.say);
+            // The intent's reply announces the transfer in the script's words; when nobody can
+            // take the call it would promise a connection that never comes, so the unavailable
+            // line stands alone.
+            if matches!(reply.then, Then::Transfer { .. }) && !parts.is_empty() {
+                parts.push("One moment, please.".into());
                 reply.say = parts.join(" ");
                 self.last_said = reply.say.clone();
             }
@@ -1115,7 +1165,14 @@ impl Agent {
             .filter(|_| outcome == Outcome::CallbackScheduled));
         let mut slots: BTreeMap<String, Value> = BTreeMap::new();
         for (name, v) in &self.slots {
-            slots.insert(name.clone(), v.value.clone());
+            // The record's well-known keys hold text ("budget": "$5000", "authority": "yes"),
+            // whatever type the script's slot gave them.
+            let value = match &v.value {
+                Value::String(_) | Value::Null => v.value.clone(),
+                _ if TEXT_KEYS.contains(&name.as_str()) => json!(v.spoken),
+                other => other.clone(),
+            };
+            slots.insert(name.clone(), value);
         }
         if let Some(m) = &self.message {
             slots.insert("message".into(), json!(m));
@@ -1317,6 +1374,33 @@ fn is_dont_know(norm: &str) -> bool {
     ]
     .iter()
     .any(|p| extract::contains_phrase(norm, p))
+}
+
+/// A whole answer that only says the caller doesn't know ("I'm not sure", "no idea").
+fn is_dont_know_answer(norm: &str) -> bool {
+    is_dont_know(norm) && norm.split_whitespace().count() <= 6
+}
+
+/// `norm` without the words of any of `phrases` (longest first).
+fn without_phrases(norm: &str, phrases: &[String]) -> String {
+    let mut words: Vec<&str> = norm.split_whitespace().collect();
+    let mut phrases: Vec<String> = phrases.iter().map(|p| extract::normalize(p)).collect();
+    phrases.sort_by_key(|p| std::cmp::Reverse(p.split_whitespace().count()));
+    for phrase in &phrases {
+        let needle: Vec<&str> = phrase.split_whitespace().collect();
+        if needle.is_empty() {
+            continue;
+        }
+        let mut i = 0;
+        while i + needle.len() <= words.len() {
+            if words[i..i + needle.len()] == needle[..] {
+                words.drain(i..i + needle.len());
+            } else {
+                i += 1;
+            }
+        }
+    }
+    words.join(" ")
 }
 
 fn is_asap(norm: &str) -> bool {

@@ -188,8 +188,28 @@ pub fn objection<'s>(text: &str, script: &'s Script) -> Option<&'s Objection> {
     best(text, &script.objections, |o| &o.phrases)
 }
 
+/// Turns of at most this many words may ask about a topic with one word ("parking?").
+const SHORT_TURN_WORDS: usize = 4;
+
+/// The knowledge topic the turn asks about. A one-word phrase ("parking", "hours") only counts
+/// in a short turn: in a longer one the caller is asking something more specific ("do you
+/// validate parking tickets from the mall?", "I've been waiting for two hours"), which the
+/// topic's answer does not cover.
 pub fn knowledge<'s>(text: &str, script: &'s Script) -> Option<&'s Knowledge> {
-    best(text, &script.knowledge, |k| &k.phrases)
+    let short = text.split_whitespace().count() <= SHORT_TURN_WORDS;
+    script
+        .knowledge
+        .iter()
+        .filter_map(|k| {
+            let phrases = k
+                .phrases
+                .iter()
+                .map(String::as_str)
+                .filter(|p| short || p.split_whitespace().count() > 1);
+            matches_any(text, phrases).map(|len| (len, k))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, k)| k)
 }
 
 pub fn intent<'s>(text: &str, script: &'s Script) -> Option<&'s Intent> {

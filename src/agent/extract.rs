@@ -257,9 +257,48 @@ pub fn words_to_number(words: &[&str]) -> Option<(u64, usize)> {
 
 /// Phrase matching for intents: true when `phrase` (normalized) occurs in `text` (normalized) as a whole-word sequence.
 pub fn contains_phrase(text: &str, phrase: &str) -> bool {
-    let text = normalize(text);
-    let phrase = normalize(phrase);
-    contains_seq(&tokens(&text), &tokens(&phrase))
+    PhraseMatcher::new(text).matches(phrase)
+}
+
+/// A turn normalized once, to match many phrases against it.
+pub struct PhraseMatcher {
+    normalized: String,
+}
+
+impl PhraseMatcher {
+    pub fn new(text: &str) -> PhraseMatcher {
+        PhraseMatcher {
+            normalized: normalize(text),
+        }
+    }
+
+    /// True when `phrase` (normalized) occurs in the turn as a whole-word sequence.
+    pub fn matches(&self, phrase: &str) -> bool {
+        contains_seq(&tokens(&self.normalized), &tokens(&normalized(phrase)))
+    }
+}
+
+/// `normalize`, without the work when the text is already normal (script phrases usually are).
+fn normalized(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let plain = !bytes.is_empty()
+        && bytes[0] != b' '
+        && bytes[bytes.len() - 1] != b' '
+        && !text.contains("  ")
+        && bytes.iter().enumerate().all(|(i, &b)| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || b == b' '
+                || (b == b'\''
+                    && i > 0
+                    && bytes[i - 1].is_ascii_lowercase()
+                    && bytes.get(i + 1).is_some_and(u8::is_ascii_lowercase))
+        });
+    if plain {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(normalize(text))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1542,7 +1581,7 @@ pub fn choice(text: &str, options: &[(&str, &[&str])]) -> Option<usize> {
         let longest = std::iter::once(name)
             .chain(synonyms.iter())
             .filter_map(|p| {
-                let pn = normalize(p);
+                let pn = normalized(p);
                 contains_seq(&t, &tokens(&pn)).then_some(pn.len())
             })
             .max();
@@ -2109,5 +2148,29 @@ mod tests {
         assert!(!contains_phrase("i know", "no"));
         assert!(!contains_phrase("rebooking", "book"));
         assert!(!contains_phrase("anything", ""));
+    }
+}
+
+#[cfg(test)]
+mod normalized_fast_path {
+    use super::*;
+
+    #[test]
+    fn agrees_with_normalize() {
+        for text in [
+            "don't call me",
+            "call 911",
+            "Hello",
+            " a",
+            "a  b",
+            "o'",
+            "x'y",
+            "3:30 pm",
+            "rock & roll",
+            "dr. who",
+            "abc",
+        ] {
+            assert_eq!(normalized(text), normalize(text), "{text:?}");
+        }
     }
 }

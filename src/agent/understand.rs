@@ -3,7 +3,7 @@
 //! (intents, objections, knowledge), correction cues, and — for turns the rules cannot decide — a
 //! model-based scorer behind the [`TurnScorer`] trait that the language model plugs into.
 
-use super::extract::contains_phrase;
+use super::extract::{contains_phrase, PhraseMatcher};
 use super::script::{Intent, Knowledge, Objection, Script};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,9 +130,10 @@ const GOODBYE: &[&str] = &[
 ];
 
 fn matches_any<'a>(text: &str, phrases: impl IntoIterator<Item = &'a str>) -> Option<usize> {
+    let turn = PhraseMatcher::new(text);
     phrases
         .into_iter()
-        .filter(|p| contains_phrase(text, p))
+        .filter(|p| turn.matches(p))
         .map(str::len)
         .max()
 }

@@ -1291,3 +1291,33 @@ fn law_gibberish_at_night_offers_a_person_and_takes_a_message() {
     assert_eq!(r.summary.outcome, Outcome::CallbackScheduled);
     assert_eq!(r.summary.next_step.due, Some(date(2026, 11, 30)));
 }
+
+#[test]
+fn law_other_party_named_with_an_intent_phrase_is_taken_once() {
+    let mut events = vec![s("I was in a car accident and I need a lawyer")];
+    events.extend(law_contact());
+    events.extend([
+        s("the other driver was Steven Miller"),
+        s("it's urgent, the insurance company keeps calling"),
+        s("I'm not sure"),
+        s("yes"),
+        s("Thursday afternoon"),
+    ]);
+    let r = run(law(MON_10), events);
+    assert_eq!(
+        r.slot("opposing_party"),
+        "the other driver was Steven Miller"
+    );
+    assert_eq!(
+        r.times_said(LAW_ASK_PARTY),
+        1,
+        "the question is not asked again"
+    );
+    assert_eq!(
+        r.times_said("conflicts of interest, we only need the name"),
+        1
+    );
+    assert!(r.flags().contains(&"conflict_check"));
+    assert_eq!(r.slot("urgency"), "urgent");
+    assert_no_doubled_phrases(&r);
+}

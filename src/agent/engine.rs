@@ -104,6 +104,8 @@ pub struct Agent {
     slots: BTreeMap<String, SlotValue>,
     fills: u32,
     attempts: HashMap<usize, u32>,
+    /// Script intents already recognised in this call.
+    intents_heard: HashSet<String>,
     skipped: HashSet<usize>,
     pending: Option<Pending>,
     taking_message: bool,
@@ -159,6 +161,7 @@ impl Agent {
             slots: BTreeMap::new(),
             fills: 0,
             attempts: HashMap::new(),
+            intents_heard: HashSet::new(),
             skipped: HashSet::new(),
             pending: None,
             taking_message: false,
@@ -307,9 +310,24 @@ impl Agent {
         }
         if let Some(intent) = understand::intent(&norm, &self.script) {
             let intent = intent.clone();
-            // "My landlord kept my deposit, can I sue?" still tells the reason for the call.
-            self.fill_opportunistic(raw, &norm, None);
-            return self.on_intent(&intent);
+            let informational = intent.handoff.is_none() && intent.set.is_empty();
+            // An informational intent speaks once; heard again, the turn is an ordinary answer.
+            if !(informational && self.intents_heard.contains(&intent.name)) {
+                self.intents_heard.insert(intent.name.clone());
+                // "My landlord kept my deposit, can I sue?" still tells the reason for the call.
+                self.fill_opportunistic(raw, &norm, None);
+                if informational && !understand::looks_like_question(raw, &norm) {
+                    if let Some(Pending::Slot(i)) = self.pending {
+                        // "The other driver was Steven Miller": a notice, and the answer too.
+                        let notice = self.intent_effects(&intent);
+                        if let Some(reply) = self.on_slot_answer(i, raw, &norm) {
+                            return self.prefixed(notice, reply);
+                        }
+                        return self.reask(notice);
+                    }
+                }
+                return self.on_intent(&intent);
+            }
         }
         if understand::is_correction(&norm) {
             if let Some(reply) = self.correct(raw, &norm) {
@@ -534,7 +552,8 @@ impl Agent {
         }
     }
 
-    fn on_intent(&mut self, intent: &super::script::Intent) -> Reply {
+    /// Records an intent (event, flags, slots it sets) and returns its reply, if it has one.
+    fn intent_effects(&mut self, intent: &super::script::Intent) -> Vec<String> {
         self.event("intent", &intent.name);
         self.misunderstood = 0;
         for flag in &intent.flags {
@@ -550,10 +569,23 @@ impl Agent {
                 self.set_slot(slot_name, json!(value), spoken);
             }
         }
-        let mut parts = Vec::new();
-        if let Some(reply) = &intent.reply {
-            parts.push(self.fill(reply, &[]));
-        }
+        intent
+            .reply
+            .iter()
+            .map(|reply| self.fill(reply, &[]))
+            .collect()
+    }
+
+    /// Puts `prefix` before what a reply says.
+    fn prefixed(&mut self, mut prefix: Vec<String>, mut reply: Reply) -> Reply {
+        prefix.push(reply.say);
+        reply.say = prefix.join(" ");
+        self.last_said = reply.say.clone();
+        reply
+    }
+
+    fn on_intent(&mut self, intent: &super::script::Intent) -> Reply {
+        let mut parts = self.intent_effects(intent);
         if let Some(target) = intent
             .handoff
             .as_ref()

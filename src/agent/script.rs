@@ -11,7 +11,7 @@ use chrono::{NaiveTime, Weekday};
 use serde::Deserialize;
 use toml::de::DeTable;
 
-use crate::config::{line_col, problem_from_toml, span_of, Market, Problem};
+use crate::config::{problem_from_toml, Market, Problem, Problems};
 
 pub const CLINIC: &str = include_str!("builtin/clinic.toml");
 pub const LAW: &str = include_str!("builtin/law.toml");
@@ -426,15 +426,13 @@ impl Script {
         let script: Script = toml::from_str(text)
             .map_err(|e| invalid(vec![problem_from_toml(text, Some(doc.get_ref()), &e)]))?;
         let mut v = Check {
-            text,
-            doc: doc.get_ref(),
-            problems: Vec::new(),
+            problems: Problems::new(text, doc.get_ref()),
         };
         script.validate(&mut v);
-        if v.problems.is_empty() {
+        if v.problems.list.is_empty() {
             Ok(script)
         } else {
-            Err(invalid(v.problems))
+            Err(invalid(v.problems.list))
         }
     }
 
@@ -829,23 +827,12 @@ fn braces_balanced(text: &str) -> bool {
 }
 
 struct Check<'a> {
-    text: &'a str,
-    doc: &'a DeTable<'a>,
-    problems: Vec<Problem>,
+    problems: Problems<'a>,
 }
 
 impl Check<'_> {
     fn report(&mut self, key: &str, message: &str) {
-        let path: Vec<&str> = key.split('.').collect();
-        let offset = span_of(self.doc, &path).map(|s| s.start).unwrap_or(0);
-        let (line, column) = line_col(self.text, offset);
-        self.problems.push(Problem {
-            line,
-            column,
-            key: key.to_string(),
-            message: message.to_string(),
-            valid: String::new(),
-        });
+        self.problems.report(key, message, "");
     }
 
     fn non_empty(&mut self, key: &str, value: &str) {

@@ -8,6 +8,37 @@ use toml::de::{DeTable, DeValue};
 
 use super::Problem;
 
+/// Problems found while validating one TOML document, each located at its key.
+pub(crate) struct Problems<'a> {
+    text: &'a str,
+    doc: &'a DeTable<'a>,
+    pub list: Vec<Problem>,
+}
+
+impl<'a> Problems<'a> {
+    pub fn new(text: &'a str, doc: &'a DeTable<'a>) -> Problems<'a> {
+        Problems {
+            text,
+            doc,
+            list: Vec::new(),
+        }
+    }
+
+    /// Records a problem at a dotted key path (array elements by index).
+    pub fn report(&mut self, key: &str, message: impl Into<String>, valid: impl Into<String>) {
+        let path: Vec<&str> = key.split('.').collect();
+        let offset = span_of(self.doc, &path).map(|s| s.start).unwrap_or(0);
+        let (line, column) = line_col(self.text, offset);
+        self.list.push(Problem {
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+            valid: valid.into(),
+        });
+    }
+}
+
 pub(crate) fn problem_from_toml(text: &str, doc: Option<&DeTable>, e: &toml::de::Error) -> Problem {
     let span = e.span().unwrap_or(0..0);
     let (line, column) = line_col(text, span.start);
@@ -31,7 +62,7 @@ pub(crate) fn problem_from_toml(text: &str, doc: Option<&DeTable>, e: &toml::de:
 
 /// The span of the value at a dotted key path; array elements are addressed by index
 /// (`slot.2.prompt`). Falls back to the deepest part of the path that exists.
-pub(crate) fn span_of(table: &DeTable, path: &[&str]) -> Option<Range<usize>> {
+fn span_of(table: &DeTable, path: &[&str]) -> Option<Range<usize>> {
     let (first, rest) = path.split_first()?;
     let (key, value) = table.iter().find(|(k, _)| k.get_ref() == first)?;
     Some(span_in_value(value.get_ref(), rest).unwrap_or_else(|| {

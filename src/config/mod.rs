@@ -15,7 +15,7 @@ use crate::models::Manifest;
 
 mod locate;
 pub use locate::line_col;
-pub(crate) use locate::{problem_from_toml, span_of};
+pub(crate) use locate::{problem_from_toml, Problems};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/callbox/callbox.toml";
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -375,15 +375,13 @@ impl Config {
             }
         };
         let mut v = Validator {
-            text,
-            doc: doc.get_ref(),
-            problems: Vec::new(),
+            problems: Problems::new(text, doc.get_ref()),
         };
         let config = v.resolve(raw, source);
-        if v.problems.is_empty() {
+        if v.problems.list.is_empty() {
             Ok(config)
         } else {
-            Err(invalid(v.problems))
+            Err(invalid(v.problems.list))
         }
     }
 
@@ -428,23 +426,12 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 struct Validator<'a> {
-    text: &'a str,
-    doc: &'a DeTable<'a>,
-    problems: Vec<Problem>,
+    problems: Problems<'a>,
 }
 
 impl Validator<'_> {
     fn report(&mut self, key: &str, message: impl Into<String>, valid: impl Into<String>) {
-        let path: Vec<&str> = key.split('.').collect();
-        let offset = span_of(self.doc, &path).map(|s| s.start).unwrap_or(0);
-        let (line, column) = line_col(self.text, offset);
-        self.problems.push(Problem {
-            line,
-            column,
-            key: key.to_string(),
-            message: message.into(),
-            valid: valid.into(),
-        });
+        self.problems.report(key, message, valid);
     }
 
     fn range(&mut self, key: &str, value: Option<u32>, default: u32, lo: u32, hi: u32) -> u32 {
@@ -539,20 +526,15 @@ impl Validator<'_> {
 
     fn unit(&mut self, raw: Option<RawUnit>, source: &ConfigSource) -> UnitConfig {
         let Some(raw) = raw else {
-            self.problems.push(Problem {
-                line: 1,
-                column: 1,
-                key: "unit".into(),
-                message: format!(
-                    "the [unit] table is missing{}",
-                    if *source == ConfigSource::Embedded {
-                        ""
-                    } else {
-                        " from the file"
-                    }
-                ),
-                valid: "[unit] with id = \"...\" and tenant = \"...\"".into(),
-            });
+            let whence = match source {
+                ConfigSource::Embedded => "",
+                ConfigSource::File(_) => " from the file",
+            };
+            self.report(
+                "unit",
+                format!("the [unit] table is missing{whence}"),
+                "[unit] with id = \"...\" and tenant = \"...\"",
+            );
             return UnitConfig {
                 id: String::new(),
                 tenant: String::new(),

@@ -1394,18 +1394,19 @@ fn acknowledgement(slot: &Slot, name: Option<String>) -> String {
 }
 
 fn is_dont_know(norm: &str) -> bool {
-    [
-        "not sure",
-        "don't know",
-        "no idea",
-        "skip",
-        "rather not say",
-        "prefer not to say",
-        "no preference",
-        "not really",
-    ]
-    .iter()
-    .any(|p| extract::contains_phrase(norm, p))
+    understand::mentions_any(
+        norm,
+        &[
+            "not sure",
+            "don't know",
+            "no idea",
+            "skip",
+            "rather not say",
+            "prefer not to say",
+            "no preference",
+            "not really",
+        ],
+    )
 }
 
 /// A whole answer that only says the caller doesn't know ("I'm not sure", "no idea").
@@ -1436,17 +1437,18 @@ fn without_phrases(norm: &str, phrases: &[String]) -> String {
 }
 
 fn is_asap(norm: &str) -> bool {
-    [
-        "as soon as possible",
-        "asap",
-        "earliest",
-        "soonest",
-        "any time",
-        "anytime",
-        "whenever",
-    ]
-    .iter()
-    .any(|p| extract::contains_phrase(norm, p))
+    understand::mentions_any(
+        norm,
+        &[
+            "as soon as possible",
+            "asap",
+            "earliest",
+            "soonest",
+            "any time",
+            "anytime",
+            "whenever",
+        ],
+    )
 }
 
 fn strip_fillers(raw: &str) -> String {

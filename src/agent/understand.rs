@@ -138,6 +138,11 @@ fn matches_any<'a>(text: &str, phrases: impl IntoIterator<Item = &'a str>) -> Op
         .max()
 }
 
+/// Does the turn contain any of the phrases?
+pub fn mentions_any(text: &str, phrases: &[&str]) -> bool {
+    matches_any(text, phrases.iter().copied()).is_some()
+}
+
 /// The built-in intent of a turn, in priority order (emergency first).
 pub fn builtin_intent(text: &str, script: &Script) -> Option<BuiltinIntent> {
     let extra = &script.phrases;
@@ -180,7 +185,7 @@ pub fn builtin_intent(text: &str, script: &Script) -> Option<BuiltinIntent> {
     ];
     checks
         .into_iter()
-        .find(|(_, phrases)| matches_any(text, phrases.iter().copied()).is_some())
+        .find(|(_, phrases)| mentions_any(text, phrases))
         .map(|(intent, _)| intent)
 }
 
@@ -244,7 +249,7 @@ const CORRECTION_CUES: &[&str] = &[
 
 /// Does the caller signal that they are correcting something said before?
 pub fn is_correction(text: &str) -> bool {
-    matches_any(text, CORRECTION_CUES.iter().copied()).is_some()
+    mentions_any(text, CORRECTION_CUES)
 }
 
 const QUESTION_STARTS: &[&str] = &[
@@ -290,7 +295,7 @@ const FOLLOW_UP_CUES: &[&str] = &[
 
 /// The caller proposes a later contact ("call me in January").
 pub fn asks_for_follow_up(text: &str) -> bool {
-    matches_any(text, FOLLOW_UP_CUES.iter().copied()).is_some()
+    mentions_any(text, FOLLOW_UP_CUES)
 }
 
 const POSITIVE: &[&str] = &[

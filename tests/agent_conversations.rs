@@ -1321,3 +1321,25 @@ fn law_other_party_named_with_an_intent_phrase_is_taken_once() {
     assert_eq!(r.slot("urgency"), "urgent");
     assert_no_doubled_phrases(&r);
 }
+
+#[test]
+fn clinic_angry_ask_for_somebody_about_a_bill_goes_to_billing() {
+    let r = run(
+        clinic(MON_10),
+        vec![s(
+            "I need to talk to somebody about my bill, this is ridiculous.",
+        )],
+    );
+    let (number, target, mode, _) = transfer_of(r.last());
+    assert_eq!(
+        (number, target, mode),
+        ("230", "billing", HandoffMode::Cold)
+    );
+    assert_eq!(r.slot("reason"), "billing");
+    assert!(
+        r.summary.contact.name.is_none(),
+        "\"ridiculous\" is no name"
+    );
+    assert_eq!(r.summary.tone, Tone::Negative);
+    assert_eq!(r.summary.outcome, Outcome::Transferred);
+}

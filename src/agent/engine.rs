@@ -269,7 +269,7 @@ impl Agent {
         self.sentiment += understand::sentiment(&norm);
 
         if let Some(intent) = understand::builtin_intent(&norm, &self.script) {
-            if let Some(reply) = self.on_builtin(intent) {
+            if let Some(reply) = self.on_builtin(intent, raw, &norm) {
                 return reply;
             }
         }
@@ -364,7 +364,7 @@ impl Agent {
         self.not_understood(raw, &norm)
     }
 
-    fn on_builtin(&mut self, intent: BuiltinIntent) -> Option<Reply> {
+    fn on_builtin(&mut self, intent: BuiltinIntent, raw: &str, norm: &str) -> Option<Reply> {
         self.event("intent", intent.name());
         Some(match intent {
             BuiltinIntent::Emergency => {
@@ -397,7 +397,14 @@ impl Agent {
             }
             BuiltinIntent::AskHuman => {
                 self.human_requests += 1;
-                let target = self.script.default_target().clone();
+                // "Somebody about my bill": the person who handles bills, and the reason noted.
+                self.fill_opportunistic(raw, norm, None);
+                let routed = understand::intent(norm, &self.script)
+                    .filter(|i| i.handoff.is_some())
+                    .or_else(|| self.intent_for_known_slots())
+                    .and_then(|i| i.handoff.as_deref())
+                    .and_then(|t| self.script.target(t));
+                let target = routed.unwrap_or(self.script.default_target()).clone();
                 self.hand_off(&target, "caller asked for a person")
             }
             BuiltinIntent::Repeat => {
@@ -550,6 +557,20 @@ impl Agent {
                 self.end(vec![answer, closing], EndedBy::Agent)
             }
         }
+    }
+
+    /// A handoff intent whose slot values the call already has (the billing desk for a caller
+    /// whose reason is billing).
+    fn intent_for_known_slots(&self) -> Option<&super::script::Intent> {
+        self.script.intents.iter().find(|i| {
+            i.handoff.is_some()
+                && !i.set.is_empty()
+                && i.set.iter().all(|(slot, value)| {
+                    self.slots
+                        .get(slot)
+                        .is_some_and(|v| v.value.as_str() == Some(value))
+                })
+        })
     }
 
     /// Records an intent (event, flags, slots it sets) and returns its reply, if it has one.

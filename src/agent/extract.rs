@@ -1350,8 +1350,36 @@ pub fn introduced_name(text: &str) -> Option<String> {
         NAME_TRIGGERS
             .iter()
             .filter(|trigger| seq_at(&t, i, trigger))
-            .find_map(|trigger| name_at(&t, i + trigger.len()))
+            .find_map(|trigger| {
+                let name = name_at(&t, i + trigger.len())?;
+                let weak = !STRONG_NAME_TRIGGERS.contains(trigger);
+                (!weak || capitalized_where_case_tells(text, &name)).then_some(name)
+            })
     })
+}
+
+/// Triggers that introduce a name whatever follows ("my name is …"); the others ("this is …",
+/// "I'm …") also introduce states and opinions ("this is ridiculous", "I'm worried").
+const STRONG_NAME_TRIGGERS: &[&[&str]] = &[&["name", "is"], &["name's"], &["call", "me"]];
+
+/// In text written in sentence case (speech-to-text output, typed text), a name is capitalized:
+/// "this is ridiculous" is no name there. Text all in lower case tells nothing either way.
+fn capitalized_where_case_tells(raw: &str, name: &str) -> bool {
+    let sentence_case = raw
+        .chars()
+        .find(|c| c.is_alphabetic())
+        .is_some_and(char::is_uppercase);
+    if !sentence_case {
+        return true;
+    }
+    let first = name
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_lowercase();
+    raw.split(|c: char| !(c.is_alphabetic() || c == '\''))
+        .filter(|w| w.to_lowercase() == first)
+        .any(|w| w.starts_with(char::is_uppercase))
 }
 
 /// Words that may open a bare name answer: "uh, sure, john smith".
@@ -2148,6 +2176,29 @@ mod tests {
         assert!(!contains_phrase("i know", "no"));
         assert!(!contains_phrase("rebooking", "book"));
         assert!(!contains_phrase("anything", ""));
+    }
+}
+
+#[cfg(test)]
+mod name_case {
+    use super::*;
+
+    #[test]
+    fn sentence_case_text_needs_a_capitalized_name_after_a_weak_trigger() {
+        assert_eq!(
+            introduced_name("I need my bill fixed, this is ridiculous."),
+            None
+        );
+        assert_eq!(
+            introduced_name("Hi, this is Dana Lee."),
+            Some("Dana Lee".into())
+        );
+        assert_eq!(
+            introduced_name("hi this is dana lee"),
+            Some("Dana Lee".into())
+        );
+        assert_eq!(introduced_name("Yes, my name is dana"), Some("Dana".into()));
+        assert_eq!(introduced_name("I'm worried about my mother."), None);
     }
 }
 

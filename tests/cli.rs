@@ -544,3 +544,27 @@ fn script_check_and_show() {
     assert_eq!(code, 2);
     assert!(err.contains("cannot read script nope.toml"), "{err}");
 }
+
+#[test]
+fn journald_target_without_a_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    if Path::new("/run/systemd/journal/socket").exists() {
+        return; // a host with a journal: both paths log there
+    }
+    let (code, _, err) = run(callbox(dir.path()).args([
+        "--log",
+        "journald",
+        "simulate",
+        "--ephemeral",
+        "--say",
+        "bye",
+    ]));
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot connect to journald"), "{err}");
+    // Under systemd's auto detection, an unreachable journal falls back to stderr.
+    let (code, _, err) = run(callbox(dir.path())
+        .args(["simulate", "--ephemeral", "--say", "bye"])
+        .env("JOURNAL_STREAM", "8:1234"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("call started"), "{err}");
+}

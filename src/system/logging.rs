@@ -147,24 +147,30 @@ pub fn use_journald(target: LogTarget) -> bool {
     }
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the configured level.
+/// Installs the global subscriber. `RUST_LOG` overrides the configured level. With `auto`, a
+/// journal that cannot be reached falls back to stderr (which systemd also collects); an explicit
+/// `journald` target that cannot be reached is an error.
 pub fn init(level: LogLevel, target: LogTarget) -> Result<(), LoggingError> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("callbox={}", level_directive(level))));
     let registry = tracing_subscriber::registry().with(filter);
-    if use_journald(target) {
-        let journald = tracing_journald::layer()
-            .map_err(LoggingError::Journald)?
-            .with_syslog_identifier("callbox".into());
-        registry.with(journald).try_init()
-    } else {
-        registry
+    let journald = match use_journald(target) {
+        false => None,
+        true => match tracing_journald::layer() {
+            Ok(layer) => Some(layer.with_syslog_identifier("callbox".into())),
+            Err(e) if target == LogTarget::Journald => return Err(LoggingError::Journald(e)),
+            Err(_) => None,
+        },
+    };
+    match journald {
+        Some(journald) => registry.with(journald).try_init(),
+        None => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(RedactingStderr)
                     .with_target(false),
             )
-            .try_init()
+            .try_init(),
     }
     .map_err(|_| LoggingError::AlreadySet)
 }

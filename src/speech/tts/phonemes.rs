@@ -1,0 +1,338 @@
+//! From text to the phoneme ids a Piper voice takes. espeak-ng turns text into IPA exactly as the
+//! voice was trained (its `espeak.voice`); it runs as a separate process, not linked, so the
+//! firmware's own licence stays permissive. Clause punctuation is put back after each clause, as
+//! Piper does, and ids follow Piper's convention: BOS, then each phoneme followed by the pad id,
+//! then EOS.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PhonemeError {
+    #[error("cannot read voice config {}: {source}", path.display())]
+    ReadConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("voice config {} is not valid: {reason}", path.display())]
+    BadConfig { path: PathBuf, reason: String },
+    #[error("espeak-ng is not installed or cannot run ({0}); install the espeak-ng package")]
+    EspeakMissing(std::io::Error),
+    #[error("espeak-ng failed: {0}")]
+    EspeakFailed(String),
+    #[error("the voice has no id for the {0:?} symbol it needs")]
+    MissingSymbol(char),
+}
+
+/// What the synthesizer needs from a voice's `.onnx.json`.
+#[derive(Debug, Clone)]
+pub struct VoiceConfig {
+    pub sample_rate: u32,
+    pub espeak_voice: String,
+    pub noise_scale: f32,
+    pub length_scale: f32,
+    pub noise_w: f32,
+    phoneme_ids: HashMap<char, Vec<i64>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawVoice {
+    audio: RawAudio,
+    espeak: RawEspeak,
+    inference: RawInference,
+    phoneme_id_map: HashMap<String, Vec<i64>>,
+}
+#[derive(serde::Deserialize)]
+struct RawAudio {
+    sample_rate: u32,
+}
+#[derive(serde::Deserialize)]
+struct RawEspeak {
+    voice: String,
+}
+#[derive(serde::Deserialize)]
+struct RawInference {
+    noise_scale: f32,
+    length_scale: f32,
+    noise_w: f32,
+}
+
+pub const BOS: char = '^';
+pub const EOS: char = '$';
+pub const PAD: char = '_';
+
+impl VoiceConfig {
+    pub fn load(path: &Path) -> Result<VoiceConfig, PhonemeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PhonemeError::ReadConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |reason: String| PhonemeError::BadConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let raw: RawVoice = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut phoneme_ids = HashMap::new();
+        for (symbol, ids) in raw.phoneme_id_map {
+            let mut chars = symbol.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) if !ids.is_empty() => {
+                    phoneme_ids.insert(c, ids);
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "phoneme_id_map entry {symbol:?} is not one symbol with ids"
+                    )))
+                }
+            }
+        }
+        for required in [BOS, EOS, PAD] {
+            if !phoneme_ids.contains_key(&required) {
+                return Err(bad(format!("phoneme_id_map lacks {required:?}")));
+            }
+        }
+        Ok(VoiceConfig {
+            sample_rate: raw.audio.sample_rate,
+            espeak_voice: raw.espeak.voice,
+            noise_scale: raw.inference.noise_scale,
+            length_scale: raw.inference.length_scale,
+            noise_w: raw.inference.noise_w,
+            phoneme_ids,
+        })
+    }
+
+    /// The ids of one sentence's phonemes. Symbols the voice does not know are dropped (as
+    /// Piper does) and counted in the second value.
+    pub fn ids(&self, phonemes: &str) -> (Vec<i64>, usize) {
+        let id = |c: char| self.phoneme_ids[&c].as_slice();
+        let mut ids = Vec::with_capacity(phonemes.chars().count() * 2 + 3);
+        ids.extend_from_slice(id(BOS));
+        ids.extend_from_slice(id(PAD));
+        let mut unknown = 0;
+        for c in phonemes.chars() {
+            match self.phoneme_ids.get(&c) {
+                Some(symbol) => {
+                    ids.extend_from_slice(symbol);
+                    ids.extend_from_slice(id(PAD));
+                }
+                None => unknown += 1,
+            }
+        }
+        ids.extend_from_slice(id(EOS));
+        (ids, unknown)
+    }
+}
+
+/// One clause of a sentence and the punctuation that ended it.
+fn clauses(sentence: &str) -> Vec<(String, Option<char>)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for c in sentence.chars() {
+        if matches!(c, ',' | ';' | ':' | '.' | '!' | '?') {
+            if !current.trim().is_empty() {
+                out.push((current.trim().to_string(), Some(c)));
+            }
+            current.clear();
+        } else {
+            current.push(c);
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push((current.trim().to_string(), None));
+    }
+    out
+}
+
+/// Runs espeak-ng for IPA phonemes.
+#[derive(Debug, Clone)]
+pub struct Phonemizer {
+    program: PathBuf,
+    voice: String,
+}
+
+impl Phonemizer {
+    pub fn new(voice: &str) -> Phonemizer {
+        Phonemizer {
+            program: PathBuf::from("espeak-ng"),
+            voice: voice.to_string(),
+        }
+    }
+
+    /// The phonemes of a text (already normalized), one string per sentence, with clause
+    /// punctuation kept as Piper voices expect (", " between clauses, the final mark at the end).
+    pub fn phonemize(&self, text: &str) -> Result<Vec<String>, PhonemeError> {
+        let parts = clauses(text);
+        if parts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lines = self.espeak(parts.iter().map(|(clause, _)| clause.as_str()))?;
+        let mut sentences = Vec::new();
+        let mut current = String::new();
+        for ((_, punctuation), phonemes) in parts.iter().zip(lines) {
+            current.push_str(&phonemes);
+            match punctuation {
+                Some(p @ ('.' | '!' | '?')) => {
+                    current.push(*p);
+                    sentences.push(std::mem::take(&mut current));
+                }
+                Some(p) => {
+                    current.push(*p);
+                    current.push(' ');
+                }
+                None => current.push(' '),
+            }
+        }
+        let rest = current.trim_end().to_string();
+        if !rest.is_empty() {
+            sentences.push(rest);
+        }
+        Ok(sentences)
+    }
+
+    /// One espeak-ng run for all clauses, one clause per line; each line's phonemes come back on
+    /// one line. Should espeak split a clause further, each clause is run on its own.
+    fn espeak<'a>(
+        &self,
+        clauses: impl Iterator<Item = &'a str> + Clone,
+    ) -> Result<Vec<String>, PhonemeError> {
+        let input: String = clauses
+            .clone()
+            .map(|c| format!("{}.\n", c.replace(['.', '\n'], " ")))
+            .collect();
+        let expected = clauses.clone().count();
+        let lines = self.run(&input)?;
+        if lines.len() == expected {
+            return Ok(lines);
+        }
+        clauses
+            .map(|c| self.run(&format!("{c}.\n")).map(|lines| lines.join(" ")))
+            .collect()
+    }
+
+    fn run(&self, input: &str) -> Result<Vec<String>, PhonemeError> {
+        let mut child = Command::new(&self.program)
+            .args(["-q", "--ipa", "-v", &self.voice])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(PhonemeError::EspeakMissing)?;
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(input.as_bytes())
+            .map_err(|e| PhonemeError::EspeakFailed(e.to_string()))?;
+        let output = child
+            .wait_with_output()
+            .map_err(|e| PhonemeError::EspeakFailed(e.to_string()))?;
+        if !output.status.success() {
+            return Err(PhonemeError::EspeakFailed(
+                String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn voice() -> Option<VoiceConfig> {
+        let path = crate::models::default_models_dir().join("piper-joe/en_US-joe-medium.onnx.json");
+        path.exists().then(|| VoiceConfig::load(&path).unwrap())
+    }
+
+    #[test]
+    fn clauses_keep_their_punctuation() {
+        assert_eq!(
+            clauses("Thank you, Dana. Goodbye"),
+            vec![
+                ("Thank you".to_string(), Some(',')),
+                ("Dana".to_string(), Some('.')),
+                ("Goodbye".to_string(), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_voice_config_of_the_packaged_voice() {
+        let Some(v) = voice() else {
+            panic!("run models/fetch: the piper-joe voice is missing");
+        };
+        assert_eq!(v.sample_rate, 22050);
+        assert_eq!(v.espeak_voice, "en-us");
+        assert!((v.noise_scale - 0.667).abs() < 1e-6);
+        let (ids, unknown) = v.ids("hə");
+        assert_eq!(unknown, 0);
+        let id = |c: char| v.phoneme_ids[&c][0];
+        assert_eq!(
+            ids,
+            vec![
+                id(BOS),
+                id(PAD),
+                id('h'),
+                id(PAD),
+                id('ə'),
+                id(PAD),
+                id(EOS)
+            ]
+        );
+        let (_, unknown) = v.ids("h\u{2603}");
+        assert_eq!(
+            unknown, 1,
+            "a symbol the voice lacks is dropped and counted"
+        );
+    }
+
+    #[test]
+    fn a_broken_voice_config_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("voice.onnx.json");
+        std::fs::write(&path, r#"{"audio":{"sample_rate":22050}}"#).unwrap();
+        let err = VoiceConfig::load(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("voice.onnx.json is not valid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn espeak_phonemes_map_onto_the_voice() {
+        let v = voice().expect("run models/fetch: the piper-joe voice is missing");
+        let p = Phonemizer::new(&v.espeak_voice);
+        let sentences = p
+            .phonemize("Thank you for calling, this is Ava. How can I help you today? Goodbye")
+            .unwrap();
+        assert_eq!(sentences.len(), 3, "{sentences:?}");
+        assert!(sentences[0].contains(", "), "{:?}", sentences[0]);
+        assert!(sentences[0].ends_with('.'));
+        assert!(sentences[1].ends_with('?'));
+        assert!(sentences[0].starts_with("θ"), "{:?}", sentences[0]);
+        for s in &sentences {
+            let (ids, unknown) = v.ids(s);
+            assert_eq!(unknown, 0, "{s:?}");
+            assert_eq!(ids.len(), 2 * s.chars().count() + 3);
+        }
+    }
+
+    #[test]
+    fn a_missing_espeak_is_reported_clearly() {
+        let p = Phonemizer {
+            program: PathBuf::from("/nonexistent/espeak-ng"),
+            voice: "en-us".into(),
+        };
+        let err = p.phonemize("hello").unwrap_err();
+        assert!(
+            err.to_string().contains("install the espeak-ng package"),
+            "{err}"
+        );
+    }
+}

@@ -112,8 +112,8 @@ pub fn import(config: &Config, args: ImportArgs) -> anyhow::Result<ExitCode> {
             bail!("model `{id}` is not a speech-to-text model; only Whisper models are imported");
         }
         let started = Instant::now();
-        let report = import_model(dir, entry, options)
-            .with_context(|| format!("import of {id} failed"))?;
+        let report =
+            import_model(dir, entry, options).with_context(|| format!("import of {id} failed"))?;
         if report.skipped {
             println!("{id}: up to date in {}", report.out_dir.display());
         } else {
@@ -238,7 +238,11 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "  {:>4.1} s audio, encoder on {:<13} median {:>7.1} ms  min {:>7.1} ms  RTF {:.3}",
                 r.audio_s,
-                if r.padded_30s { "30 s padded" } else { "actual length" },
+                if r.padded_30s {
+                    "30 s padded"
+                } else {
+                    "actual length"
+                },
                 r.median_ms,
                 r.min_ms,
                 r.rtf

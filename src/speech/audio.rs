@@ -138,7 +138,10 @@ mod tests {
         let up = resample(&tone, 8000, 16000).unwrap();
         assert!((up.len() as i64 - 16000).abs() <= 2, "{}", up.len());
         let expected = |i: usize| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16000.0).sin();
-        let err: f32 = (2000..14000).map(|i| (up[i] - expected(i)).abs()).sum::<f32>() / 12000.0;
+        let err: f32 = (2000..14000)
+            .map(|i| (up[i] - expected(i)).abs())
+            .sum::<f32>()
+            / 12000.0;
         assert!(err < 0.02, "mean error {err}");
     }
 }

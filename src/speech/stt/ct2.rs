@@ -17,7 +17,9 @@ pub enum Ct2Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("truncated CTranslate2 model: {what} at byte {offset} needs {needed} bytes, {left} left")]
+    #[error(
+        "truncated CTranslate2 model: {what} at byte {offset} needs {needed} bytes, {left} left"
+    )]
     Truncated {
         what: String,
         offset: usize,

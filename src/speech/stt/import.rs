@@ -209,40 +209,77 @@ fn read_dims(index: &HashMap<&str, &Ct2Var>) -> Result<WhisperDims, ImportError>
     })
 }
 
+/// Adds one mapping: candle name, source name, part of a fused source, candle shape.
+type Push<'a> = dyn FnMut(String, String, Option<(usize, usize)>, Vec<usize>) + 'a;
+
 fn mappings(d: &WhisperDims) -> Vec<Mapping> {
     let n = d.d_model;
     let mut out = Vec::new();
-    let mut push = |candle: String, source: String, part: Option<(usize, usize)>, shape: Vec<usize>| {
-        out.push(Mapping {
-            candle,
-            source,
+    let mut push =
+        |candle: String, source: String, part: Option<(usize, usize)>, shape: Vec<usize>| {
+            out.push(Mapping {
+                candle,
+                source,
+                part,
+                shape,
+            })
+        };
+    let linear = |push: &mut Push,
+                  dst: &str,
+                  src: &str,
+                  part: Option<(usize, usize)>,
+                  inp: usize,
+                  outp: usize,
+                  bias: bool| {
+        push(
+            format!("{dst}.weight"),
+            format!("{src}/weight"),
             part,
-            shape,
-        })
-    };
-    let linear = |push: &mut dyn FnMut(String, String, Option<(usize, usize)>, Vec<usize>),
-                      dst: &str,
-                      src: &str,
-                      part: Option<(usize, usize)>,
-                      inp: usize,
-                      outp: usize,
-                      bias: bool| {
-        push(format!("{dst}.weight"), format!("{src}/weight"), part, vec![outp, inp]);
+            vec![outp, inp],
+        );
         if bias {
-            push(format!("{dst}.bias"), format!("{src}/bias"), part, vec![outp]);
+            push(
+                format!("{dst}.bias"),
+                format!("{src}/bias"),
+                part,
+                vec![outp],
+            );
         }
     };
-    let norm = |push: &mut dyn FnMut(String, String, Option<(usize, usize)>, Vec<usize>),
-                dst: &str,
-                src: &str| {
-        push(format!("{dst}.weight"), format!("{src}/gamma"), None, vec![n]);
+    let norm = |push: &mut Push, dst: &str, src: &str| {
+        push(
+            format!("{dst}.weight"),
+            format!("{src}/gamma"),
+            None,
+            vec![n],
+        );
         push(format!("{dst}.bias"), format!("{src}/beta"), None, vec![n]);
     };
     let e = "model.encoder";
-    push(format!("{e}.conv1.weight"), "encoder/conv1/weight".into(), None, vec![n, d.num_mel_bins, 3]);
-    push(format!("{e}.conv1.bias"), "encoder/conv1/bias".into(), None, vec![n]);
-    push(format!("{e}.conv2.weight"), "encoder/conv2/weight".into(), None, vec![n, n, 3]);
-    push(format!("{e}.conv2.bias"), "encoder/conv2/bias".into(), None, vec![n]);
+    push(
+        format!("{e}.conv1.weight"),
+        "encoder/conv1/weight".into(),
+        None,
+        vec![n, d.num_mel_bins, 3],
+    );
+    push(
+        format!("{e}.conv1.bias"),
+        "encoder/conv1/bias".into(),
+        None,
+        vec![n],
+    );
+    push(
+        format!("{e}.conv2.weight"),
+        "encoder/conv2/weight".into(),
+        None,
+        vec![n, n, 3],
+    );
+    push(
+        format!("{e}.conv2.bias"),
+        "encoder/conv2/bias".into(),
+        None,
+        vec![n],
+    );
     push(
         format!("{e}.embed_positions.weight"),
         "encoder/position_encodings/encodings".into(),
@@ -251,7 +288,12 @@ fn mappings(d: &WhisperDims) -> Vec<Mapping> {
     );
     norm(&mut push, &format!("{e}.layer_norm"), "encoder/layer_norm");
     let dd = "model.decoder";
-    push(format!("{dd}.embed_tokens.weight"), "decoder/embeddings/weight".into(), None, vec![d.vocab_size, n]);
+    push(
+        format!("{dd}.embed_tokens.weight"),
+        "decoder/embeddings/weight".into(),
+        None,
+        vec![d.vocab_size, n],
+    );
     push(
         format!("{dd}.embed_positions.weight"),
         "decoder/position_encodings/encodings".into(),
@@ -264,25 +306,117 @@ fn mappings(d: &WhisperDims) -> Vec<Mapping> {
             let dst = format!("model.{side}.layers.{i}");
             let src = format!("{side}/layer_{i}");
             let sa = format!("{src}/self_attention");
-            norm(&mut push, &format!("{dst}.self_attn_layer_norm"), &format!("{sa}/layer_norm"));
+            norm(
+                &mut push,
+                &format!("{dst}.self_attn_layer_norm"),
+                &format!("{sa}/layer_norm"),
+            );
             let fused = format!("{sa}/linear_0");
-            linear(&mut push, &format!("{dst}.self_attn.q_proj"), &fused, Some((0, 3)), n, n, true);
-            linear(&mut push, &format!("{dst}.self_attn.k_proj"), &fused, Some((1, 3)), n, n, false);
-            linear(&mut push, &format!("{dst}.self_attn.v_proj"), &fused, Some((2, 3)), n, n, true);
-            linear(&mut push, &format!("{dst}.self_attn.out_proj"), &format!("{sa}/linear_1"), None, n, n, true);
+            linear(
+                &mut push,
+                &format!("{dst}.self_attn.q_proj"),
+                &fused,
+                Some((0, 3)),
+                n,
+                n,
+                true,
+            );
+            linear(
+                &mut push,
+                &format!("{dst}.self_attn.k_proj"),
+                &fused,
+                Some((1, 3)),
+                n,
+                n,
+                false,
+            );
+            linear(
+                &mut push,
+                &format!("{dst}.self_attn.v_proj"),
+                &fused,
+                Some((2, 3)),
+                n,
+                n,
+                true,
+            );
+            linear(
+                &mut push,
+                &format!("{dst}.self_attn.out_proj"),
+                &format!("{sa}/linear_1"),
+                None,
+                n,
+                n,
+                true,
+            );
             if side == "decoder" {
                 let ca = format!("{src}/attention");
-                norm(&mut push, &format!("{dst}.encoder_attn_layer_norm"), &format!("{ca}/layer_norm"));
-                linear(&mut push, &format!("{dst}.encoder_attn.q_proj"), &format!("{ca}/linear_0"), None, n, n, true);
+                norm(
+                    &mut push,
+                    &format!("{dst}.encoder_attn_layer_norm"),
+                    &format!("{ca}/layer_norm"),
+                );
+                linear(
+                    &mut push,
+                    &format!("{dst}.encoder_attn.q_proj"),
+                    &format!("{ca}/linear_0"),
+                    None,
+                    n,
+                    n,
+                    true,
+                );
                 let kv = format!("{ca}/linear_1");
-                linear(&mut push, &format!("{dst}.encoder_attn.k_proj"), &kv, Some((0, 2)), n, n, false);
-                linear(&mut push, &format!("{dst}.encoder_attn.v_proj"), &kv, Some((1, 2)), n, n, true);
-                linear(&mut push, &format!("{dst}.encoder_attn.out_proj"), &format!("{ca}/linear_2"), None, n, n, true);
+                linear(
+                    &mut push,
+                    &format!("{dst}.encoder_attn.k_proj"),
+                    &kv,
+                    Some((0, 2)),
+                    n,
+                    n,
+                    false,
+                );
+                linear(
+                    &mut push,
+                    &format!("{dst}.encoder_attn.v_proj"),
+                    &kv,
+                    Some((1, 2)),
+                    n,
+                    n,
+                    true,
+                );
+                linear(
+                    &mut push,
+                    &format!("{dst}.encoder_attn.out_proj"),
+                    &format!("{ca}/linear_2"),
+                    None,
+                    n,
+                    n,
+                    true,
+                );
             }
             let ffn = format!("{src}/ffn");
-            norm(&mut push, &format!("{dst}.final_layer_norm"), &format!("{ffn}/layer_norm"));
-            linear(&mut push, &format!("{dst}.fc1"), &format!("{ffn}/linear_0"), None, n, 4 * n, true);
-            linear(&mut push, &format!("{dst}.fc2"), &format!("{ffn}/linear_1"), None, 4 * n, n, true);
+            norm(
+                &mut push,
+                &format!("{dst}.final_layer_norm"),
+                &format!("{ffn}/layer_norm"),
+            );
+            linear(
+                &mut push,
+                &format!("{dst}.fc1"),
+                &format!("{ffn}/linear_0"),
+                None,
+                n,
+                4 * n,
+                true,
+            );
+            linear(
+                &mut push,
+                &format!("{dst}.fc2"),
+                &format!("{ffn}/linear_1"),
+                None,
+                4 * n,
+                n,
+                true,
+            );
         }
     }
     out
@@ -355,7 +489,11 @@ pub fn convert(model: &Ct2Model) -> Result<(WhisperDims, BTreeMap<String, Tensor
             // would read whole.
             Some((i, _)) => {
                 let part = full.narrow(0, i * m.shape[0], m.shape[0])?;
-                Tensor::from_vec(part.flatten_all()?.to_vec1::<f32>()?, part.shape(), &Device::Cpu)?
+                Tensor::from_vec(
+                    part.flatten_all()?.to_vec1::<f32>()?,
+                    part.shape(),
+                    &Device::Cpu,
+                )?
             }
             None => full,
         };
@@ -380,14 +518,21 @@ fn sha256_file(path: &Path) -> Result<String, ImportError> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), ImportError>) -> Result<(), ImportError> {
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), ImportError>,
+) -> Result<(), ImportError> {
     let tmp = path.with_extension("partial");
     write(&tmp)?;
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// Converts `<src_dir>/model.bin` (+ `config.json`) into `<out_dir>`; always does the work.
-pub fn convert_dir(src_dir: &Path, out_dir: &Path, opts: ImportOptions) -> Result<ImportReport, ImportError> {
+pub fn convert_dir(
+    src_dir: &Path,
+    out_dir: &Path,
+    opts: ImportOptions,
+) -> Result<ImportReport, ImportError> {
     let model = Ct2Model::read(&src_dir.join("model.bin"))?;
     let cfg_path = src_dir.join("config.json");
     let cfg_text = fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
@@ -406,7 +551,9 @@ pub fn convert_dir(src_dir: &Path, out_dir: &Path, opts: ImportOptions) -> Resul
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.to_dtype(dtype)?)))
         .collect::<Result<_, candle_core::Error>>()?;
-    write_atomic(&st_path, |tmp| Ok(candle_core::safetensors::save(&stored, tmp)?))?;
+    write_atomic(&st_path, |tmp| {
+        Ok(candle_core::safetensors::save(&stored, tmp)?)
+    })?;
     drop(stored);
     outputs.push(st_path);
 
@@ -454,7 +601,11 @@ pub fn convert_dir(src_dir: &Path, out_dir: &Path, opts: ImportOptions) -> Resul
 /// Imports the installed model `entry` under `models_dir`: verifies its files against the
 /// manifest, then converts them into `<model dir>/candle/` unless the outputs there were made
 /// from the same inputs with the same options and are intact.
-pub fn import_model(models_dir: &Path, entry: &ModelEntry, opts: ImportOptions) -> Result<ImportReport, ImportError> {
+pub fn import_model(
+    models_dir: &Path,
+    entry: &ModelEntry,
+    opts: ImportOptions,
+) -> Result<ImportReport, ImportError> {
     let mut inputs = BTreeMap::new();
     for check in check_model(models_dir, entry) {
         if !check.state.is_ok() {
@@ -470,7 +621,10 @@ pub fn import_model(models_dir: &Path, entry: &ModelEntry, opts: ImportOptions) 
     let stamp_path = out_dir.join(STAMP_FILE);
     if let Ok(text) = fs::read_to_string(&stamp_path) {
         if let Ok(stamp) = serde_json::from_str::<Stamp>(&text) {
-            if stamp.converter == CONVERTER_VERSION && stamp.options == opts && stamp.inputs == inputs {
+            if stamp.converter == CONVERTER_VERSION
+                && stamp.options == opts
+                && stamp.inputs == inputs
+            {
                 let mut intact = true;
                 for (name, hash) in &stamp.outputs {
                     let p = out_dir.join(name);

@@ -63,7 +63,15 @@ pub fn mel_filters(sample_rate: usize, n_fft: usize, n_mels: usize) -> Vec<f32> 
 /// `frames` the first frames of the (padded) spectrogram: 3000 for Whisper's 30 s window, or fewer
 /// to encode only the audio there is.
 pub fn log_mel(samples: &[f32], filters: &[f32], n_mels: usize, frames: usize) -> Vec<f32> {
-    let mel = audio::log_mel_spectrogram_(samples, filters, N_FFT, HOP_LENGTH, n_mels, false);
+    // Whisper's STFT is centered: frame i covers samples around i·hop, the start reflect-padded
+    // by n_fft / 2 (candle's frames start at i·hop).
+    let half = N_FFT / 2;
+    let mut padded = Vec::with_capacity(samples.len() + half);
+    let reflect = half.min(samples.len().saturating_sub(1));
+    padded.resize(half - reflect, 0.0);
+    padded.extend((1..=reflect).rev().map(|i| samples[i]));
+    padded.extend_from_slice(samples);
+    let mel = audio::log_mel_spectrogram_(&padded, filters, N_FFT, HOP_LENGTH, n_mels, false);
     let n_len = mel.len() / n_mels;
     let frames = frames.min(n_len);
     let mut out = Vec::with_capacity(n_mels * frames);
@@ -90,7 +98,10 @@ mod tests {
         assert!(peak > 0.0 && last[..150].iter().all(|&v| v == 0.0));
         // Every filter has some weight.
         for i in 0..80 {
-            assert!(f[i * 201..(i + 1) * 201].iter().any(|&v| v > 0.0), "filter {i}");
+            assert!(
+                f[i * 201..(i + 1) * 201].iter().any(|&v| v > 0.0),
+                "filter {i}"
+            );
         }
     }
 

@@ -28,6 +28,12 @@ pub const MIN_FRAMES: usize = 100;
 pub const TAIL_FRAMES: usize = 50;
 /// Below this many samples (0.1 s) there is nothing to transcribe.
 pub const MIN_SAMPLES: usize = 1600;
+/// Silence put before the audio (0.3 s): Whisper drops the first words of speech that starts
+/// right at the first sample (measured on espeak-ng speech, both encoder modes).
+pub const LEAD_SAMPLES: usize = 4800;
+/// Audio whose RMS level is below this (about −46 dBFS) is silence: it is not run through the
+/// model, which tends to hallucinate ("you", "Thank you.") on near-silent input.
+pub const SILENCE_RMS: f32 = 0.005;
 /// Whisper's thresholds: a segment whose no-speech probability is above the first and whose mean
 /// token log-probability is below the second is silence.
 pub const NO_SPEECH_THRESHOLD: f32 = 0.6;
@@ -90,7 +96,12 @@ impl Model {
         }
     }
 
-    fn decode(&mut self, tokens: &Tensor, audio: &Tensor, flush: bool) -> candle_core::Result<Tensor> {
+    fn decode(
+        &mut self,
+        tokens: &Tensor,
+        audio: &Tensor,
+        flush: bool,
+    ) -> candle_core::Result<Tensor> {
         match self {
             Model::Full(m) => {
                 let ys = m.decoder.forward(tokens, audio, flush)?;
@@ -150,10 +161,11 @@ impl SpeechToText {
             move |source| SttError::Io { path, source }
         };
         let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
-        let config: CandleConfig = serde_json::from_str(&text).map_err(|source| SttError::Config {
-            path: cfg_path.display().to_string(),
-            source,
-        })?;
+        let config: CandleConfig =
+            serde_json::from_str(&text).map_err(|source| SttError::Config {
+                path: cfg_path.display().to_string(),
+                source,
+            })?;
         let wcfg = w::Config {
             num_mel_bins: config.dims.num_mel_bins,
             max_source_positions: config.dims.max_source_positions,
@@ -212,15 +224,19 @@ impl SpeechToText {
 
     /// Transcribes 16 kHz mono audio, encoding a 30 s padded window when `pad_to_30s`, else the
     /// audio's own length. Audio longer than 30 s is transcribed in 30 s windows.
-    pub fn transcribe_with(&self, samples_16k: &[f32], pad_to_30s: bool) -> Result<Transcript, SttError> {
+    pub fn transcribe_with(
+        &self,
+        samples_16k: &[f32],
+        pad_to_30s: bool,
+    ) -> Result<Transcript, SttError> {
         if samples_16k.iter().any(|s| !s.is_finite()) {
             return Err(SttError::BadAudio);
         }
         let mut texts = Vec::new();
         let mut probs = Vec::new();
         let mut no_speech_prob = 1f32;
-        for chunk in samples_16k.chunks(w::N_SAMPLES) {
-            if chunk.len() < MIN_SAMPLES {
+        for chunk in samples_16k.chunks(w::N_SAMPLES - LEAD_SAMPLES) {
+            if chunk.len() < MIN_SAMPLES || rms(chunk) < SILENCE_RMS {
                 continue;
             }
             let d = self.transcribe_window(chunk, pad_to_30s)?;
@@ -250,6 +266,9 @@ impl SpeechToText {
 
     fn transcribe_window(&self, samples: &[f32], pad_to_30s: bool) -> Result<Decoded, SttError> {
         let n_mels = self.config.dims.num_mel_bins;
+        let mut lead = vec![0f32; LEAD_SAMPLES];
+        lead.extend_from_slice(samples);
+        let samples = &lead;
         let frames = if pad_to_30s {
             mel::N_FRAMES
         } else {
@@ -308,6 +327,10 @@ impl SpeechToText {
     }
 }
 
+fn rms(samples: &[f32]) -> f32 {
+    (samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32).sqrt()
+}
+
 /// Probability of `id` under the softmax of `logits` restricted to the ids not `masked`.
 fn softmax_at(logits: &[f32], id: usize, masked: impl Fn(usize) -> bool) -> f32 {
     let max = logits
@@ -336,15 +359,15 @@ fn argmax_prob(logits: &[f32], masked: impl Fn(usize) -> bool) -> (usize, f32) {
     (best.0, softmax_at(logits, best.0, masked))
 }
 
-/// When `tokens` ends in a loop (an n-gram of 2–16 tokens four times in a row, or one token eight
-/// times), how many tokens to keep: everything before the loop plus one occurrence.
+/// When `tokens` ends in a loop (an n-gram of 2–4 tokens four times in a row, of 5–48 tokens three
+/// times, or one token eight times), how many tokens to keep: everything before the loop plus one occurrence.
 fn repetition_cut(tokens: &[u32]) -> Option<usize> {
     let n = tokens.len();
     if n >= 8 && tokens[n - 8..].iter().all(|&t| t == tokens[n - 1]) {
         return Some(n - 7);
     }
-    for k in 2..=16 {
-        let reps = 4;
+    for k in 2..=48 {
+        let reps = if k < 5 { 4 } else { 3 };
         if n < k * reps {
             break;
         }
@@ -370,6 +393,12 @@ mod tests {
         assert_eq!(repetition_cut(&[5; 8]), Some(1));
         assert_eq!(repetition_cut(&[1, 2, 3, 1, 2, 3, 4]), None);
         assert_eq!(repetition_cut(&[5, 5, 5, 5]), None);
+        let phrase: Vec<u32> = (10..30).collect();
+        let mut looped = vec![1];
+        for _ in 0..3 {
+            looped.extend(&phrase);
+        }
+        assert_eq!(repetition_cut(&looped), Some(21));
     }
 
     #[test]

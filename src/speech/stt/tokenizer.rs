@@ -64,7 +64,7 @@ pub struct SpecialTokens {
     pub sot: u32,
     pub transcribe: u32,
     pub no_timestamps: u32,
-    /// `<|nospeech|>` (multilingual models) or `<|nocaptions|>` (English-only).
+    /// `<|nospeech|>`, or `<|nocaptions|>` in the older vocabularies.
     pub no_speech: u32,
     /// `<|en|>`, present in multilingual models only.
     pub english: Option<u32>,
@@ -120,12 +120,8 @@ impl Tokenizer {
                 .ok_or_else(|| TokenizerError::MissingSpecial(name.to_string()))
         };
         let english = special.get("<|en|>").copied();
-        let multilingual = special.contains_key("<|de|>") && special.contains_key("<|nospeech|>");
-        let no_speech = if multilingual {
-            get("<|nospeech|>")?
-        } else {
-            get("<|nocaptions|>").or_else(|_| get("<|nospeech|>"))?
-        };
+        let multilingual = english.is_some() && special.contains_key("<|de|>");
+        let no_speech = get("<|nospeech|>").or_else(|_| get("<|nocaptions|>"))?;
         let specials = SpecialTokens {
             eot: get("<|endoftext|>")?,
             sot: get("<|startoftranscript|>")?,

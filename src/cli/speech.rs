@@ -153,8 +153,8 @@ pub fn stt(config: &Config, args: SttArgs) -> anyhow::Result<ExitCode> {
 
 /// The bench utterances: about 2 s and 6 s of espeak-ng speech.
 const BENCH_SENTENCES: [&str; 2] = [
-    "I need an appointment.",
-    "Hi, this is Maria Lopez, I would like to book an appointment for next Tuesday morning please.",
+    "Hello, I need to book an appointment.",
+    "Hi, this is Maria Lopez, I would like to book an appointment for next Tuesday morning, if that is possible.",
 ];
 
 /// Synthesizes `text` with espeak-ng and returns it as 16 kHz mono.

@@ -3,6 +3,7 @@
 
 mod bench;
 mod doctor;
+mod speech;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,6 +72,8 @@ pub enum Command {
     /// Measurements: medians and tails of the real code on fixed inputs.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Transcribes a WAV file with the speech-to-text model.
+    Stt(speech::SttArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +87,8 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Speech to text: load time, latency and real-time factor on ~2 s and ~6 s utterances.
+    Stt(speech::BenchSttArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +148,8 @@ pub enum ScriptCommand {
 pub enum ModelsCommand {
     /// Every model of the manifest with its installation state.
     List,
+    /// Converts installed Whisper models into candle's formats (safetensors, q8_0 GGUF).
+    Import(speech::ImportArgs),
 }
 
 /// Runs the parsed command line.
@@ -164,6 +171,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check) => unreachable!("handled above"),
         Command::Db(cmd) => db(&config, cmd),
         Command::Models(ModelsCommand::List) => models_list(&config),
+        Command::Models(ModelsCommand::Import(args)) => speech::import(&config, args),
+        Command::Stt(args) => speech::stt(&config, args),
+        Command::Bench(BenchCommand::Stt(args)) => speech::bench(&config, args),
         Command::Doctor => Ok(doctor::run(&config)),
         Command::Script(cmd) => script(&config, cmd),
         Command::Simulate(args) => simulate(&config, args),

@@ -1,3 +1,11 @@
-//! Speech on the box: text-to-speech (and, as they land, speech-to-text and the language model).
-//! Model inference lives only here; the agent and the call session see text and audio frames.
+//! Speech on the box: the caller's audio into text for the agent, and the agent's text into
+//! audio. Everything runs on the box through candle, from weights installed by `models/fetch` and
+//! converted once by `callbox models import`; nothing is downloaded at run time. Model inference
+//! lives only here; the agent and the call session see text and audio.
+//!
+//! - [`audio`]: WAV files, resampling, G.711 µ-law.
+//! - [`stt`]: Whisper speech to text.
+//! - [`tts`]: text preparation, phonemes and voices.
+pub mod audio;
+pub mod stt;
 pub mod tts;

@@ -1,0 +1,412 @@
+//! Speech to text: Whisper on candle, from the packaged CTranslate2 weights converted once by
+//! [`import`] (`callbox models import`).
+//!
+//! [`SpeechToText`] is loaded once and shared (`Arc`, `Send + Sync`): the model sits behind a
+//! mutex, one utterance is decoded at a time. Decoding is greedy, English, without timestamps,
+//! with Whisper's non-speech token suppression; silence is recognized from the no-speech token's
+//! probability at the first step, and a repetition check stops decoding loops. By default the
+//! encoder runs on the audio there is (at least [`MIN_FRAMES`]), not on a 30 s padded window.
+
+pub mod ct2;
+pub mod import;
+pub mod mel;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::whisper::{self as w, model as fmodel, quantized_model as qmodel};
+
+use import::{CandleConfig, CANDLE_DIR, CONFIG_FILE, GGUF_FILE, SAFETENSORS_FILE};
+use tokenizer::{Tokenizer, TokenizerError};
+
+/// Least number of mel frames the encoder runs on (1 s).
+pub const MIN_FRAMES: usize = 100;
+/// Silence appended after the audio when encoding the actual length (0.5 s, in frames).
+pub const TAIL_FRAMES: usize = 50;
+/// Below this many samples (0.1 s) there is nothing to transcribe.
+pub const MIN_SAMPLES: usize = 1600;
+/// Silence put before the audio (0.3 s): Whisper drops the first words of speech that starts
+/// right at the first sample (measured on espeak-ng speech, both encoder modes).
+pub const LEAD_SAMPLES: usize = 4800;
+/// Audio whose RMS level is below this (about −46 dBFS) is silence: it is not run through the
+/// model, which tends to hallucinate ("you", "Thank you.") on near-silent input.
+pub const SILENCE_RMS: f32 = 0.005;
+/// Whisper's thresholds: a segment whose no-speech probability is above the first and whose mean
+/// token log-probability is below the second is silence.
+pub const NO_SPEECH_THRESHOLD: f32 = 0.6;
+pub const LOGPROB_THRESHOLD: f32 = -1.0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SttError {
+    #[error("{dir}: no converted model (run `callbox models import`)")]
+    NotImported { dir: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid model config: {source}")]
+    Config {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("model error: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error("the audio contains non-finite samples")]
+    BadAudio,
+    #[error("the speech model is unusable after a panic in another thread")]
+    Poisoned,
+}
+
+/// How the model is loaded and run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SttOptions {
+    /// Use the q8_0 GGUF and candle's quantized whisper.
+    pub quantized: bool,
+    /// Pad every utterance to Whisper's 30 s window before encoding (slower; for comparison).
+    pub pad_to_30s: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    /// Mean probability of the text tokens (0 when there are none).
+    pub confidence: f32,
+    /// Probability of the no-speech token at the first decoding step.
+    pub no_speech_prob: f32,
+}
+
+enum Model {
+    Full(fmodel::Whisper),
+    Quantized(qmodel::Whisper),
+}
+
+impl Model {
+    fn encode(&mut self, mel: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Model::Full(m) => m.encoder.forward(mel, true),
+            Model::Quantized(m) => m.encoder.forward(mel, true),
+        }
+    }
+
+    fn decode(
+        &mut self,
+        tokens: &Tensor,
+        audio: &Tensor,
+        flush: bool,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Model::Full(m) => {
+                let ys = m.decoder.forward(tokens, audio, flush)?;
+                let last = ys.dim(1)? - 1;
+                m.decoder.final_linear(&ys.i((..1, last..))?)
+            }
+            Model::Quantized(m) => {
+                let ys = m.decoder.forward(tokens, audio, flush)?;
+                let last = ys.dim(1)? - 1;
+                m.decoder.final_linear(&ys.i((..1, last..))?)
+            }
+        }
+    }
+}
+
+pub struct SpeechToText {
+    model: Mutex<Model>,
+    config: CandleConfig,
+    tokenizer: Tokenizer,
+    filters: Vec<f32>,
+    /// `true` for token ids never produced: config's suppress tokens and every special token but
+    /// end of text.
+    suppress: Vec<bool>,
+    options: SttOptions,
+    device: Device,
+}
+
+struct Decoded {
+    tokens: Vec<u32>,
+    probs: Vec<f32>,
+    sum_logprob: f32,
+    no_speech_prob: f32,
+}
+
+impl SpeechToText {
+    /// Loads the converted model of the model directory `dir` (e.g.
+    /// `~/.cache/callbox/models/whisper-tiny-en`).
+    pub fn load(dir: &Path) -> Result<SpeechToText, SttError> {
+        SpeechToText::load_with(dir, SttOptions::default())
+    }
+
+    pub fn load_with(dir: &Path, options: SttOptions) -> Result<SpeechToText, SttError> {
+        let candle_dir = dir.join(CANDLE_DIR);
+        let weights = candle_dir.join(if options.quantized {
+            GGUF_FILE
+        } else {
+            SAFETENSORS_FILE
+        });
+        let cfg_path = candle_dir.join(CONFIG_FILE);
+        if !weights.exists() || !cfg_path.exists() {
+            return Err(SttError::NotImported {
+                dir: dir.display().to_string(),
+            });
+        }
+        let io = |path: &PathBuf| {
+            let path = path.display().to_string();
+            move |source| SttError::Io { path, source }
+        };
+        let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+        let config: CandleConfig =
+            serde_json::from_str(&text).map_err(|source| SttError::Config {
+                path: cfg_path.display().to_string(),
+                source,
+            })?;
+        let wcfg = w::Config {
+            num_mel_bins: config.dims.num_mel_bins,
+            max_source_positions: config.dims.max_source_positions,
+            d_model: config.dims.d_model,
+            encoder_attention_heads: config.dims.encoder_attention_heads,
+            encoder_layers: config.dims.encoder_layers,
+            vocab_size: config.dims.vocab_size,
+            max_target_positions: config.dims.max_target_positions,
+            decoder_attention_heads: config.dims.decoder_attention_heads,
+            decoder_layers: config.dims.decoder_layers,
+            suppress_tokens: config.suppress_tokens.clone(),
+        };
+        let device = Device::Cpu;
+        let model = if options.quantized {
+            let vb = qmodel::VarBuilder::from_gguf(&weights, &device)?;
+            Model::Quantized(qmodel::Whisper::load(&vb, wcfg)?)
+        } else {
+            let tensors = candle_core::safetensors::load(&weights, &device)?;
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+            Model::Full(fmodel::Whisper::load(&vb, wcfg)?)
+        };
+        let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
+        let vocab = config.dims.vocab_size;
+        let mut suppress = vec![false; vocab];
+        for &t in &config.suppress_tokens {
+            if let Some(s) = suppress.get_mut(t as usize) {
+                *s = true;
+            }
+        }
+        for (id, s) in suppress.iter_mut().enumerate() {
+            let id = id as u32;
+            if id != tokenizer.specials.eot && tokenizer.is_special(id) {
+                *s = true;
+            }
+        }
+        let filters = mel::mel_filters(mel::SAMPLE_RATE, mel::N_FFT, config.dims.num_mel_bins);
+        Ok(SpeechToText {
+            model: Mutex::new(model),
+            config,
+            tokenizer,
+            filters,
+            suppress,
+            options,
+            device,
+        })
+    }
+
+    pub fn options(&self) -> SttOptions {
+        self.options
+    }
+
+    /// Transcribes 16 kHz mono audio with the options the model was loaded with.
+    pub fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError> {
+        self.transcribe_with(samples_16k, self.options.pad_to_30s)
+    }
+
+    /// Transcribes 16 kHz mono audio, encoding a 30 s padded window when `pad_to_30s`, else the
+    /// audio's own length. Audio longer than 30 s is transcribed in 30 s windows.
+    pub fn transcribe_with(
+        &self,
+        samples_16k: &[f32],
+        pad_to_30s: bool,
+    ) -> Result<Transcript, SttError> {
+        if samples_16k.iter().any(|s| !s.is_finite()) {
+            return Err(SttError::BadAudio);
+        }
+        let mut texts = Vec::new();
+        let mut probs = Vec::new();
+        let mut no_speech_prob = 1f32;
+        for chunk in samples_16k.chunks(w::N_SAMPLES - LEAD_SAMPLES) {
+            if chunk.len() < MIN_SAMPLES || rms(chunk) < SILENCE_RMS {
+                continue;
+            }
+            let d = self.transcribe_window(chunk, pad_to_30s)?;
+            no_speech_prob = no_speech_prob.min(d.no_speech_prob);
+            let avg_logprob = d.sum_logprob / (d.tokens.len() + 1) as f32;
+            if d.no_speech_prob > NO_SPEECH_THRESHOLD && avg_logprob < LOGPROB_THRESHOLD {
+                continue;
+            }
+            let text = self.tokenizer.decode(&d.tokens);
+            let text = text.trim();
+            if !text.is_empty() {
+                texts.push(text.to_string());
+                probs.extend_from_slice(&d.probs);
+            }
+        }
+        let confidence = if probs.is_empty() {
+            0.0
+        } else {
+            probs.iter().sum::<f32>() / probs.len() as f32
+        };
+        Ok(Transcript {
+            text: texts.join(" "),
+            confidence,
+            no_speech_prob,
+        })
+    }
+
+    fn transcribe_window(&self, samples: &[f32], pad_to_30s: bool) -> Result<Decoded, SttError> {
+        let n_mels = self.config.dims.num_mel_bins;
+        let mut lead = vec![0f32; LEAD_SAMPLES];
+        lead.extend_from_slice(samples);
+        let samples = &lead;
+        let frames = if pad_to_30s {
+            mel::N_FRAMES
+        } else {
+            let f = samples.len().div_ceil(mel::HOP_LENGTH) + TAIL_FRAMES;
+            let f = f.max(MIN_FRAMES);
+            (f + f % 2).min(mel::N_FRAMES)
+        };
+        let mel = mel::log_mel(samples, &self.filters, n_mels, frames);
+        let mel = Tensor::from_vec(mel, (1, n_mels, frames), &self.device)?;
+        let mut model = self.model.lock().map_err(|_| SttError::Poisoned)?;
+        let audio = model.encode(&mel)?;
+        self.greedy(&mut model, &audio)
+    }
+
+    fn greedy(&self, model: &mut Model, audio: &Tensor) -> Result<Decoded, SttError> {
+        let specials = self.tokenizer.specials;
+        let mut tokens = self.tokenizer.prompt();
+        let prompt_len = tokens.len();
+        let max_len = self.config.dims.max_target_positions / 2;
+        let mut probs = Vec::new();
+        let mut sum_logprob = 0f32;
+        let mut no_speech_prob = 0f32;
+        for step in 0..max_len {
+            let input = Tensor::new(tokens.as_slice(), &self.device)?.unsqueeze(0)?;
+            let logits: Vec<f32> = model
+                .decode(&input, audio, step == 0)?
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1()?;
+            if step == 0 {
+                no_speech_prob = softmax_at(&logits, specials.no_speech as usize, |_| false);
+            }
+            let masked = |id: usize| {
+                self.suppress.get(id).copied().unwrap_or(true)
+                    || (step == 0 && self.config.begin_suppress_tokens.contains(&(id as u32)))
+            };
+            let (next, prob) = argmax_prob(&logits, masked);
+            sum_logprob += prob.max(1e-10).ln();
+            if next as u32 == specials.eot {
+                break;
+            }
+            tokens.push(next as u32);
+            probs.push(prob);
+            if let Some(keep) = repetition_cut(&tokens[prompt_len..]) {
+                tokens.truncate(prompt_len + keep);
+                probs.truncate(keep);
+                break;
+            }
+        }
+        Ok(Decoded {
+            tokens: tokens.split_off(prompt_len),
+            probs,
+            sum_logprob,
+            no_speech_prob,
+        })
+    }
+}
+
+fn rms(samples: &[f32]) -> f32 {
+    (samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32).sqrt()
+}
+
+/// Probability of `id` under the softmax of `logits` restricted to the ids not `masked`.
+fn softmax_at(logits: &[f32], id: usize, masked: impl Fn(usize) -> bool) -> f32 {
+    let max = logits
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !masked(*i))
+        .map(|(_, &l)| l)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !masked(*i))
+        .map(|(_, &l)| (l - max).exp())
+        .sum();
+    (logits[id] - max).exp() / sum
+}
+
+/// The most likely id among those not `masked`, and its probability.
+fn argmax_prob(logits: &[f32], masked: impl Fn(usize) -> bool) -> (usize, f32) {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        if !masked(i) && l > best.1 {
+            best = (i, l);
+        }
+    }
+    (best.0, softmax_at(logits, best.0, masked))
+}
+
+/// When `tokens` ends in a loop (an n-gram of 2–4 tokens four times in a row, of 5–48 tokens three
+/// times, or one token eight times), how many tokens to keep: everything before the loop plus one occurrence.
+fn repetition_cut(tokens: &[u32]) -> Option<usize> {
+    let n = tokens.len();
+    if n >= 8 && tokens[n - 8..].iter().all(|&t| t == tokens[n - 1]) {
+        return Some(n - 7);
+    }
+    for k in 2..=48 {
+        let reps = if k < 5 { 4 } else { 3 };
+        if n < k * reps {
+            break;
+        }
+        let last = &tokens[n - k..];
+        if (1..reps).all(|r| &tokens[n - (r + 1) * k..n - r * k] == last) {
+            return Some(n - (reps - 1) * k);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetition_is_cut_to_one_occurrence() {
+        let mut t = vec![1, 2];
+        for _ in 0..4 {
+            t.extend([7, 8, 9]);
+        }
+        assert_eq!(repetition_cut(&t), Some(5));
+        assert_eq!(repetition_cut(&[5; 8]), Some(1));
+        assert_eq!(repetition_cut(&[1, 2, 3, 1, 2, 3, 4]), None);
+        assert_eq!(repetition_cut(&[5, 5, 5, 5]), None);
+        let phrase: Vec<u32> = (10..30).collect();
+        let mut looped = vec![1];
+        for _ in 0..3 {
+            looped.extend(&phrase);
+        }
+        assert_eq!(repetition_cut(&looped), Some(21));
+    }
+
+    #[test]
+    fn argmax_skips_masked_ids() {
+        let logits = [1.0, 5.0, 2.0];
+        let (id, p) = argmax_prob(&logits, |i| i == 1);
+        assert_eq!(id, 2);
+        let expected = 1.0 / (1.0 + (-1f32).exp());
+        assert!((p - expected).abs() < 1e-6);
+    }
+}

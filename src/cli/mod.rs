@@ -3,6 +3,7 @@
 
 mod bench;
 mod doctor;
+mod models_import;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -143,6 +144,13 @@ pub enum ScriptCommand {
 pub enum ModelsCommand {
     /// Every model of the manifest with its installation state.
     List,
+    /// Converts installed models into the files the firmware loads (default: every model that
+    /// has an importer).
+    Import {
+        /// Only this model (a manifest id, e.g. piper-joe).
+        #[arg(long)]
+        model: Option<String>,
+    },
 }
 
 /// Runs the parsed command line.
@@ -164,6 +172,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check) => unreachable!("handled above"),
         Command::Db(cmd) => db(&config, cmd),
         Command::Models(ModelsCommand::List) => models_list(&config),
+        Command::Models(ModelsCommand::Import { model }) => {
+            models_import::run(&config, model.as_deref())
+        }
         Command::Doctor => Ok(doctor::run(&config)),
         Command::Script(cmd) => script(&config, cmd),
         Command::Simulate(args) => simulate(&config, args),

@@ -154,8 +154,18 @@ fn real_voice_config_is_derived() {
         voice["phoneme_id_map"].as_object().unwrap().len()
     );
     // Every phoneme id fits the embedding.
-    let max_id = cfg.phoneme_id_map.values().flatten().max().copied().unwrap();
-    assert!((max_id as usize) < cfg.n_vocab, "{max_id} >= {}", cfg.n_vocab);
+    let max_id = cfg
+        .phoneme_id_map
+        .values()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap();
+    assert!(
+        (max_id as usize) < cfg.n_vocab,
+        "{max_id} >= {}",
+        cfg.n_vocab
+    );
 
     assert_eq!(cfg.hidden_channels, 192);
     assert_eq!(cfg.inter_channels, 192);
@@ -167,7 +177,10 @@ fn real_voice_config_is_derived() {
     assert_eq!(cfg.n_vocab, 256);
     assert_eq!(cfg.resblock, "2");
     assert_eq!(cfg.resblock_kernel_sizes, [3, 5, 7]);
-    assert_eq!(cfg.resblock_dilation_sizes, [vec![1, 2], vec![2, 6], vec![3, 12]]);
+    assert_eq!(
+        cfg.resblock_dilation_sizes,
+        [vec![1, 2], vec![2, 6], vec![3, 12]]
+    );
     assert_eq!(cfg.upsample_rates, [8, 8, 4]);
     assert_eq!(cfg.upsample_kernel_sizes, [16, 16, 8]);
     assert_eq!(cfg.upsample_initial_channel, 256);
@@ -378,7 +391,9 @@ fn import_writes_safetensors_and_config_then_skips() {
         serde_json::from_str(&std::fs::read_to_string(out.join(import::CONFIG_FILE)).unwrap())
             .unwrap();
     assert_eq!(config.inference.noise_w, 0.5);
-    assert!(!out.join(format!("{}.partial", import::WEIGHTS_FILE)).exists());
+    assert!(!out
+        .join(format!("{}.partial", import::WEIGHTS_FILE))
+        .exists());
 }
 
 fn callbox(dir: &Path, models: &Path) -> Command {
@@ -418,7 +433,10 @@ fn cli_imports_the_voice_and_refuses_models_without_an_importer() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("whisper-tiny-en: no importer exists"), "{stderr}");
+    assert!(
+        stderr.contains("whisper-tiny-en: no importer exists"),
+        "{stderr}"
+    );
 
     let out = callbox(tmp.path(), &models)
         .args(["models", "import", "--model", "no-such-model"])
@@ -438,7 +456,10 @@ fn cli_imports_the_voice_and_refuses_models_without_an_importer() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("piper-joe: imported 350 weights"), "{stdout}");
+    assert!(
+        stdout.contains("piper-joe: imported 350 weights"),
+        "{stdout}"
+    );
     assert!(piper.join("candle").join(import::WEIGHTS_FILE).is_file());
 
     let out = callbox(tmp.path(), &models)

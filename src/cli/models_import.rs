@@ -23,7 +23,10 @@ pub(super) fn run(config: &Config, model: Option<&str>) -> anyhow::Result<ExitCo
             Some(m) => vec![m],
             None => {
                 let ids: Vec<&str> = manifest.models.iter().map(|m| m.id.as_str()).collect();
-                eprintln!("no model `{id}` in the manifest (models: {})", ids.join(", "));
+                eprintln!(
+                    "no model `{id}` in the manifest (models: {})",
+                    ids.join(", ")
+                );
                 return Ok(ExitCode::from(2));
             }
         },

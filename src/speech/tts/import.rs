@@ -218,8 +218,9 @@ pub fn import_piper(
             out_dir: out_dir.to_path_buf(),
         });
     }
-    let json_text = String::from_utf8(json)
-        .map_err(|_| ImportError::VoiceJson(format!("{} is not UTF-8", voice_json_path.display())))?;
+    let json_text = String::from_utf8(json).map_err(|_| {
+        ImportError::VoiceJson(format!("{} is not UTF-8", voice_json_path.display()))
+    })?;
     let converted = convert(&bytes, &json_text).map_err(|e| match e {
         ImportError::Tensor(source) => ImportError::Onnx {
             path: onnx_path.to_path_buf(),
@@ -369,9 +370,9 @@ fn is_module_path(name: &str) -> bool {
     let parts: Vec<&str> = name.split('.').collect();
     parts.len() >= 2
         && parts[0].starts_with(|c: char| c.is_ascii_alphabetic())
-        && parts.iter().all(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
 /// `/flow/flows.6/enc/in_layers.0/Conv` → `flow.flows.6.enc.in_layers.0`.
@@ -419,8 +420,7 @@ fn name_initializers(graph: &Graph<'_>) -> Result<Named> {
                 how,
             });
             (name, false)
-        } else if let Some((name, how)) = name_folded_affine_scale(graph, tensor, uses, &producer)
-        {
+        } else if let Some((name, how)) = name_folded_affine_scale(graph, tensor, uses, &producer) {
             named.renamed.push(Renamed {
                 from: tensor.name.clone(),
                 to: name.clone(),
@@ -564,7 +564,10 @@ fn name_folded_affine_scale(
     uses: &[(&Node, usize)],
     producer: &HashMap<&str, &Node>,
 ) -> Option<(String, String)> {
-    let path = tensor.name.strip_prefix('/')?.strip_suffix("/Exp_output_0")?;
+    let path = tensor
+        .name
+        .strip_prefix('/')?
+        .strip_suffix("/Exp_output_0")?;
     let module = path.replace('/', ".");
     if !is_module_path(&module) || uses.is_empty() {
         return None;
@@ -638,14 +641,16 @@ fn shape<'w>(weights: &'w BTreeMap<String, Weight>, name: &str) -> Result<&'w [u
 
 fn dim(weights: &BTreeMap<String, Weight>, name: &str, axis: usize) -> Result<usize> {
     let s = shape(weights, name)?;
-    s.get(axis).copied().ok_or_else(|| {
-        ImportError::Config(format!("`{name}` has shape {s:?}, no axis {axis}"))
-    })
+    s.get(axis)
+        .copied()
+        .ok_or_else(|| ImportError::Config(format!("`{name}` has shape {s:?}, no axis {axis}")))
 }
 
 /// How many of `format(i)` exist for i = 0, 1, 2, ...
 fn count(weights: &BTreeMap<String, Weight>, format: impl Fn(usize) -> String) -> usize {
-    (0..).take_while(|&i| weights.contains_key(&format(i))).count()
+    (0..)
+        .take_while(|&i| weights.contains_key(&format(i)))
+        .count()
 }
 
 /// The convolution node whose weight input is `weight`, or whose module it is (the weights that
@@ -657,9 +662,8 @@ fn conv_of<'g>(graph: &'g Graph<'_>, weight: &str) -> Result<&'g Node> {
         .find(|n| {
             matches!(n.op_type.as_str(), "Conv" | "ConvTranspose")
                 && (n.inputs.get(1).is_some_and(|w| w == weight)
-                    || module_of_node(&n.name).is_some_and(|m| {
-                        weight.strip_suffix(".weight") == Some(m.as_str())
-                    }))
+                    || module_of_node(&n.name)
+                        .is_some_and(|m| weight.strip_suffix(".weight") == Some(m.as_str())))
         })
         .ok_or_else(|| ImportError::Config(format!("no convolution node uses `{weight}`")))
 }
@@ -669,12 +673,9 @@ fn first_int_attr(node: &Node, attr: &str, default: Option<usize>) -> Result<usi
         Some(v) => v
             .first()
             .and_then(|&x| usize::try_from(x).ok())
-            .ok_or_else(|| {
-                ImportError::Config(format!("`{}` has {attr} {v:?}", node.name))
-            }),
-        None => default.ok_or_else(|| {
-            ImportError::Config(format!("`{}` has no {attr} attribute", node.name))
-        }),
+            .ok_or_else(|| ImportError::Config(format!("`{}` has {attr} {v:?}", node.name))),
+        None => default
+            .ok_or_else(|| ImportError::Config(format!("`{}` has no {attr} attribute", node.name))),
     }
 }
 
@@ -718,7 +719,9 @@ fn derive_config(
         upsample_rates.push(first_int_attr(conv(&name)?, "strides", None)?);
     }
     let n_resblocks = count(weights, |i| format!("dec.resblocks.{i}.convs.0.weight"))
-        .max(count(weights, |i| format!("dec.resblocks.{i}.convs1.0.weight")));
+        .max(count(weights, |i| {
+            format!("dec.resblocks.{i}.convs1.0.weight")
+        }));
     if n_ups == 0 || n_resblocks == 0 || n_resblocks % n_ups != 0 {
         return Err(ImportError::Config(format!(
             "{n_resblocks} resblocks for {n_ups} upsampling layers"
@@ -749,9 +752,13 @@ fn derive_config(
 
     // Flow: coupling layers at even indices, Flip (no weights) at odd ones.
     let n_flows = count(weights, |i| format!("flow.flows.{}.pre.weight", 2 * i));
-    let wn_layers = count(weights, |m| format!("flow.flows.0.enc.in_layers.{m}.weight"));
+    let wn_layers = count(weights, |m| {
+        format!("flow.flows.0.enc.in_layers.{m}.weight")
+    });
     if n_flows == 0 || wn_layers == 0 {
-        return Err(ImportError::Config("the flow has no coupling layers".into()));
+        return Err(ImportError::Config(
+            "the flow has no coupling layers".into(),
+        ));
     }
     let wn_kernel_size = dim(weights, "flow.flows.0.enc.in_layers.0.weight", 2)?;
     let wn_dilation_rate = if wn_layers > 1 {
@@ -769,8 +776,7 @@ fn derive_config(
     // not used at inference, so not exported).
     if !weights.contains_key("dp.flows.0.m") {
         return Err(ImportError::Config(
-            "no stochastic duration predictor (`dp.flows.0.m`); only that kind is supported"
-                .into(),
+            "no stochastic duration predictor (`dp.flows.0.m`); only that kind is supported".into(),
         ));
     }
     let last_flow = weights
@@ -837,6 +843,8 @@ fn derive_config(
 /// Every weight an inference VITS model with this configuration has, with its shape.
 pub fn expected_weights(c: &VoiceConfig) -> BTreeMap<String, Vec<usize>> {
     let mut e = BTreeMap::new();
+    // Shapes that the `conv` helper does not make, added once it is done.
+    let mut extra: Vec<(String, Vec<usize>)> = Vec::new();
     let mut conv = |prefix: &str, out: usize, inp: usize, k: usize, bias: bool| {
         e.insert(format!("{prefix}.weight"), vec![out, inp, k]);
         if bias {
@@ -858,12 +866,19 @@ pub fn expected_weights(c: &VoiceConfig) -> BTreeMap<String, Vec<usize>> {
     }
     conv("enc_p.proj", 2 * c.inter_channels, h, 1, true);
     // Decoder.
-    conv("dec.conv_pre", c.upsample_initial_channel, c.inter_channels, 7, true);
+    conv(
+        "dec.conv_pre",
+        c.upsample_initial_channel,
+        c.inter_channels,
+        7,
+        true,
+    );
     let mut ch = c.upsample_initial_channel;
     let per_up = c.resblock_kernel_sizes.len();
     for (i, &k) in c.upsample_kernel_sizes.iter().enumerate() {
-        // ConvTranspose1d weights are [in, out, k].
-        conv(&format!("dec.ups.{i}"), ch, ch / 2, k, true);
+        // ConvTranspose1d weights are [in, out, k]; the bias is [out].
+        conv(&format!("dec.ups.{i}"), ch, ch / 2, k, false);
+        extra.push((format!("dec.ups.{i}.bias"), vec![ch / 2]));
         ch /= 2;
         for (r, (&rk, dil)) in c
             .resblock_kernel_sizes
@@ -929,6 +944,7 @@ pub fn expected_weights(c: &VoiceConfig) -> BTreeMap<String, Vec<usize>> {
         dds(&format!("{p}.convs"), &mut conv);
         conv(&format!("{p}.proj"), 3 * d.num_bins - 1, df, 1, true);
     }
+    e.extend(extra);
     // Parameters that are not convolutions.
     e.insert("enc_p.emb.weight".into(), vec![c.n_vocab, h]);
     for l in 0..c.n_layers {

@@ -204,7 +204,9 @@ impl Tensor<'_> {
                 data_type::UINT8 | data_type::INT8 | data_type::BOOL => 1,
                 t => return Err(self.bad(format!("data type {t} is not supported"))),
             };
-            let expected = n.checked_mul(width).ok_or_else(|| self.bad("too big".into()))?;
+            let expected = n
+                .checked_mul(width)
+                .ok_or_else(|| self.bad("too big".into()))?;
             if raw.len() != expected {
                 return Err(self.bad(format!(
                     "raw_data has {} bytes, dims {:?} of type {} need {expected}",
@@ -658,7 +660,10 @@ mod tests {
         field_len(1, &dims, &mut w);
         field_varint(2, 1, &mut w);
         field_len(8, b"w", &mut w);
-        let raw: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let raw: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         field_len(9, &raw, &mut w);
 
         let mut k = Vec::new();
@@ -771,7 +776,9 @@ mod tests {
         );
         assert!(e.to_string().contains("byte 2"), "{e}");
         // An over-long varint.
-        let bytes = [0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        let bytes = [
+            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        ];
         assert!(matches!(
             parse_model(&bytes),
             Err(OnnxError::BadVarint { offset: 1, .. })

@@ -341,6 +341,12 @@ fn import_writes_safetensors_and_config_then_skips() {
         panic!("first import skipped");
     };
     let weights = std::fs::read(out.join(import::WEIGHTS_FILE)).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(out.join(import::WEIGHTS_FILE))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o644, "{mode:o}");
     let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
     assert_eq!(st.len(), 350);
     let t = st.tensor("flow.flows.0.enc.in_layers.3.weight").unwrap();

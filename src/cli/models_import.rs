@@ -67,6 +67,20 @@ pub(super) fn run(config: &Config, model: Option<&str>) -> anyhow::Result<ExitCo
             failed = true;
         }
     }
+    if model.is_none() {
+        let without: Vec<&str> = manifest
+            .models
+            .iter()
+            .map(|m| m.id.as_str())
+            .filter(|id| !IMPORTERS.contains(id))
+            .collect();
+        if !without.is_empty() {
+            println!(
+                "no importer exists yet for: {} (not imported)",
+                without.join(", ")
+            );
+        }
+    }
     Ok(if failed {
         ExitCode::from(2)
     } else {

@@ -312,6 +312,13 @@ fn write_output(out_dir: &Path, converted: &Converted, stamp: &str) -> Result<()
     config_json.push('\n');
     fs::write(&config_tmp, config_json).map_err(io_err(&config_tmp))?;
 
+    // The safetensors writer creates its file owner-only; the firmware may run as another user
+    // than the installer, so the weights get the usual read permissions.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&weights_tmp, fs::Permissions::from_mode(0o644))
+            .map_err(io_err(&weights_tmp))?;
+    }
     fs::rename(&weights_tmp, &weights_path).map_err(io_err(&weights_path))?;
     fs::rename(&config_tmp, &config_path).map_err(io_err(&config_path))?;
     fs::write(&stamp_path, stamp).map_err(io_err(&stamp_path))?;

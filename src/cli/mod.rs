@@ -3,6 +3,7 @@
 
 mod bench;
 mod doctor;
+mod models_import;
 mod speech;
 
 use std::path::{Path, PathBuf};
@@ -148,8 +149,9 @@ pub enum ScriptCommand {
 pub enum ModelsCommand {
     /// Every model of the manifest with its installation state.
     List,
-    /// Converts installed Whisper models into candle's formats (safetensors, q8_0 GGUF).
-    Import(speech::ImportArgs),
+    /// Converts installed models into what the firmware's candle code loads (Whisper:
+    /// safetensors and q8_0 GGUF; the Piper voice: safetensors and its config).
+    Import(models_import::ImportArgs),
 }
 
 /// Runs the parsed command line.
@@ -171,7 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check) => unreachable!("handled above"),
         Command::Db(cmd) => db(&config, cmd),
         Command::Models(ModelsCommand::List) => models_list(&config),
-        Command::Models(ModelsCommand::Import(args)) => speech::import(&config, args),
+        Command::Models(ModelsCommand::Import(args)) => models_import::run(&config, args),
         Command::Stt(args) => speech::stt(&config, args),
         Command::Bench(BenchCommand::Stt(args)) => speech::bench(&config, args),
         Command::Doctor => Ok(doctor::run(&config)),

@@ -1,4 +1,4 @@
-//! `callbox models import`, `callbox stt` and `callbox bench stt`: the speech commands.
+//! `callbox stt` and `callbox bench stt`: the speech commands.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, ExitCode};
@@ -9,26 +9,7 @@ use anyhow::{bail, Context};
 use crate::config::Config;
 use crate::models::{check_model, Manifest};
 use crate::speech::audio;
-use crate::speech::stt::import::{import_model, ImportOptions, WeightDType};
 use crate::speech::stt::{SpeechToText, SttOptions};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DTypeArg {
-    F16,
-    F32,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ImportArgs {
-    /// Model ids to convert (default: every installed speech-to-text model).
-    pub ids: Vec<String>,
-    /// Storage type of the safetensors weights.
-    #[arg(long, value_enum, default_value_t = DTypeArg::F16)]
-    pub dtype: DTypeArg,
-    /// Do not write the q8_0 GGUF for `--quantized`.
-    #[arg(long)]
-    pub no_gguf: bool,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct SttArgs {
@@ -81,51 +62,6 @@ fn load(config: &Config, args: &ModelArgs) -> anyhow::Result<SpeechToText> {
         pad_to_30s: args.pad_30s,
     };
     Ok(SpeechToText::load_with(&dir, options)?)
-}
-
-pub fn import(config: &Config, args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let manifest = Manifest::embedded();
-    let dir = &config.models.dir;
-    let ids: Vec<String> = if args.ids.is_empty() {
-        manifest
-            .models
-            .iter()
-            .filter(|m| m.role == "stt")
-            .filter(|m| m.required || check_model(dir, m).iter().all(|c| c.state.is_ok()))
-            .map(|m| m.id.clone())
-            .collect()
-    } else {
-        args.ids.clone()
-    };
-    let options = ImportOptions {
-        dtype: match args.dtype {
-            DTypeArg::F16 => WeightDType::F16,
-            DTypeArg::F32 => WeightDType::F32,
-        },
-        gguf: !args.no_gguf,
-    };
-    for id in &ids {
-        let Some(entry) = manifest.get(id) else {
-            bail!("no model `{id}` in the manifest");
-        };
-        if entry.role != "stt" {
-            bail!("model `{id}` is not a speech-to-text model; only Whisper models are imported");
-        }
-        let started = Instant::now();
-        let report =
-            import_model(dir, entry, options).with_context(|| format!("import of {id} failed"))?;
-        if report.skipped {
-            println!("{id}: up to date in {}", report.out_dir.display());
-        } else {
-            println!(
-                "{id}: {} tensors converted into {} in {:.1} s",
-                report.tensors,
-                report.out_dir.display(),
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads a WAV file as 16 kHz mono.

@@ -5,5 +5,6 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod models;
+pub mod speech;
 pub mod store;
 pub mod system;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod doctor;
+mod llm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,6 +72,8 @@ pub enum Command {
     /// Measurements: medians and tails of the real code on fixed inputs.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The language model: answer a prompt (streamed), or score a caller turn against labels.
+    Llm(llm::LlmArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +83,22 @@ pub enum BenchCommand {
         /// How many times the fixture conversations are replayed.
         #[arg(long, default_value_t = 300)]
         iterations: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The configured language model: load time, prompt and generation tok/s, time to first
+    /// token with and without the cached prefix, scorer time per turn.
+    Llm {
+        /// Runs per figure (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Tokens generated per run.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// A GGUF file instead of the configured model.
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -179,6 +198,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Llm {
+            runs,
+            max_tokens,
+            model,
+            json,
+        }) => {
+            let stats = llm::bench(&config, model.as_deref(), runs.max(1), max_tokens.max(2))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                llm::print_bench(&stats);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Llm(args) => llm::run(&config, args),
     }
 }
 

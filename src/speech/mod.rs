@@ -1,0 +1,2 @@
+//! Speech and language models, run on the box through candle.
+pub mod llm;

@@ -5,6 +5,7 @@ mod bench;
 mod doctor;
 mod models_import;
 mod speech;
+mod llm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -75,6 +76,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// Transcribes a WAV file with the speech-to-text model.
     Stt(speech::SttArgs),
+    /// The language model: answer a prompt (streamed), or score a caller turn against labels.
+    Llm(llm::LlmArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +93,22 @@ pub enum BenchCommand {
     },
     /// Speech to text: load time, latency and real-time factor on ~2 s and ~6 s utterances.
     Stt(speech::BenchSttArgs),
+    /// The configured language model: load time, prompt and generation tok/s, time to first
+    /// token with and without the cached prefix, scorer time per turn.
+    Llm {
+        /// Runs per figure (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Tokens generated per run.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// A GGUF file instead of the configured model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,6 +210,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Llm {
+            runs,
+            max_tokens,
+            model,
+            json,
+        }) => {
+            let stats = llm::bench(&config, model.as_deref(), runs.max(1), max_tokens.max(2))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                llm::print_bench(&stats);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Llm(args) => llm::run(&config, args),
     }
 }
 

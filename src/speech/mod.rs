@@ -1,11 +1,14 @@
-//! Speech on the box: the caller's audio into text for the agent, and the agent's text into
-//! audio. Everything runs on the box through candle, from weights installed by `models/fetch` and
-//! converted once by `callbox models import`; nothing is downloaded at run time. Model inference
+//! Speech on the box: the caller's audio into text for the agent, the language model that helps
+//! the agent understand and summarize, and the agent's text into audio. Everything runs on the
+//! box through candle, from weights installed by `models/fetch` (and converted once by
+//! `callbox models import` where needed); nothing is downloaded at run time. Model inference
 //! lives only here; the agent and the call session see text and audio.
 //!
 //! - [`audio`]: WAV files, resampling, G.711 µ-law.
 //! - [`stt`]: Whisper speech to text.
+//! - [`llm`]: GGUF chat models, their tokenizer, generation and the intent scorer.
 //! - [`tts`]: text preparation, phonemes and voices.
 pub mod audio;
+pub mod llm;
 pub mod stt;
 pub mod tts;

@@ -1,0 +1,262 @@
+//! `callbox llm …` (a prompt answered by the configured language model, streamed; or a caller
+//! turn scored against labels) and `callbox bench llm` (load time, prompt and generation speed,
+//! time to first token with and without the cached prefix, scorer latency).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::agent::understand::{Label, TurnScorer};
+use crate::agent::Script;
+use crate::config::Config;
+use crate::models::{Manifest, ModelEntry};
+use crate::speech::llm::{
+    grounded_system, GenerateOptions, LabelScoring, LanguageModel, LlmScorer,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct LlmArgs {
+    /// The prompt (a user turn) to answer.
+    #[arg(required_unless_present = "score", conflicts_with = "score")]
+    pub prompt: Option<String>,
+    /// Score this caller turn against `--labels` instead of answering.
+    #[arg(long, requires = "labels")]
+    pub score: Option<String>,
+    /// Comma-separated labels for `--score` (`prescription_refill` is read as "prescription refill").
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Answer only from this script's knowledge (`clinic`, `law` or a script file).
+    #[arg(long)]
+    pub script: Option<String>,
+    /// A system prompt (ignored with `--script`).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// At most this many new tokens.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// 0 for greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// A GGUF file instead of the configured model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+/// The configured language model's GGUF file: `models.llm` in the manifest, under `models.dir`.
+pub fn configured_model(config: &Config) -> anyhow::Result<PathBuf> {
+    let manifest = Manifest::embedded();
+    let entry: &ModelEntry = manifest.get(&config.models.llm).with_context(|| {
+        format!(
+            "models.llm = {:?} is not in the manifest",
+            config.models.llm
+        )
+    })?;
+    anyhow::ensure!(
+        entry.role == "llm",
+        "models.llm = {:?} is a {} model, not a language model",
+        entry.id,
+        entry.role
+    );
+    let file = entry
+        .files
+        .iter()
+        .find(|f| f.path.ends_with(".gguf"))
+        .with_context(|| format!("model {} has no GGUF file", entry.id))?;
+    Ok(entry.file_path(&config.models.dir, file))
+}
+
+fn load(config: &Config, model: Option<&Path>) -> anyhow::Result<Arc<LanguageModel>> {
+    let path = match model {
+        Some(p) => p.to_path_buf(),
+        None => configured_model(config)?,
+    };
+    Ok(Arc::new(LanguageModel::load(&path)?))
+}
+
+pub fn run(config: &Config, args: LlmArgs) -> anyhow::Result<ExitCode> {
+    let model = load(config, args.model.as_deref())?;
+    if let Some(utterance) = &args.score {
+        let labels: Vec<Label> = args
+            .labels
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+            .map(|l| Label {
+                name: l.to_string(),
+                description: l.replace('_', " "),
+            })
+            .collect();
+        anyhow::ensure!(!labels.is_empty(), "--labels names no label");
+        let scorer = LlmScorer::new(model, LabelScoring::Mean)?;
+        let ranked = scorer.rank(utterance, &labels)?;
+        for r in ranked {
+            println!("{:.3}  {}", r.probability, r.label);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let prompt = args.prompt.as_deref().unwrap_or_default();
+    let template = model.template();
+    let system = match (&args.script, &args.system) {
+        (Some(script), _) => Some(grounded_system(&Script::load(script)?)),
+        (None, Some(system)) => Some(system.clone()),
+        (None, None) => None,
+    };
+    let full = match &system {
+        Some(s) => template.system(s).then(template.user(prompt)),
+        None => template.user(prompt),
+    };
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens.max(1),
+        temperature: args.temperature.max(0.0),
+        ..GenerateOptions::default()
+    };
+    let mut stdout = std::io::stdout();
+    let generation = model.generate(None, &full, &options, &mut |piece| {
+        let _ = stdout.write_all(piece.as_bytes());
+        let _ = stdout.flush();
+    })?;
+    println!();
+    tracing::info!(
+        prompt_tokens = generation.prompt_tokens,
+        generated = generation.generated_tokens,
+        ttft_ms = generation.time_to_first_token.as_millis() as u64,
+        "llm answered"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LlmBench {
+    pub model: String,
+    pub architecture: String,
+    pub load_ms: f64,
+    pub prefix_tokens: usize,
+    pub turn_tokens: usize,
+    pub prompt_tokens_per_s: f64,
+    pub generation_tokens_per_s: f64,
+    pub ttft_uncached_ms: f64,
+    pub ttft_cached_ms: f64,
+    pub prefix_eval_ms: f64,
+    pub scorer_turn_ms: f64,
+    pub scorer_labels: usize,
+    pub runs: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Measures the configured model on the clinic script's grounded prompt: `runs` uncached and
+/// cached answers of `max_tokens` (greedy), and the scorer on one caller turn.
+pub fn bench(
+    config: &Config,
+    model: Option<&Path>,
+    runs: usize,
+    max_tokens: usize,
+) -> anyhow::Result<LlmBench> {
+    let started = Instant::now();
+    let m = load(config, model)?;
+    let load_ms = ms(started.elapsed());
+    let script = Script::builtin("clinic").context("built-in clinic script")?;
+    let template = m.template();
+    let system = template.system(&grounded_system(&script));
+    let user = template.user("Hi, do you have parking, and are you open on Saturdays?");
+    let options = GenerateOptions {
+        max_tokens,
+        repeat_penalty: 1.0,
+        ..GenerateOptions::default()
+    };
+    let full = system.clone().then(user.clone());
+    let (mut prompt_rate, mut gen_rate, mut ttft_u, mut ttft_c, mut prefix_ms) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut prefix_tokens = 0;
+    let mut turn_tokens = 0;
+    for _ in 0..runs {
+        let g = m.generate(None, &full, &options, &mut |_| {})?;
+        prompt_rate.push(g.prompt_tokens as f64 / g.prompt_time.as_secs_f64());
+        if g.generated_tokens > 1 {
+            gen_rate.push((g.generated_tokens - 1) as f64 / g.generation_time.as_secs_f64());
+        }
+        ttft_u.push(ms(g.time_to_first_token));
+        let t = Instant::now();
+        let prefix = m.prefix(&system)?;
+        prefix_ms.push(ms(t.elapsed()));
+        let c = m.generate(Some(&prefix), &user, &options, &mut |_| {})?;
+        ttft_c.push(ms(c.time_to_first_token));
+        prefix_tokens = c.prefix_tokens;
+        turn_tokens = c.prompt_tokens;
+    }
+    let scorer = LlmScorer::new(m.clone(), LabelScoring::Mean)?;
+    let labels: Vec<Label> = script
+        .slots
+        .iter()
+        .find(|s| s.name == "reason")
+        .context("clinic reason slot")?
+        .choices
+        .iter()
+        .map(|c| Label {
+            name: c.value.clone(),
+            description: c.label.clone(),
+        })
+        .collect();
+    let mut scorer_ms = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        scorer.rank("my pills are running low", &labels)?;
+        scorer_ms.push(ms(t.elapsed()));
+    }
+    Ok(LlmBench {
+        model: m.info().path.display().to_string(),
+        architecture: m.info().architecture.clone(),
+        load_ms,
+        prefix_tokens,
+        turn_tokens,
+        prompt_tokens_per_s: median(prompt_rate),
+        generation_tokens_per_s: if gen_rate.is_empty() {
+            0.0
+        } else {
+            median(gen_rate)
+        },
+        ttft_uncached_ms: median(ttft_u),
+        ttft_cached_ms: median(ttft_c),
+        prefix_eval_ms: median(prefix_ms),
+        scorer_turn_ms: median(scorer_ms),
+        scorer_labels: labels.len(),
+        runs,
+    })
+}
+
+pub fn print_bench(b: &LlmBench) {
+    println!("language model: {} ({})", b.model, b.architecture);
+    println!("  load                {:.0} ms", b.load_ms);
+    println!(
+        "  prompt              {:.0} tok/s ({} prefix + {} turn tokens, uncached)",
+        b.prompt_tokens_per_s, b.prefix_tokens, b.turn_tokens
+    );
+    println!(
+        "  generation          {:.1} tok/s (greedy)",
+        b.generation_tokens_per_s
+    );
+    println!(
+        "  first token         {:.0} ms uncached",
+        b.ttft_uncached_ms
+    );
+    println!(
+        "  first token         {:.0} ms with the prefix cached (prefix evaluated once in {:.0} ms)",
+        b.ttft_cached_ms, b.prefix_eval_ms
+    );
+    println!(
+        "  scorer              {:.0} ms per turn ({} labels)",
+        b.scorer_turn_ms, b.scorer_labels
+    );
+    println!("  medians of {} runs", b.runs);
+}

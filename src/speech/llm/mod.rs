@@ -1,0 +1,68 @@
+//! The language model: quantized GGUF chat models on candle (llama-architecture SmolLM2; Gemma 3
+//! weights through candle's `quantized_gemma3`), with the tokenizer built from the GGUF's own
+//! metadata. It helps the agent understand turns its rules cannot decide ([`LlmScorer`], a
+//! [`crate::agent::understand::TurnScorer`]) and writes text on request; it never decides what the
+//! business's script decides.
+//!
+//! Inference is synchronous and CPU-bound: callers run it on their own threads, never on an
+//! async runtime thread. One [`LanguageModel`] is loaded once and shared through an `Arc`; the
+//! weights sit behind a mutex so one inference runs at a time. A fixed prompt start (system prompt
+//! and script context) is evaluated once into a [`Prefix`] whose KV cache later prompts reuse.
+
+mod chat;
+mod model;
+mod scorer;
+pub mod tokenizer;
+
+use std::path::PathBuf;
+
+pub use chat::{grounded_system, ChatTemplate, Prompt};
+pub use model::{
+    probe_weights, GenerateOptions, Generation, LanguageModel, ModelInfo, Prefix, StopReason,
+};
+pub use scorer::{LabelScoring, LlmScorer};
+pub use tokenizer::Tokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a usable GGUF model file: {reason}")]
+    NotGguf { path: PathBuf, reason: String },
+    #[error("{path} is truncated: it has {size} bytes but tensor {tensor} ends at byte {needed}")]
+    Truncated {
+        path: PathBuf,
+        size: u64,
+        tensor: String,
+        needed: u64,
+    },
+    #[error("unsupported model architecture {0:?} (supported: llama, gemma3)")]
+    UnsupportedArchitecture(String),
+    #[error("the GGUF metadata lacks {0}")]
+    MissingMetadata(String),
+    #[error("unsupported tokenizer {0:?}: only byte-level BPE (gpt2) is built in")]
+    UnsupportedTokenizer(String),
+    #[error("bad tokenizer data: {0}")]
+    Tokenizer(String),
+    #[error("cannot build the {architecture} model from {path}: {source}")]
+    Load {
+        path: PathBuf,
+        architecture: String,
+        source: Box<candle_core::Error>,
+    },
+    #[error("inference failed: {0}")]
+    Inference(Box<candle_core::Error>),
+    #[error("the prompt needs {needed} tokens, more than the model's context of {max}")]
+    ContextFull { needed: usize, max: usize },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl From<candle_core::Error> for LlmError {
+    fn from(e: candle_core::Error) -> Self {
+        LlmError::Inference(Box::new(e))
+    }
+}

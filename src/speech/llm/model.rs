@@ -1,0 +1,531 @@
+//! Loading a GGUF chat model (the architecture picked from `general.architecture`), evaluating
+//! prompts with a reusable KV-cached [`Prefix`], and generating text token by token.
+//!
+//! Prefix reuse: candle's quantized models keep the KV cache inside the model value, but the
+//! model derives `Clone` and every tensor in it (weights, rotary tables, cache) is reference
+//! counted, and a forward pass replaces the cache tensors instead of writing into them. So a
+//! clone taken after the prefix was evaluated is a cheap snapshot (no weight copy) that later
+//! prompts continue from at `index_pos = prefix length`.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::{quantized_gemma3, quantized_llama};
+
+use super::chat::{ChatTemplate, Prompt};
+use super::tokenizer::Tokenizer;
+use super::LlmError;
+
+/// The context the box allows, whatever the model claims: bounded memory for the KV cache.
+const MAX_CONTEXT: usize = 4096;
+
+/// Values of `general.architecture` this build can run.
+pub const ARCHITECTURES: [&str; 2] = ["llama", "gemma3"];
+
+/// The weights of one supported architecture, with their KV cache.
+#[derive(Debug, Clone)]
+pub(crate) enum Weights {
+    Llama(quantized_llama::ModelWeights),
+    Gemma3(quantized_gemma3::ModelWeights),
+}
+
+impl Weights {
+    /// Logits (f32) after `tokens`, which start at position `pos`.
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        device: &Device,
+    ) -> Result<Vec<f32>, LlmError> {
+        let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
+        let logits = match self {
+            Weights::Llama(m) => m.forward(&input, pos)?,
+            Weights::Gemma3(m) => m.forward(&input, pos)?,
+        };
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+}
+
+/// What was loaded, for logs and `callbox bench llm`.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub architecture: String,
+    pub name: Option<String>,
+    pub file_size: u64,
+    pub tensors: usize,
+    pub context: usize,
+    pub vocab: usize,
+    pub load_time: Duration,
+}
+
+/// A GGUF file opened and checked: metadata read, every tensor inside the file.
+struct Checked {
+    content: Content,
+    reader: BufReader<File>,
+    architecture: String,
+    file_size: u64,
+}
+
+fn open_checked(path: &Path) -> Result<Checked, LlmError> {
+    let io = |source| LlmError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let file_size = file.metadata().map_err(io)?.len();
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader).map_err(|e| LlmError::NotGguf {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    for (name, info) in &content.tensor_infos {
+        let elements = info.shape.elem_count() as u64;
+        let block = info.ggml_dtype.block_size() as u64;
+        let bytes = elements / block * info.ggml_dtype.type_size() as u64;
+        let needed = content.tensor_data_offset + info.offset + bytes;
+        if needed > file_size {
+            return Err(LlmError::Truncated {
+                path: path.to_path_buf(),
+                size: file_size,
+                tensor: name.clone(),
+                needed,
+            });
+        }
+    }
+    let architecture = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or_else(|| LlmError::MissingMetadata("general.architecture".into()))?;
+    Ok(Checked {
+        content,
+        reader,
+        architecture,
+        file_size,
+    })
+}
+
+fn load_weights(path: &Path, checked: Checked, device: &Device) -> Result<Weights, LlmError> {
+    let Checked {
+        content,
+        mut reader,
+        architecture,
+        ..
+    } = checked;
+    let load_err = |source| LlmError::Load {
+        path: path.to_path_buf(),
+        architecture: architecture.clone(),
+        source: Box::new(source),
+    };
+    match architecture.as_str() {
+        "llama" => quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)
+            .map(Weights::Llama)
+            .map_err(load_err),
+        "gemma3" => quantized_gemma3::ModelWeights::from_gguf(content, &mut reader, device)
+            .map(Weights::Gemma3)
+            .map_err(load_err),
+        other => Err(LlmError::UnsupportedArchitecture(other.to_string())),
+    }
+}
+
+/// Checks a GGUF file and builds its weights without a tokenizer: the architecture check of
+/// [`LanguageModel::load`], usable on models whose tokenizer is not built in. Returns the
+/// architecture and the vocabulary size of the logits after one token.
+pub fn probe_weights(path: &Path) -> Result<(String, usize), LlmError> {
+    let checked = open_checked(path)?;
+    let architecture = checked.architecture.clone();
+    let device = Device::Cpu;
+    let mut weights = load_weights(path, checked, &device)?;
+    let logits = weights.forward(&[1], 0, &device)?;
+    Ok((architecture, logits.len()))
+}
+
+/// A prompt start evaluated once: its tokens, the model state (KV cache) after them, and the
+/// logits for the next token. Cheap to clone; valid only with the model that made it.
+#[derive(Debug, Clone)]
+pub struct Prefix {
+    tokens: Vec<u32>,
+    state: Weights,
+    logits: Vec<f32>,
+}
+
+impl Prefix {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// A model state being extended: what [`LanguageModel`] uses to generate and score.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    state: Weights,
+    pos: usize,
+    logits: Vec<f32>,
+    context: usize,
+}
+
+impl Session {
+    /// Feeds tokens; afterwards `logits` predicts the token after them.
+    pub(crate) fn feed(&mut self, tokens: &[u32]) -> Result<(), LlmError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let needed = self.pos + tokens.len();
+        if needed > self.context {
+            return Err(LlmError::ContextFull {
+                needed,
+                max: self.context,
+            });
+        }
+        self.logits = self.state.forward(tokens, self.pos, &Device::Cpu)?;
+        self.pos = needed;
+        Ok(())
+    }
+
+    pub(crate) fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// At most this many new tokens.
+    pub max_tokens: usize,
+    /// 0 for greedy decoding; otherwise the sampling temperature.
+    pub temperature: f32,
+    /// Penalty (> 1) on tokens already generated, against loops; 1 disables it.
+    pub repeat_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 128,
+            temperature: 0.0,
+            repeat_penalty: 1.1,
+            seed: 299_792_458,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model ended its turn (`<|im_end|>` or end of text).
+    EndOfTurn,
+    /// `max_tokens` reached.
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    /// Prompt tokens evaluated for this call (not counting the reused prefix).
+    pub prompt_tokens: usize,
+    pub prefix_tokens: usize,
+    pub generated_tokens: usize,
+    pub stop: StopReason,
+    /// Time to evaluate the prompt tokens.
+    pub prompt_time: Duration,
+    /// From the call to the first generated token.
+    pub time_to_first_token: Duration,
+    /// From the first generated token to the last.
+    pub generation_time: Duration,
+}
+
+/// A loaded chat model: weights, tokenizer and template. `Send + Sync`; share it with an `Arc`.
+pub struct LanguageModel {
+    weights: Mutex<Weights>,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    stop_ids: Vec<u32>,
+    info: ModelInfo,
+}
+
+impl std::fmt::Debug for LanguageModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LanguageModel")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LanguageModel {
+    /// Loads a GGUF chat model: checks the file, builds the tokenizer from its metadata, then
+    /// the weights of its architecture.
+    pub fn load(path: &Path) -> Result<LanguageModel, LlmError> {
+        let started = Instant::now();
+        let checked = open_checked(path)?;
+        if !ARCHITECTURES.contains(&checked.architecture.as_str()) {
+            return Err(LlmError::UnsupportedArchitecture(checked.architecture));
+        }
+        let tokenizer = Tokenizer::from_gguf(&checked.content)?;
+        let architecture = checked.architecture.clone();
+        let md = &checked.content.metadata;
+        let name = md
+            .get("general.name")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        let context = md
+            .get(&format!("{architecture}.context_length"))
+            .and_then(|v| v.to_u32().ok())
+            .map_or(MAX_CONTEXT, |c| (c as usize).min(MAX_CONTEXT));
+        let tensors = checked.content.tensor_infos.len();
+        let file_size = checked.file_size;
+        let template = ChatTemplate::ChatMl;
+        let end = tokenizer
+            .token_id(template.end_of_turn())
+            .ok_or_else(|| LlmError::Tokenizer("the vocabulary has no <|im_end|> token".into()))?;
+        let mut stop_ids = vec![end];
+        stop_ids.extend(tokenizer.eos_id.filter(|e| *e != end));
+        let weights = load_weights(path, checked, &Device::Cpu)?;
+        let info = ModelInfo {
+            path: path.to_path_buf(),
+            architecture,
+            name,
+            file_size,
+            tensors,
+            context,
+            vocab: tokenizer.vocab_size(),
+            load_time: started.elapsed(),
+        };
+        tracing::info!(
+            model = %info.path.display(),
+            architecture = %info.architecture,
+            load_ms = info.load_time.as_millis() as u64,
+            "language model loaded"
+        );
+        Ok(LanguageModel {
+            weights: Mutex::new(weights),
+            tokenizer,
+            template,
+            stop_ids,
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn template(&self) -> ChatTemplate {
+        self.template
+    }
+
+    pub(crate) fn end_of_turn_id(&self) -> u32 {
+        self.stop_ids[0]
+    }
+
+    /// Exclusive use of the weights: one inference at a time.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Weights> {
+        self.weights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A session continuing `prefix`, or starting empty from `weights` (the locked base).
+    pub(crate) fn start(&self, weights: &Weights, prefix: Option<&Prefix>) -> Session {
+        match prefix {
+            Some(p) => Session {
+                state: p.state.clone(),
+                pos: p.tokens.len(),
+                logits: p.logits.clone(),
+                context: self.info.context,
+            },
+            None => Session {
+                state: weights.clone(),
+                pos: 0,
+                logits: Vec::new(),
+                context: self.info.context,
+            },
+        }
+    }
+
+    /// Evaluates a prompt start once; later prompts passed with it skip those tokens.
+    pub fn prefix(&self, prompt: &Prompt) -> Result<Prefix, LlmError> {
+        let tokens = prompt.encode(&self.tokenizer);
+        if tokens.is_empty() {
+            return Err(LlmError::Invalid("an empty prefix".into()));
+        }
+        let weights = self.lock();
+        let mut session = self.start(&weights, None);
+        session.feed(&tokens)?;
+        Ok(Prefix {
+            tokens,
+            state: session.state,
+            logits: session.logits,
+        })
+    }
+
+    /// A longer prefix: `prefix` followed by `prompt`, evaluated from `prefix`'s cache.
+    pub fn extend(&self, prefix: &Prefix, prompt: &Prompt) -> Result<Prefix, LlmError> {
+        let tokens = prompt.encode(&self.tokenizer);
+        let weights = self.lock();
+        let mut session = self.start(&weights, Some(prefix));
+        session.feed(&tokens)?;
+        let mut all = prefix.tokens.clone();
+        all.extend(tokens);
+        Ok(Prefix {
+            tokens: all,
+            state: session.state,
+            logits: session.logits,
+        })
+    }
+
+    /// Generates the reply to `prompt` (continuing `prefix` if given), passing each piece of
+    /// text to `on_text` as soon as it forms whole characters.
+    pub fn generate(
+        &self,
+        prefix: Option<&Prefix>,
+        prompt: &Prompt,
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, LlmError> {
+        let started = Instant::now();
+        let tokens = prompt.encode(&self.tokenizer);
+        if tokens.is_empty() && prefix.is_none() {
+            return Err(LlmError::Invalid("an empty prompt".into()));
+        }
+        let weights = self.lock();
+        let mut session = self.start(&weights, prefix);
+        session.feed(&tokens)?;
+        let prompt_time = started.elapsed();
+        let mut sampler = Sampler::new(options);
+        let mut generated: Vec<u32> = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut text = String::new();
+        let mut first_token_at = None;
+        let mut stop = StopReason::Length;
+        while generated.len() < options.max_tokens {
+            let next = sampler.pick(session.logits(), &generated);
+            first_token_at.get_or_insert_with(Instant::now);
+            if self.stop_ids.contains(&next) {
+                stop = StopReason::EndOfTurn;
+                break;
+            }
+            generated.push(next);
+            if !self.tokenizer.is_special(next) {
+                pending.extend(self.tokenizer.token_bytes(next));
+                let valid = match std::str::from_utf8(&pending) {
+                    Ok(s) => s.len(),
+                    Err(e) => e.valid_up_to(),
+                };
+                if valid > 0 {
+                    let piece = std::str::from_utf8(&pending[..valid]).expect("checked");
+                    on_text(piece);
+                    text.push_str(piece);
+                    pending.drain(..valid);
+                }
+            }
+            if generated.len() == options.max_tokens {
+                break;
+            }
+            session.feed(&[next])?;
+        }
+        if !pending.is_empty() {
+            let piece = String::from_utf8_lossy(&pending).into_owned();
+            on_text(&piece);
+            text.push_str(&piece);
+        }
+        let first = first_token_at.unwrap_or_else(Instant::now);
+        Ok(Generation {
+            text,
+            prompt_tokens: tokens.len(),
+            prefix_tokens: prefix.map_or(0, Prefix::len),
+            generated_tokens: generated.len(),
+            stop,
+            prompt_time,
+            time_to_first_token: first - started,
+            generation_time: first.elapsed(),
+        })
+    }
+}
+
+/// Greedy or temperature sampling over logits, with a repeat penalty.
+struct Sampler {
+    temperature: f32,
+    repeat_penalty: f32,
+    rng: u64,
+}
+
+impl Sampler {
+    fn new(options: &GenerateOptions) -> Sampler {
+        Sampler {
+            temperature: options.temperature,
+            repeat_penalty: options.repeat_penalty,
+            rng: options.seed | 1,
+        }
+    }
+
+    fn next_f32(&mut self) -> f32 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    fn pick(&mut self, logits: &[f32], previous: &[u32]) -> u32 {
+        let mut logits = logits.to_vec();
+        if self.repeat_penalty != 1.0 {
+            let start = previous.len().saturating_sub(64);
+            for &id in &previous[start..] {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = if *l >= 0.0 {
+                        *l / self.repeat_penalty
+                    } else {
+                        *l * self.repeat_penalty
+                    };
+                }
+            }
+        }
+        if self.temperature <= 0.0 {
+            return argmax(&logits);
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weights: Vec<f32> = logits
+            .iter()
+            .map(|l| ((l - max) / self.temperature).exp())
+            .collect();
+        let total: f32 = weights.iter().sum();
+        let mut r = self.next_f32() * total;
+        for (i, w) in weights.iter().enumerate() {
+            r -= w;
+            if r <= 0.0 {
+                return i as u32;
+            }
+        }
+        argmax(&logits)
+    }
+}
+
+fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// `log_softmax(logits)[id]`.
+pub(crate) fn log_prob(logits: &[f32], id: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    logits[id as usize] - max - sum.ln()
+}

@@ -1,0 +1,385 @@
+//! The language model on the real SmolLM2 GGUF (a required model, installed by `.ci/setup`):
+//! loading and its errors, the tokenizer built from the file, generation with and without a
+//! cached prefix, and intent scoring on caller turns the phrase rules do not match.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use callbox::agent::extract::contains_phrase;
+use callbox::agent::understand::{Label, TurnScorer};
+use callbox::agent::Script;
+use callbox::models::{default_models_dir, Manifest};
+use callbox::speech::llm::{
+    GenerateOptions, LabelScoring, LanguageModel, LlmError, LlmScorer, Prompt, StopReason,
+};
+
+fn model_path(id: &str) -> PathBuf {
+    let manifest = Manifest::embedded();
+    let entry = manifest.get(id).expect("model in the manifest");
+    entry.file_path(&default_models_dir(), &entry.files[0])
+}
+
+fn smollm() -> Arc<LanguageModel> {
+    static MODEL: OnceLock<Arc<LanguageModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = model_path("smollm2-135m");
+            let model = LanguageModel::load(&path)
+                .unwrap_or_else(|e| panic!("{e} (install the required models with models/fetch)"));
+            Arc::new(model)
+        })
+        .clone()
+}
+
+fn scorer() -> &'static LlmScorer {
+    static SCORER: OnceLock<LlmScorer> = OnceLock::new();
+    SCORER.get_or_init(|| LlmScorer::new(smollm(), LabelScoring::Sum).unwrap())
+}
+
+#[test]
+fn loads_the_llama_architecture_from_the_metadata() {
+    let m = smollm();
+    let info = m.info();
+    assert_eq!(info.architecture, "llama");
+    assert_eq!(info.vocab, 49152);
+    assert!(info.tensors > 100);
+}
+
+#[test]
+fn tokenizer_ids_match_the_vocabulary() {
+    let m = smollm();
+    let t = m.tokenizer();
+    let start = t.token_id("<|im_start|>").unwrap();
+    let end = t.token_id("<|im_end|>").unwrap();
+    assert_eq!(t.encode("<|im_start|>", true), [start]);
+    assert_eq!(
+        t.encode("<|im_start|>user\nHi<|im_end|>", true),
+        [
+            start,
+            t.token_id("user").unwrap(),
+            t.token_id("Ċ").unwrap(),
+            t.token_id("Hi").unwrap(),
+            end
+        ]
+    );
+    // A caller cannot open a turn: without specials the marker is plain text.
+    assert!(!t.encode("<|im_start|>", false).contains(&start));
+    // Whole words are single tokens when the vocabulary has them, with GPT-2's `Ġ` for the space.
+    assert_eq!(
+        t.encode("Hello world", false),
+        [t.token_id("Hello").unwrap(), t.token_id("Ġworld").unwrap()]
+    );
+    // SmolLM splits digits one by one.
+    let digits = t.encode("2024", false);
+    assert_eq!(digits.len(), 4);
+    assert_eq!(digits[0], t.token_id("2").unwrap());
+    assert!(t.eos_id.is_some() && t.bos_id.is_some());
+}
+
+#[test]
+fn tokenizer_round_trips_varied_text() {
+    let m = smollm();
+    let t = m.tokenizer();
+    for text in [
+        "I'd like to come in for a checkup, it's been 2 years.",
+        "Call me at 555-0123 — or (212) 555 0199!",
+        "Ünïcode: café, naïve, 日本語, emoji 🙂👍\nnew line\n\n\ttab   spaces  ",
+        "don't won't they're we've I'll she'd",
+        "",
+        " leading space",
+    ] {
+        let ids = t.encode(text, true);
+        assert_eq!(t.decode(&ids, false), text, "{ids:?}");
+    }
+    // Merges make common text much shorter than its bytes.
+    let text = "Hello, I would like to book an appointment for next week.";
+    assert!(t.encode(text, false).len() < text.len() / 3);
+}
+
+fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(bytes).unwrap();
+    f.flush().unwrap();
+    f
+}
+
+#[test]
+fn a_truncated_file_is_reported_as_truncated() {
+    let bytes = std::fs::read(model_path("smollm2-135m")).unwrap();
+    let cut = write_temp(&bytes[..bytes.len() / 2]);
+    let err = LanguageModel::load(cut.path()).unwrap_err();
+    assert!(matches!(err, LlmError::Truncated { .. }), "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    // Cut inside the metadata: not a usable GGUF at all.
+    let head = write_temp(&bytes[..4096]);
+    let err = LanguageModel::load(head.path()).unwrap_err();
+    assert!(matches!(err, LlmError::NotGguf { .. }), "{err}");
+}
+
+#[test]
+fn garbage_and_missing_files_are_clear_errors() {
+    let junk: Vec<u8> = (0..10_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let f = write_temp(&junk);
+    let err = LanguageModel::load(f.path()).unwrap_err();
+    assert!(matches!(err, LlmError::NotGguf { .. }), "{err}");
+    assert!(err.to_string().contains("not a usable GGUF"), "{err}");
+    let err = LanguageModel::load(std::path::Path::new("/nonexistent/model.gguf")).unwrap_err();
+    assert!(matches!(err, LlmError::Io { .. }), "{err}");
+}
+
+#[test]
+fn an_unknown_architecture_is_named() {
+    use candle_core::quantized::gguf_file::{self, Value};
+    let mut out = std::io::Cursor::new(Vec::new());
+    let arch = Value::String("mamba".into());
+    gguf_file::write(&mut out, &[("general.architecture", &arch)], &[]).unwrap();
+    let f = write_temp(out.get_ref());
+    for err in [
+        LanguageModel::load(f.path()).unwrap_err(),
+        callbox::speech::llm::probe_weights(f.path()).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, LlmError::UnsupportedArchitecture(a) if a == "mamba"),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .contains("unsupported model architecture \"mamba\""));
+    }
+}
+
+#[test]
+fn gemma3_weights_load_through_quantized_gemma3() {
+    let path = model_path("gemma3-270m");
+    if !path.exists() {
+        eprintln!(
+            "skipped: {} is not installed (optional model)",
+            path.display()
+        );
+        return;
+    }
+    let (architecture, vocab) = callbox::speech::llm::probe_weights(&path).unwrap();
+    assert_eq!(architecture, "gemma3");
+    assert!(vocab > 200_000, "{vocab}");
+    // Its tokenizer is SentencePiece, which is not built in: a clear error, not a wrong model.
+    let err = LanguageModel::load(&path).unwrap_err();
+    assert!(matches!(err, LlmError::UnsupportedTokenizer(_)), "{err}");
+}
+
+#[test]
+fn generation_streams_and_the_cached_prefix_changes_nothing() {
+    let m = smollm();
+    let template = m.template();
+    let system = template.system("You are a helpful assistant.");
+    let user = template.user("What is the capital of France?");
+    let options = GenerateOptions {
+        max_tokens: 24,
+        ..GenerateOptions::default()
+    };
+    let mut streamed = String::new();
+    let full = m
+        .generate(
+            None,
+            &system.clone().then(user.clone()),
+            &options,
+            &mut |piece| streamed.push_str(piece),
+        )
+        .unwrap();
+    assert_eq!(streamed, full.text);
+    assert!(full.generated_tokens > 0 && full.generated_tokens <= 24);
+    assert!(!full.text.contains("<|im_end|>"));
+    // Without a system turn the model knows the answer (a check that tokens and weights agree).
+    let plain = m.generate(None, &user, &options, &mut |_| {}).unwrap();
+    assert!(plain.text.contains("Paris"), "{:?}", plain.text);
+
+    let prefix = m.prefix(&system).unwrap();
+    let cached = m
+        .generate(Some(&prefix), &user, &options, &mut |_| {})
+        .unwrap();
+    assert_eq!(cached.text, full.text);
+    assert_eq!(cached.prefix_tokens, prefix.len());
+    assert_eq!(
+        cached.prompt_tokens + cached.prefix_tokens,
+        full.prompt_tokens
+    );
+    // The prefix is reusable: a second turn from it gives the same answer again.
+    let again = m
+        .generate(Some(&prefix), &user, &options, &mut |_| {})
+        .unwrap();
+    assert_eq!(again.text, full.text);
+}
+
+#[test]
+fn generation_is_bounded() {
+    let m = smollm();
+    let prompt = m
+        .template()
+        .user("Count from one to one hundred, in words, separated by commas.");
+    let options = GenerateOptions {
+        max_tokens: 5,
+        ..GenerateOptions::default()
+    };
+    let g = m.generate(None, &prompt, &options, &mut |_| {}).unwrap();
+    assert_eq!(g.generated_tokens, 5);
+    assert_eq!(g.stop, StopReason::Length);
+    let empty = m.generate(None, &Prompt::new(), &options, &mut |_| {});
+    assert!(matches!(empty, Err(LlmError::Invalid(_))));
+}
+
+fn choice_labels(script: &Script, slot: &str) -> Vec<Label> {
+    let slot = script.slots.iter().find(|s| s.name == slot).unwrap();
+    slot.choices
+        .iter()
+        .map(|c| Label {
+            name: c.value.clone(),
+            description: c.label.clone(),
+        })
+        .collect()
+}
+
+/// Caller turns that none of the script's phrases match, with the choice a person would pick.
+const CLINIC_REASONS: &[(&str, &str)] = &[
+    ("my pills are running low", "prescription_refill"),
+    (
+        "I'm almost out of my blood pressure tablets",
+        "prescription_refill",
+    ),
+    (
+        "the pharmacy says they need the doctor to okay more of my insulin",
+        "prescription_refill",
+    ),
+    (
+        "can Dr. Patel send more antibiotics to Walgreens",
+        "prescription_refill",
+    ),
+    (
+        "I'd like to set a time to have the doctor look at my rash",
+        "new_appointment",
+    ),
+    (
+        "my son has a fever and I want the doctor to look at him",
+        "new_appointment",
+    ),
+    (
+        "I need a time slot with Dr. Lee next week",
+        "new_appointment",
+    ),
+    ("I'm a new patient and want to be seen", "new_appointment"),
+    (
+        "I won't be able to come on Thursday, can we do Friday instead",
+        "change_appointment",
+    ),
+    ("I have to drop my visit tomorrow", "change_appointment"),
+    (
+        "my booking on Monday doesn't work for me anymore",
+        "change_appointment",
+    ),
+    (
+        "something came up and I need to postpone my visit",
+        "change_appointment",
+    ),
+    (
+        "did the lab send over my cholesterol numbers",
+        "test_results",
+    ),
+    ("I'm waiting to hear what my x-ray showed", "test_results"),
+    (
+        "I want to know how my thyroid panel came out",
+        "test_results",
+    ),
+    (
+        "has the doctor looked at the samples they took last week",
+        "test_results",
+    ),
+    ("I got a letter saying I owe two hundred dollars", "billing"),
+    ("why did you take money from my card twice", "billing"),
+    ("I need to pay what I owe for my last visit", "billing"),
+    ("my deductible was applied wrong", "billing"),
+    (
+        "can I get my medical records sent to another office",
+        "other",
+    ),
+    ("I need a letter for my employer saying I was out", "other"),
+];
+
+const URGENCY: &[(&str, &str)] = &[
+    ("there is no deadline on this, honestly", "routine"),
+    ("it's not a big deal, a month from now is fine", "routine"),
+    ("I can hold off for a while", "routine"),
+    ("within the next couple of days would be good", "soon"),
+    (
+        "the pain is really bad, I need someone immediately",
+        "urgent",
+    ),
+    ("I can't breathe well, please hurry", "urgent"),
+];
+
+/// Accuracy of the scorer's top label on (utterance, expected) pairs.
+fn accuracy(script: &Script, slot: &str, cases: &[(&str, &str)]) -> (usize, usize) {
+    let labels = choice_labels(script, slot);
+    let s = script.slots.iter().find(|s| s.name == slot).unwrap();
+    let mut right = 0;
+    for (utterance, expected) in cases {
+        // The set only holds turns the phrase rules cannot decide.
+        for c in &s.choices {
+            for p in &c.phrases {
+                assert!(
+                    !contains_phrase(utterance, p),
+                    "{utterance:?} matches the phrase {p:?}: not a model case"
+                );
+            }
+        }
+        let ranked = scorer().rank(utterance, &labels).unwrap();
+        let total: f32 = ranked.iter().map(|r| r.probability).sum();
+        assert!((total - 1.0).abs() < 1e-4);
+        assert_eq!(ranked.len(), labels.len());
+        let ok = ranked[0].label == *expected;
+        eprintln!(
+            "{} {utterance:?} -> {} ({:.2}), expected {expected}",
+            if ok { "ok  " } else { "MISS" },
+            ranked[0].label,
+            ranked[0].probability
+        );
+        right += usize::from(ok);
+    }
+    (right, cases.len())
+}
+
+#[test]
+fn scorer_ranks_a_turn_into_probabilities() {
+    let clinic = Script::builtin("clinic").unwrap();
+    let labels = choice_labels(&clinic, "reason");
+    let ranked = scorer().rank("my pills are running low", &labels).unwrap();
+    assert_eq!(ranked.len(), labels.len());
+    let total: f32 = ranked.iter().map(|r| r.probability).sum();
+    assert!((total - 1.0).abs() < 1e-4);
+    assert!(ranked
+        .windows(2)
+        .all(|w| w[0].probability >= w[1].probability));
+    assert_eq!(ranked[0].label, "prescription_refill", "{ranked:?}");
+}
+
+/// The labelled sets score ~30 turns with the model: minutes on a loaded 2-core machine, so they
+/// run on request: `cargo test --test llm -- --ignored --nocapture`. Measured with SmolLM2-135M
+/// (2026-11-22): reasons 7/22 (chance 1/6); the model leans toward "changing an appointment".
+/// The bar is 1.5× chance: the 135M model is a weak classifier even with calibration.
+#[test]
+#[ignore = "slow: scores 22 labelled turns with the model"]
+fn scorer_beats_chance_on_clinic_reasons() {
+    let clinic = Script::builtin("clinic").unwrap();
+    let (right, n) = accuracy(&clinic, "reason", CLINIC_REASONS);
+    eprintln!("scorer accuracy: reason {right}/{n}");
+    // 6 labels: chance is 1/6; require at least 1.5× that.
+    assert!(right * 4 >= n, "reason accuracy {right}/{n}");
+}
+
+#[test]
+#[ignore = "slow: scores 6 labelled turns with the model"]
+fn scorer_beats_chance_on_urgency() {
+    let clinic = Script::builtin("clinic").unwrap();
+    let (right, n) = accuracy(&clinic, "urgency", URGENCY);
+    eprintln!("scorer accuracy: urgency {right}/{n}");
+    // 3 labels: chance is 1/3; require at least half right.
+    assert!(right * 2 >= n, "urgency accuracy {right}/{n}");
+}

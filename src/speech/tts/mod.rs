@@ -3,3 +3,4 @@
 pub mod espeak;
 pub mod phonemes;
 pub mod text;
+pub mod vits;

@@ -155,10 +155,12 @@ fn matches_the_onnx_voice_without_noise() {
     let hop = vits().hop_length();
     let mut failures = Vec::new();
     for ((text, ids), want) in SENTENCES.iter().zip(&all_ids).zip(&expected) {
-        let got = vits().synthesize(ids, NOISELESS, 0).expect("synthesis runs");
+        let got = vits()
+            .synthesize(ids, NOISELESS, 0)
+            .expect("synthesis runs");
         let r = pearson(&got, want);
         eprintln!(
-            "{text:?}: {} ids, candle {} samples, onnx {} samples, pearson {r:.5}",
+            "{text:?}: {} ids, candle {} samples, onnx {} samples, pearson {r:.7}",
             ids.len(),
             got.len(),
             want.len()

@@ -28,11 +28,19 @@ impl ResBlock {
         if w.has(&format!("{prefix}.convs.0.weight")) {
             let count = w.count(&format!("{prefix}.convs."), ".weight");
             if count > 2 {
-                return Err(bad(&format!("{prefix}.convs.2.weight"), "type 2 blocks have two convs"));
+                return Err(bad(
+                    &format!("{prefix}.convs.2.weight"),
+                    "type 2 blocks have two convs",
+                ));
             }
             let convs = (0..count)
                 .map(|j| {
-                    Conv1d::load(w, &format!("{prefix}.convs.{j}"), RESBLOCK2_DILATIONS[row][j], false)
+                    Conv1d::load(
+                        w,
+                        &format!("{prefix}.convs.{j}"),
+                        RESBLOCK2_DILATIONS[row][j],
+                        false,
+                    )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ResBlock::Two(convs))
@@ -44,7 +52,12 @@ impl ResBlock {
             let convs = (0..count)
                 .map(|j| {
                     Ok((
-                        Conv1d::load(w, &format!("{prefix}.convs1.{j}"), RESBLOCK1_DILATIONS[row][j], false)?,
+                        Conv1d::load(
+                            w,
+                            &format!("{prefix}.convs1.{j}"),
+                            RESBLOCK1_DILATIONS[row][j],
+                            false,
+                        )?,
                         Conv1d::load(w, &format!("{prefix}.convs2.{j}"), 1, false)?,
                     ))
                 })
@@ -86,11 +99,17 @@ impl Decoder {
         let blocks = w.count("dec.resblocks.", ".convs.0.weight")
             + w.count("dec.resblocks.", ".convs1.0.weight");
         if ups == 0 || blocks == 0 || blocks % ups != 0 {
-            return Err(bad("dec.resblocks", format!("{blocks} blocks for {ups} upsamplings")));
+            return Err(bad(
+                "dec.resblocks",
+                format!("{blocks} blocks for {ups} upsamplings"),
+            ));
         }
         let per_stage = blocks / ups;
         if per_stage > RESBLOCK2_DILATIONS.len() {
-            return Err(bad("dec.resblocks", format!("{per_stage} blocks per stage")));
+            return Err(bad(
+                "dec.resblocks",
+                format!("{per_stage} blocks per stage"),
+            ));
         }
         let mut stages = Vec::with_capacity(ups);
         let mut hop = 1;
@@ -142,7 +161,9 @@ impl Decoder {
             let sum = sum.ok_or_else(|| bad("dec.resblocks", "a stage has no blocks"))?;
             x = sum.affine(1.0 / blocks.len() as f64, 0.0)?;
         }
-        let x = self.conv_post.forward(&leaky_relu(&x, FINAL_LRELU_SLOPE)?)?;
+        let x = self
+            .conv_post
+            .forward(&leaky_relu(&x, FINAL_LRELU_SLOPE)?)?;
         Ok(x.tanh()?)
     }
 }

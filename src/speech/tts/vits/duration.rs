@@ -19,7 +19,9 @@ impl DdsConv {
     fn load(w: &Weights, prefix: &str) -> Result<DdsConv, VitsError> {
         let count = w.count(&format!("{prefix}.convs_sep."), ".weight");
         if count == 0 {
-            return Err(VitsError::MissingTensor(format!("{prefix}.convs_sep.0.weight")));
+            return Err(VitsError::MissingTensor(format!(
+                "{prefix}.convs_sep.0.weight"
+            )));
         }
         let kernel = w.dims(&format!("{prefix}.convs_sep.0.weight"), 3)?[2];
         let mut layers = Vec::with_capacity(count);
@@ -89,7 +91,13 @@ impl ConvFlow {
         for (x, params) in x1.iter().zip(&h) {
             let widths: Vec<f32> = params[..n].iter().map(|v| v / norm).collect();
             let heights: Vec<f32> = params[n..2 * n].iter().map(|v| v / norm).collect();
-            y1.push(spline::inverse(*x, &widths, &heights, &params[2 * n..], TAIL_BOUND));
+            y1.push(spline::inverse(
+                *x,
+                &widths,
+                &heights,
+                &params[2 * n..],
+                TAIL_BOUND,
+            ));
         }
         let len = y1.len();
         let y1 = Tensor::from_vec(y1, (1, 1, len), &Device::Cpu)?;
@@ -139,7 +147,10 @@ impl DurationPredictor {
         let pre = Conv1d::load(w, "dp.pre", 1, false)?;
         let proj = Conv1d::load(w, "dp.proj", 1, false)?;
         if flows.iter().any(|f| f.filter != proj.out_channels()) {
-            return Err(bad("dp.proj.weight", "width differs from the flows' conditioning"));
+            return Err(bad(
+                "dp.proj.weight",
+                "width differs from the flows' conditioning",
+            ));
         }
         Ok(DurationPredictor {
             pre,

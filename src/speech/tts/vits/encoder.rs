@@ -24,7 +24,10 @@ impl Attention {
         let rel = w.dims(&rel_name, 3)?;
         let (span, head_dim) = (rel[1], rel[2]);
         if span % 2 == 0 || head_dim == 0 || hidden % head_dim != 0 || rel[0] != 1 {
-            return Err(bad(&rel_name, format!("shape {rel:?} for {hidden} channels")));
+            return Err(bad(
+                &rel_name,
+                format!("shape {rel:?} for {hidden} channels"),
+            ));
         }
         let squeeze = |name: String| -> Result<Tensor, VitsError> {
             Ok(w.get(&name)?.reshape((span, head_dim))?)
@@ -44,8 +47,7 @@ impl Attention {
 
     /// `[1, C, T]` → `[heads, T, head_dim]`.
     fn split_heads(&self, x: &Tensor, len: usize) -> Result<Tensor, VitsError> {
-        Ok(x
-            .reshape((self.heads, self.head_dim, len))?
+        Ok(x.reshape((self.heads, self.head_dim, len))?
             .transpose(1, 2)?
             .contiguous()?)
     }
@@ -53,7 +55,9 @@ impl Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor, VitsError> {
         let len = x.dim(2)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = self.split_heads(&self.q.forward(x)?, len)?.affine(scale, 0.0)?;
+        let q = self
+            .split_heads(&self.q.forward(x)?, len)?
+            .affine(scale, 0.0)?;
         let k = self.split_heads(&self.k.forward(x)?, len)?;
         let v = self.split_heads(&self.v.forward(x)?, len)?;
         let span = 2 * self.window + 1;
@@ -61,7 +65,14 @@ impl Attention {
         // Content scores plus the relative-key logits q_i·e[j−i+w] on the band |j−i| ≤ w.
         let scores = q.matmul(&k.t()?)?;
         let rel_logits = q
-            .matmul(&self.rel_k.t()?.unsqueeze(0)?.broadcast_as((self.heads, self.head_dim, span))?.contiguous()?)?
+            .matmul(
+                &self
+                    .rel_k
+                    .t()?
+                    .unsqueeze(0)?
+                    .broadcast_as((self.heads, self.head_dim, span))?
+                    .contiguous()?,
+            )?
             .to_vec3::<f32>()?;
         let mut band = vec![0f32; self.heads * len * len];
         for (h, rows) in rel_logits.iter().enumerate() {
@@ -98,10 +109,10 @@ impl Attention {
             .broadcast_as((self.heads, span, self.head_dim))?
             .contiguous()?;
         let out = (out + rel_weights.matmul(&rel_v)?)?;
-        let out = out
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((1, self.heads * self.head_dim, len))?;
+        let out =
+            out.transpose(1, 2)?
+                .contiguous()?
+                .reshape((1, self.heads * self.head_dim, len))?;
         self.o.forward(&out)
     }
 }

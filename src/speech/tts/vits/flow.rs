@@ -18,19 +18,34 @@ impl WaveNet {
     fn load(w: &Weights, prefix: &str) -> Result<WaveNet, VitsError> {
         let count = w.count(&format!("{prefix}.in_layers."), ".weight");
         if count == 0 {
-            return Err(VitsError::MissingTensor(format!("{prefix}.in_layers.0.weight")));
+            return Err(VitsError::MissingTensor(format!(
+                "{prefix}.in_layers.0.weight"
+            )));
         }
         let mut in_layers = Vec::with_capacity(count);
         let mut res_skip = Vec::with_capacity(count);
         let mut dilation = 1;
         for i in 0..count {
-            in_layers.push(Conv1d::load(w, &format!("{prefix}.in_layers.{i}"), dilation, false)?);
-            res_skip.push(Conv1d::load(w, &format!("{prefix}.res_skip_layers.{i}"), 1, false)?);
+            in_layers.push(Conv1d::load(
+                w,
+                &format!("{prefix}.in_layers.{i}"),
+                dilation,
+                false,
+            )?);
+            res_skip.push(Conv1d::load(
+                w,
+                &format!("{prefix}.res_skip_layers.{i}"),
+                1,
+                false,
+            )?);
             dilation *= DILATION_RATE;
         }
         let hidden = in_layers[0].in_channels();
         if in_layers.iter().any(|c| c.out_channels() != 2 * hidden) {
-            return Err(bad(&format!("{prefix}.in_layers.0.weight"), "expected 2·hidden outputs"));
+            return Err(bad(
+                &format!("{prefix}.in_layers.0.weight"),
+                "expected 2·hidden outputs",
+            ));
         }
         Ok(WaveNet {
             in_layers,

@@ -129,12 +129,11 @@ impl Vits {
     /// Loads the network from a safetensors file of the voice's weights.
     pub fn load(path: &Path, config: &VoiceConfig) -> Result<Vits, VitsError> {
         let device = Device::Cpu;
-        let raw = candle_core::safetensors::load(path, &device).map_err(|source| {
-            VitsError::Load {
+        let raw =
+            candle_core::safetensors::load(path, &device).map_err(|source| VitsError::Load {
                 path: path.to_path_buf(),
                 source,
-            }
-        })?;
+            })?;
         let mut tensors = HashMap::with_capacity(raw.len());
         for (name, tensor) in raw {
             let tensor = tensor.to_dtype(DType::F32)?;
@@ -159,9 +158,30 @@ impl Vits {
         self.decoder.hop_length()
     }
 
+    /// Frames (of `hop_length` samples) per phoneme id, as `synthesize` would align them.
+    pub fn durations(
+        &self,
+        ids: &[i64],
+        scales: Scales,
+        seed: u64,
+    ) -> Result<Vec<usize>, VitsError> {
+        if ids.is_empty() {
+            return Err(VitsError::EmptyInput);
+        }
+        let mut rng = Gaussian::new(seed);
+        let (hidden, _, _) = self.encoder.forward(ids)?;
+        self.duration
+            .durations(&hidden, scales.noise_w, scales.length_scale, &mut rng)
+    }
+
     /// Synthesizes one utterance's phoneme ids (with Piper's BOS/pad/EOS already in place).
     /// The same ids, scales and seed give the same samples.
-    pub fn synthesize(&self, ids: &[i64], scales: Scales, seed: u64) -> Result<Vec<f32>, VitsError> {
+    pub fn synthesize(
+        &self,
+        ids: &[i64],
+        scales: Scales,
+        seed: u64,
+    ) -> Result<Vec<f32>, VitsError> {
         if ids.is_empty() {
             return Err(VitsError::EmptyInput);
         }
@@ -176,9 +196,9 @@ impl Vits {
         }
         let mut rng = Gaussian::new(seed);
         let (hidden, m_p, logs_p) = self.encoder.forward(ids)?;
-        let durations = self
-            .duration
-            .durations(&hidden, scales.noise_w, scales.length_scale, &mut rng)?;
+        let durations =
+            self.duration
+                .durations(&hidden, scales.noise_w, scales.length_scale, &mut rng)?;
         let index: Vec<u32> = durations
             .iter()
             .enumerate()

@@ -26,11 +26,17 @@ impl Conv1d {
         let dims = w.dims(&name, 3)?;
         let (out, kernel) = (dims[0], dims[2]);
         if kernel % 2 == 0 {
-            return Err(bad(&name, format!("even kernel {kernel} has no centred padding")));
+            return Err(bad(
+                &name,
+                format!("even kernel {kernel} has no centred padding"),
+            ));
         }
         let groups = if depthwise {
             if dims[1] != 1 {
-                return Err(bad(&name, "a depthwise kernel has one input channel per group"));
+                return Err(bad(
+                    &name,
+                    "a depthwise kernel has one input channel per group",
+                ));
             }
             out
         } else {

@@ -98,7 +98,7 @@ impl Decoder {
         let ups = w.count("dec.ups.", ".weight");
         let blocks = w.count("dec.resblocks.", ".convs.0.weight")
             + w.count("dec.resblocks.", ".convs1.0.weight");
-        if ups == 0 || blocks == 0 || blocks % ups != 0 {
+        if ups == 0 || blocks == 0 || !blocks.is_multiple_of(ups) {
             return Err(bad(
                 "dec.resblocks",
                 format!("{blocks} blocks for {ups} upsamplings"),

@@ -23,7 +23,7 @@ impl Attention {
         let rel_name = format!("{prefix}.emb_rel_k");
         let rel = w.dims(&rel_name, 3)?;
         let (span, head_dim) = (rel[1], rel[2]);
-        if span % 2 == 0 || head_dim == 0 || hidden % head_dim != 0 || rel[0] != 1 {
+        if span % 2 == 0 || head_dim == 0 || !hidden.is_multiple_of(head_dim) || rel[0] != 1 {
             return Err(bad(
                 &rel_name,
                 format!("shape {rel:?} for {hidden} channels"),

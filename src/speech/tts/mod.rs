@@ -6,3 +6,4 @@ pub mod import;
 pub mod onnx;
 pub mod phonemes;
 pub mod text;
+pub mod vits;

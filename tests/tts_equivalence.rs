@@ -31,8 +31,7 @@ const NOISELESS: Scales = Scales {
 };
 
 fn voice_dir() -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    Path::new(&home).join(".cache/callbox/models/piper-joe")
+    callbox::models::default_models_dir().join("piper-joe")
 }
 
 fn onnx_path() -> PathBuf {
@@ -52,7 +51,17 @@ fn vits() -> &'static Vits {
     VITS.get_or_init(|| {
         let weights = std::env::var_os("CALLBOX_VITS_WEIGHTS")
             .map(PathBuf::from)
-            .unwrap_or_else(|| voice_dir().join("candle/model.safetensors"));
+            .unwrap_or_else(|| {
+                // The import is idempotent: a fresh machine converts the voice here once.
+                let json = voice_dir().join("en_US-joe-medium.onnx.json");
+                callbox::speech::tts::import::import_piper(
+                    &onnx_path(),
+                    &json,
+                    &voice_dir().join("candle"),
+                )
+                .unwrap_or_else(|e| panic!("importing the voice (models/fetch first): {e}"));
+                voice_dir().join("candle/model.safetensors")
+            });
         Vits::load(&weights, config())
             .unwrap_or_else(|e| panic!("loading {}: {e}", weights.display()))
     })

@@ -3,9 +3,9 @@
 
 mod bench;
 mod doctor;
+mod llm;
 mod models_import;
 mod speech;
-mod llm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -42,9 +42,17 @@ fn has_importer(entry: &ModelEntry) -> bool {
 pub(super) fn run(config: &Config, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::embedded();
     let models_dir = &config.models.dir;
-    let installed = |m: &ModelEntry| models::check_model(models_dir, m).iter().all(|c| c.state.is_ok());
+    let installed = |m: &ModelEntry| {
+        models::check_model(models_dir, m)
+            .iter()
+            .all(|c| c.state.is_ok())
+    };
     let chosen: Vec<&ModelEntry> = if args.ids.is_empty() {
-        manifest.models.iter().filter(|m| has_importer(m) && installed(m)).collect()
+        manifest
+            .models
+            .iter()
+            .filter(|m| has_importer(m) && installed(m))
+            .collect()
     } else {
         let mut chosen = Vec::new();
         for id in &args.ids {
@@ -52,7 +60,10 @@ pub(super) fn run(config: &Config, args: ImportArgs) -> anyhow::Result<ExitCode>
                 Some(m) => chosen.push(m),
                 None => {
                     let ids: Vec<&str> = manifest.models.iter().map(|m| m.id.as_str()).collect();
-                    eprintln!("no model `{id}` in the manifest (models: {})", ids.join(", "));
+                    eprintln!(
+                        "no model `{id}` in the manifest (models: {})",
+                        ids.join(", ")
+                    );
                     return Ok(ExitCode::from(2));
                 }
             }
@@ -101,10 +112,18 @@ pub(super) fn run(config: &Config, args: ImportArgs) -> anyhow::Result<ExitCode>
             failed = true;
         }
     }
-    Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-fn import_whisper(models_dir: &Path, entry: &ModelEntry, options: ImportOptions) -> anyhow::Result<()> {
+fn import_whisper(
+    models_dir: &Path,
+    entry: &ModelEntry,
+    options: ImportOptions,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let report = import_model(models_dir, entry, options)?;
     if report.skipped {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::config::Config;
-use crate::models::{check_model, Manifest};
+use crate::models::Manifest;
 use crate::speech::audio;
 use crate::speech::stt::{SpeechToText, SttOptions};
 

@@ -1,6 +1,7 @@
 //! Text-to-speech: the text front end (normalization, chunking for streaming), the phonemes the
 //! Piper voice expects (espeak-ng run as a separate process, mapped to the voice's ids), the
-//! voice's weight import from its ONNX file, and the espeak-ng fallback voice.
+//! voice's weight import from its ONNX file, the VITS network on candle, and the espeak-ng
+//! fallback voice.
 pub mod espeak;
 pub mod import;
 pub mod onnx;

@@ -568,3 +568,41 @@ fn journald_target_without_a_journal() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("call started"), "{err}");
 }
+
+#[test]
+fn tts_speaks_with_the_neural_voice_and_whisper_hears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) =
+        run(callbox(dir.path()).args(["models", "import", "whisper-tiny-en", "piper-joe"]));
+    assert_eq!(code, 0, "run models/fetch first: {err}");
+    let wav = dir.path().join("reply.wav");
+    let (code, out, err) = run(callbox(dir.path())
+        .args([
+            "tts",
+            "Your appointment is on Tuesday at 3:30 pm. Please call 555-234-9876.",
+            "--rate",
+            "16000",
+            "-o",
+        ])
+        .arg(&wav));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("voice piper-joe"),
+        "the neural voice spoke: {out}{err}"
+    );
+    assert!(out.contains("at 16000 Hz"), "{out}");
+    let (code, heard, err) = run(callbox(dir.path()).arg("stt").arg(&wav));
+    assert_eq!(code, 0, "{err}");
+    let heard = heard.to_lowercase();
+    for word in ["appointment", "tuesday", "3", "30", "call", "555"] {
+        assert!(heard.contains(word), "{word:?} not heard in {heard:?}");
+    }
+
+    let fallback = dir.path().join("fallback.wav");
+    let (code, out, err) = run(callbox(dir.path())
+        .args(["tts", "Goodbye.", "--fallback", "-o"])
+        .arg(&fallback));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("voice espeak-ng"), "{out}");
+    assert!(fallback.exists());
+}

@@ -6,6 +6,7 @@ mod doctor;
 mod llm;
 mod models_import;
 mod speech;
+mod tts;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -78,6 +79,8 @@ pub enum Command {
     Stt(speech::SttArgs),
     /// The language model: answer a prompt (streamed), or score a caller turn against labels.
     Llm(llm::LlmArgs),
+    /// Speaks a text into a WAV file with the neural voice (or espeak-ng with --fallback).
+    Tts(tts::TtsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +228,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Llm(args) => llm::run(&config, args),
+        Command::Tts(args) => tts::run(&config, args),
     }
 }
 

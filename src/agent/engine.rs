@@ -19,7 +19,7 @@ use super::summary::{
     CallInfo, Contact, Direction, EndedBy, HandoffRecord, Interest, LineKind, NextStep,
     ObjectionRecord, ScriptRef, Summary, Tone, TranscriptEntry, SCHEMA_ID,
 };
-use super::understand::{self, BuiltinIntent, Label, TurnScorer};
+use super::understand::{self, BuiltinIntent, TurnScorer};
 use crate::config::Market;
 
 /// What the agent knows about the call before it starts.
@@ -1094,15 +1094,7 @@ impl Agent {
             return None;
         }
         let scorer = self.scorer.as_ref()?;
-        let labels: Vec<Label> = slot
-            .choices
-            .iter()
-            .map(|c| Label {
-                name: c.value.clone(),
-                description: c.label.clone(),
-            })
-            .collect();
-        let ranked = scorer.rank(raw, &labels).ok()?;
+        let ranked = scorer.rank(raw, &understand::choice_labels(slot)).ok()?;
         let winner = understand::clear_winner(ranked)?;
         let c = slot.choices.iter().find(|c| c.value == winner)?;
         Some((json!(c.value), c.label.clone()))
@@ -1506,23 +1498,10 @@ fn tidy(text: &str) -> String {
 }
 
 fn month_name(month: u32) -> &'static str {
-    [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ]
-    .get(month.saturating_sub(1) as usize)
-    .copied()
-    .unwrap_or("")
+    crate::speech::tts::text::MONTHS
+        .get(month.saturating_sub(1) as usize)
+        .copied()
+        .unwrap_or("")
 }
 
 fn spoken_date(d: NaiveDate) -> String {

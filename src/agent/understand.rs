@@ -4,7 +4,7 @@
 //! model-based scorer behind the [`TurnScorer`] trait that the language model plugs into.
 
 use super::extract::{contains_phrase, PhraseMatcher};
-use super::script::{Intent, Knowledge, Objection, Script};
+use super::script::{Intent, Knowledge, Objection, Script, Slot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuiltinIntent {
@@ -347,6 +347,17 @@ pub fn sentiment(text: &str) -> i32 {
 pub struct Label {
     pub name: String,
     pub description: String,
+}
+
+/// The choices of a choice slot as scorer labels (value and spoken label).
+pub fn choice_labels(slot: &Slot) -> Vec<Label> {
+    slot.choices
+        .iter()
+        .map(|c| Label {
+            name: c.value.clone(),
+            description: c.label.clone(),
+        })
+        .collect()
 }
 
 /// A label with its probability among the candidates (the probabilities sum to 1).

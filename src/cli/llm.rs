@@ -196,18 +196,12 @@ pub fn bench(
         turn_tokens = c.prompt_tokens;
     }
     let scorer = LlmScorer::new(m.clone(), LabelScoring::Mean)?;
-    let labels: Vec<Label> = script
+    let reason = script
         .slots
         .iter()
         .find(|s| s.name == "reason")
-        .context("clinic reason slot")?
-        .choices
-        .iter()
-        .map(|c| Label {
-            name: c.value.clone(),
-            description: c.label.clone(),
-        })
-        .collect();
+        .context("clinic reason slot")?;
+    let labels = crate::agent::understand::choice_labels(reason);
     let mut scorer_ms = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();

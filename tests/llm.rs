@@ -228,14 +228,7 @@ fn generation_is_bounded() {
 }
 
 fn choice_labels(script: &Script, slot: &str) -> Vec<Label> {
-    let slot = script.slots.iter().find(|s| s.name == slot).unwrap();
-    slot.choices
-        .iter()
-        .map(|c| Label {
-            name: c.value.clone(),
-            description: c.label.clone(),
-        })
-        .collect()
+    callbox::agent::understand::choice_labels(script.slots.iter().find(|s| s.name == slot).unwrap())
 }
 
 /// Caller turns that none of the script's phrases match, with the choice a person would pick.

@@ -2,7 +2,7 @@
 //! always there, so a call goes on when the neural voice is missing or fails.
 
 use std::io::{Cursor, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,35 +51,44 @@ impl EspeakVoice {
 
     /// Speaks already normalized text.
     pub fn synthesize(&self, text: &str) -> Result<Speech, EspeakError> {
-        let mut child = Command::new(&self.program)
-            .args([
-                "--stdout",
-                "-v",
-                &self.voice,
-                "-s",
-                &self.words_per_minute.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(EspeakError::Missing)?;
-        child
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(text.as_bytes())
-            .map_err(|e| EspeakError::Failed(e.to_string()))?;
-        let output = child
-            .wait_with_output()
-            .map_err(|e| EspeakError::Failed(e.to_string()))?;
-        if !output.status.success() {
-            return Err(EspeakError::Failed(
-                String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            ));
-        }
-        decode_streamed_wav(&output.stdout)
+        let wpm = self.words_per_minute.to_string();
+        let wav = run_espeak(
+            &self.program,
+            &["--stdout", "-v", &self.voice, "-s", &wpm],
+            text,
+        )?;
+        decode_streamed_wav(&wav)
     }
+}
+
+/// Runs espeak-ng with `input` on its standard input and returns what it wrote.
+pub(crate) fn run_espeak(
+    program: &Path,
+    args: &[&str],
+    input: &str,
+) -> Result<Vec<u8>, EspeakError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(EspeakError::Missing)?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input.as_bytes())
+        .map_err(|e| EspeakError::Failed(e.to_string()))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| EspeakError::Failed(e.to_string()))?;
+    if !output.status.success() {
+        return Err(EspeakError::Failed(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ));
+    }
+    Ok(output.stdout)
 }
 
 /// espeak-ng writes a WAV whose header sizes are placeholders (it streams); the samples are

@@ -5,9 +5,9 @@
 //! then EOS.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
+use super::espeak::{run_espeak, EspeakError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PhonemeError {
@@ -212,28 +212,12 @@ impl Phonemizer {
     }
 
     fn run(&self, input: &str) -> Result<Vec<String>, PhonemeError> {
-        let mut child = Command::new(&self.program)
-            .args(["-q", "--ipa", "-v", &self.voice])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(PhonemeError::EspeakMissing)?;
-        child
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(input.as_bytes())
-            .map_err(|e| PhonemeError::EspeakFailed(e.to_string()))?;
-        let output = child
-            .wait_with_output()
-            .map_err(|e| PhonemeError::EspeakFailed(e.to_string()))?;
-        if !output.status.success() {
-            return Err(PhonemeError::EspeakFailed(
-                String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            ));
-        }
-        Ok(String::from_utf8_lossy(&output.stdout)
+        let stdout = run_espeak(&self.program, &["-q", "--ipa", "-v", &self.voice], input)
+            .map_err(|e| match e {
+                EspeakError::Missing(io) => PhonemeError::EspeakMissing(io),
+                other => PhonemeError::EspeakFailed(other.to_string()),
+            })?;
+        Ok(String::from_utf8_lossy(&stdout)
             .lines()
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())

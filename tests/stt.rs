@@ -57,6 +57,7 @@ fn stt_q8() -> &'static SpeechToText {
         let options = SttOptions {
             quantized: true,
             pad_to_30s: false,
+            ..SttOptions::default()
         };
         SpeechToText::load_with(imported(), options).expect("load tiny.en q8_0")
     })

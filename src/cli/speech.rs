@@ -60,6 +60,7 @@ fn load(config: &Config, args: &ModelArgs) -> anyhow::Result<SpeechToText> {
     let options = SttOptions {
         quantized: args.quantized,
         pad_to_30s: args.pad_30s,
+        ..SttOptions::default()
     };
     Ok(SpeechToText::load_with(&dir, options)?)
 }

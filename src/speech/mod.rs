@@ -8,7 +8,9 @@
 //! - [`stt`]: Whisper speech to text.
 //! - [`llm`]: GGUF chat models, their tokenizer, generation and the intent scorer.
 //! - [`tts`]: text preparation, phonemes and voices.
+//! - [`wer`]: word error rate, the measure of recognition and intelligibility.
 pub mod audio;
 pub mod llm;
 pub mod stt;
 pub mod tts;
+pub mod wer;

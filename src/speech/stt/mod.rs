@@ -1,11 +1,18 @@
 //! Speech to text: Whisper on candle, from the packaged CTranslate2 weights converted once by
 //! [`import`] (`callbox models import`).
 //!
-//! [`SpeechToText`] is loaded once and shared (`Arc`, `Send + Sync`): the model sits behind a
-//! mutex, one utterance is decoded at a time. Decoding is greedy, English, without timestamps,
-//! with Whisper's non-speech token suppression; silence is recognized from the no-speech token's
-//! probability at the first step, and a repetition check stops decoding loops. By default the
-//! encoder runs on the audio there is (at least [`MIN_FRAMES`]), not on a 30 s padded window.
+//! [`SpeechToText`] is loaded once and shared (`Arc`, `Send + Sync`) by every call: the weights
+//! are loaded once, and a small pool of decoders ([`SttOptions::workers`]) built on those same
+//! weight tensors (no copy) lets that many utterances be decoded at the same time; more wait for a
+//! free decoder. Feed it a whole utterance or a growing partial; it returns text and a confidence.
+//! It blocks: callers on an async runtime run it on a dedicated thread.
+//!
+//! Decoding is greedy, English, without timestamps, with Whisper's non-speech token suppression.
+//! Whisper's failure modes are guarded against: silence is recognized from the audio level and
+//! the no-speech token's probability at the first step; a repetition check stops decoding loops,
+//! and text that compresses too well (Whisper's compression-ratio check) is dropped as a loop. By
+//! default the encoder runs on the audio there is (at least [`MIN_FRAMES`]), not on a 30 s padded
+//! window.
 
 pub mod ct2;
 pub mod import;
@@ -13,7 +20,7 @@ pub mod mel;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
@@ -38,6 +45,8 @@ pub const SILENCE_RMS: f32 = 0.005;
 /// token log-probability is below the second is silence.
 pub const NO_SPEECH_THRESHOLD: f32 = 0.6;
 pub const LOGPROB_THRESHOLD: f32 = -1.0;
+/// Whisper's threshold: text whose zlib compression ratio is above this is a repetition loop.
+pub const COMPRESSION_RATIO_THRESHOLD: f32 = 2.4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SttError {
@@ -66,12 +75,29 @@ pub enum SttError {
 }
 
 /// How the model is loaded and run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SttOptions {
     /// Use the q8_0 GGUF and candle's quantized whisper.
     pub quantized: bool,
     /// Pad every utterance to Whisper's 30 s window before encoding (slower; for comparison).
     pub pad_to_30s: bool,
+    /// Utterances decoded at the same time (decoders sharing the one copy of the weights).
+    pub workers: usize,
+}
+
+impl Default for SttOptions {
+    fn default() -> SttOptions {
+        SttOptions {
+            quantized: false,
+            pad_to_30s: false,
+            workers: default_workers(),
+        }
+    }
+}
+
+/// One decoder per core, at most 4: each decoder's matrix products already use several threads.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +107,8 @@ pub struct Transcript {
     pub confidence: f32,
     /// Probability of the no-speech token at the first decoding step.
     pub no_speech_prob: f32,
+    /// Windows whose text was dropped as a decoding loop (compression-ratio check).
+    pub looped_windows: usize,
 }
 
 enum Model {
@@ -117,8 +145,52 @@ impl Model {
     }
 }
 
+/// Decoders not in use, and a signal for those waiting for one.
+struct Pool {
+    free: Mutex<Vec<Model>>,
+    returned: Condvar,
+}
+
+/// A decoder taken from the pool; it goes back when dropped.
+struct Lease<'a> {
+    pool: &'a Pool,
+    model: Option<Model>,
+}
+
+impl Pool {
+    fn take(&self) -> Result<Lease<'_>, SttError> {
+        let mut free = self.free.lock().map_err(|_| SttError::Poisoned)?;
+        loop {
+            if let Some(model) = free.pop() {
+                return Ok(Lease {
+                    pool: self,
+                    model: Some(model),
+                });
+            }
+            free = self.returned.wait(free).map_err(|_| SttError::Poisoned)?;
+        }
+    }
+}
+
+impl Lease<'_> {
+    fn model(&mut self) -> &mut Model {
+        self.model
+            .as_mut()
+            .expect("a lease holds its model until dropped")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let (Some(model), Ok(mut free)) = (self.model.take(), self.pool.free.lock()) {
+            free.push(model);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
 pub struct SpeechToText {
-    model: Mutex<Model>,
+    pool: Pool,
     config: CandleConfig,
     tokenizer: Tokenizer,
     filters: Vec<f32>,
@@ -179,13 +251,19 @@ impl SpeechToText {
             suppress_tokens: config.suppress_tokens.clone(),
         };
         let device = Device::Cpu;
-        let model = if options.quantized {
+        let workers = options.workers.max(1);
+        // Every decoder is built from the same loaded tensors: candle tensors share their storage.
+        let models = if options.quantized {
             let vb = qmodel::VarBuilder::from_gguf(&weights, &device)?;
-            Model::Quantized(qmodel::Whisper::load(&vb, wcfg)?)
+            (0..workers)
+                .map(|_| Ok(Model::Quantized(qmodel::Whisper::load(&vb, wcfg.clone())?)))
+                .collect::<candle_core::Result<Vec<_>>>()?
         } else {
             let tensors = candle_core::safetensors::load(&weights, &device)?;
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-            Model::Full(fmodel::Whisper::load(&vb, wcfg)?)
+            (0..workers)
+                .map(|_| Ok(Model::Full(fmodel::Whisper::load(&vb, wcfg.clone())?)))
+                .collect::<candle_core::Result<Vec<_>>>()?
         };
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let vocab = config.dims.vocab_size;
@@ -203,7 +281,10 @@ impl SpeechToText {
         }
         let filters = mel::mel_filters(mel::SAMPLE_RATE, mel::N_FFT, config.dims.num_mel_bins);
         Ok(SpeechToText {
-            model: Mutex::new(model),
+            pool: Pool {
+                free: Mutex::new(models),
+                returned: Condvar::new(),
+            },
             config,
             tokenizer,
             filters,
@@ -235,6 +316,7 @@ impl SpeechToText {
         let mut texts = Vec::new();
         let mut probs = Vec::new();
         let mut no_speech_prob = 1f32;
+        let mut looped_windows = 0;
         for chunk in samples_16k.chunks(w::N_SAMPLES - LEAD_SAMPLES) {
             if chunk.len() < MIN_SAMPLES || rms(chunk) < SILENCE_RMS {
                 continue;
@@ -247,6 +329,11 @@ impl SpeechToText {
             }
             let text = self.tokenizer.decode(&d.tokens);
             let text = text.trim();
+            if compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD {
+                tracing::debug!(tokens = d.tokens.len(), "dropped a looping decode");
+                looped_windows += 1;
+                continue;
+            }
             if !text.is_empty() {
                 texts.push(text.to_string());
                 probs.extend_from_slice(&d.probs);
@@ -261,6 +348,7 @@ impl SpeechToText {
             text: texts.join(" "),
             confidence,
             no_speech_prob,
+            looped_windows,
         })
     }
 
@@ -278,9 +366,9 @@ impl SpeechToText {
         };
         let mel = mel::log_mel(samples, &self.filters, n_mels, frames);
         let mel = Tensor::from_vec(mel, (1, n_mels, frames), &self.device)?;
-        let mut model = self.model.lock().map_err(|_| SttError::Poisoned)?;
-        let audio = model.encode(&mel)?;
-        self.greedy(&mut model, &audio)
+        let mut lease = self.pool.take()?;
+        let audio = lease.model().encode(&mel)?;
+        self.greedy(lease.model(), &audio)
     }
 
     fn greedy(&self, model: &mut Model, audio: &Tensor) -> Result<Decoded, SttError> {
@@ -325,6 +413,20 @@ impl SpeechToText {
             no_speech_prob,
         })
     }
+}
+
+/// How much better than 1:1 zlib compresses `text`: high for repetitive text (a decoding loop).
+pub fn compression_ratio(text: &str) -> f32 {
+    use std::io::Write;
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let compressed = z
+        .write_all(text.as_bytes())
+        .and_then(|()| z.finish())
+        .map_or(text.len(), |c| c.len());
+    text.len() as f32 / compressed.max(1) as f32
 }
 
 fn rms(samples: &[f32]) -> f32 {
@@ -399,6 +501,15 @@ mod tests {
             looped.extend(&phrase);
         }
         assert_eq!(repetition_cut(&looped), Some(21));
+    }
+
+    #[test]
+    fn looping_text_compresses_too_well() {
+        let said = "Hi, this is Maria Lopez, I would like to book an appointment for next Tuesday.";
+        assert!(compression_ratio(said) < COMPRESSION_RATIO_THRESHOLD);
+        let looped = "I'm going to go to the store. ".repeat(8);
+        assert!(compression_ratio(&looped) > COMPRESSION_RATIO_THRESHOLD);
+        assert_eq!(compression_ratio(""), 0.0);
     }
 
     #[test]

@@ -1,49 +1,37 @@
-//! Speech to text on the real Whisper tiny.en weights (installed by `models/fetch`, as `.ci/setup`
-//! does): the CTranslate2 import, and transcription of speech synthesized with espeak-ng, scored by
-//! word error rate on clean 16 kHz audio and on an 8 kHz G.711 µ-law round trip.
+//! Speech to text on the real Whisper weights (installed by `models/fetch`, as `.ci/setup` does):
+//! the CTranslate2 import, and word error rates on the spoken test set (`speech::testset`: 44
+//! call-typical utterances spoken by the Piper voice through Piper's own runtime and by espeak-ng,
+//! clean, through a telephone channel, and through it with 15 dB of noise), for the float and the
+//! q8_0 model. The WER table is printed (`cargo test --test stt -- --nocapture`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use callbox::models::{default_models_dir, Manifest};
-use callbox::speech::audio;
 use callbox::speech::stt::ct2::Ct2Model;
 use callbox::speech::stt::import::{self, ImportError, ImportOptions};
 use callbox::speech::stt::{SpeechToText, SttOptions};
+use callbox::speech::testset::{self, Condition, Utterance, Voice};
+use callbox::speech::wer::WordErrors;
 
 const MODEL: &str = "whisper-tiny-en";
-
-/// Call-typical sentences: what espeak-ng says and what the transcript must say.
-const SENTENCES: &[&str] = &[
-    "Hello, my name is John Smith.",
-    "My phone number is 5 5 5, 1 2 3, 4 5 6 7.",
-    "I would like to book an appointment for Tuesday.",
-    "Yes, that works for me.",
-    "No, I can't make it on Friday.",
-    "I'm calling about my prescription refill.",
-    "My date of birth is March 3rd, 1985.",
-    "Can the doctor call me back this afternoon?",
-    "I need to cancel my appointment on the 21st.",
-    "My daughter has a fever and a bad cough.",
-    "Please send the bill to my email address.",
-    "Thank you, goodbye.",
-];
-
 fn model_dir() -> PathBuf {
     default_models_dir().join(MODEL)
 }
 
-/// Imports tiny.en (a no-op when already done) once per test binary.
+/// Imports `model` (a no-op when already done).
+fn import(model: &str) -> PathBuf {
+    let manifest = Manifest::embedded();
+    let entry = manifest.get(model).expect("the model is in the manifest");
+    import::import_model(&default_models_dir(), entry, ImportOptions::default())
+        .expect("import (run models/fetch first; .ci/setup does)");
+    default_models_dir().join(model)
+}
+
+/// Imports tiny.en once per test binary.
 fn imported() -> &'static Path {
     static DONE: OnceLock<PathBuf> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let manifest = Manifest::embedded();
-        let entry = manifest.get(MODEL).expect("tiny.en in the manifest");
-        import::import_model(&default_models_dir(), entry, ImportOptions::default())
-            .expect("import of tiny.en (run models/fetch first; .ci/setup does)");
-        model_dir()
-    })
+    DONE.get_or_init(|| import(MODEL))
 }
 
 fn stt() -> &'static SpeechToText {
@@ -56,262 +44,144 @@ fn stt_q8() -> &'static SpeechToText {
     STT.get_or_init(|| {
         let options = SttOptions {
             quantized: true,
-            pad_to_30s: false,
             ..SttOptions::default()
         };
         SpeechToText::load_with(imported(), options).expect("load tiny.en q8_0")
     })
 }
 
-/// The sentences as 16 kHz audio, synthesized once.
-fn speech() -> &'static Vec<Vec<f32>> {
-    static AUDIO: OnceLock<Vec<Vec<f32>>> = OnceLock::new();
-    AUDIO.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        SENTENCES
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let wav = dir.path().join(format!("{i}.wav"));
-                let status = Command::new("espeak-ng")
-                    .arg("-w")
-                    .arg(&wav)
-                    .arg(s)
-                    .status()
-                    .expect("espeak-ng is installed (.ci/setup installs it)");
-                assert!(status.success());
-                let (samples, rate) = audio::read_wav(&wav).unwrap();
-                audio::resample(&samples, rate, 16_000).unwrap()
-            })
-            .collect()
+/// The test set spoken by `voice`, synthesized once per machine (cached under the target dir).
+fn spoken(voice: Voice) -> &'static [Utterance] {
+    static PIPER: OnceLock<Vec<Utterance>> = OnceLock::new();
+    static ESPEAK: OnceLock<Vec<Utterance>> = OnceLock::new();
+    let cell = match voice {
+        Voice::Piper => &PIPER,
+        Voice::Espeak => &ESPEAK,
+    };
+    cell.get_or_init(|| {
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stt-set");
+        let piper = default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
+        testset::speak(voice, &cache, &piper).expect("speak the test set")
     })
 }
 
-fn number_word(w: &str) -> Option<u32> {
-    const ONES: [&str; 20] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-    ];
-    const ORD: [&str; 20] = [
-        "zeroth",
-        "first",
-        "second",
-        "third",
-        "fourth",
-        "fifth",
-        "sixth",
-        "seventh",
-        "eighth",
-        "ninth",
-        "tenth",
-        "eleventh",
-        "twelfth",
-        "thirteenth",
-        "fourteenth",
-        "fifteenth",
-        "sixteenth",
-        "seventeenth",
-        "eighteenth",
-        "nineteenth",
-    ];
-    const TENS: [&str; 8] = [
-        "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
-    const TENS_ORD: [&str; 8] = [
-        "twentieth",
-        "thirtieth",
-        "fortieth",
-        "fiftieth",
-        "sixtieth",
-        "seventieth",
-        "eightieth",
-        "ninetieth",
-    ];
-    if w == "oh" {
-        return Some(0);
-    }
-    (0..20)
-        .find(|&i| ONES[i] == w || ORD[i] == w)
-        .map(|i| i as u32)
-        .or_else(|| {
-            (0..8)
-                .find(|&i| TENS[i] == w || TENS_ORD[i] == w)
-                .map(|i| 20 + 10 * i as u32)
-        })
-}
-
-/// Lowercase, punctuation removed, numbers as single digits: "March 3rd, 1985" and "march third
-/// nineteen eighty five" both become "march 3 1 9 8 5"; "555-1234" and "five five five one two
-/// three four" both become "5 5 5 1 2 3 4".
-fn normalize(text: &str) -> Vec<String> {
-    let lower = text.to_lowercase().replace("'", "");
-    let cleaned: String = lower
-        .chars()
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
-        .collect();
-    let mut numbers: Vec<Option<u32>> = Vec::new();
-    let mut words: Vec<String> = Vec::new();
-    for w in cleaned.split_whitespace() {
-        // "3rd", "21st", "1985"
-        let digits: String = w.chars().take_while(char::is_ascii_digit).collect();
-        let rest = &w[digits.len()..];
-        if !digits.is_empty() && matches!(rest, "" | "st" | "nd" | "rd" | "th") {
-            words.push(digits);
-            numbers.push(None);
-            continue;
-        }
-        match number_word(w) {
-            Some(n) => {
-                // "twenty one" → 21
-                if let (Some(Some(prev)), true) = (numbers.last().copied(), n < 10) {
-                    if prev >= 20 && prev % 10 == 0 {
-                        let v = prev + n;
-                        words.pop();
-                        numbers.pop();
-                        words.push(v.to_string());
-                        numbers.push(Some(v));
-                        continue;
-                    }
-                }
-                words.push(n.to_string());
-                numbers.push(Some(n));
-            }
-            None => {
-                words.push(w.to_string());
-                numbers.push(None);
-            }
-        }
-    }
-    words
-        .into_iter()
-        .flat_map(|w| {
-            if w.chars().all(|c| c.is_ascii_digit()) {
-                w.chars().map(|c| c.to_string()).collect::<Vec<_>>()
-            } else {
-                vec![w]
-            }
-        })
-        .collect()
-}
-
-fn edit_distance(a: &[String], b: &[String]) -> usize {
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, x) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, y) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(x != y);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// Word error rate of `hyps` against the reference sentences, printing each miss.
-fn wer(label: &str, hyps: &[String]) -> f64 {
-    let (mut errors, mut words) = (0, 0);
-    for (r, h) in SENTENCES.iter().zip(hyps) {
-        let (rn, hn) = (normalize(r), normalize(h));
-        let e = edit_distance(&rn, &hn);
-        if e > 0 {
-            eprintln!("[{label}] {e} error(s): {r:?} → {h:?}");
-        }
-        errors += e;
-        words += rn.len();
-    }
-    let wer = errors as f64 / words as f64;
-    eprintln!("[{label}] WER {:.1}% ({errors}/{words})", wer * 100.0);
-    wer
-}
-
-fn transcribe_all(
+/// Word errors of `model` on the set spoken by `voice` through `condition`, printing each miss.
+fn score(
     model: &SpeechToText,
+    label: &str,
+    voice: Voice,
+    condition: Condition,
     pad: bool,
-    degrade: impl Fn(&[f32]) -> Vec<f32>,
-) -> Vec<String> {
-    speech()
-        .iter()
-        .map(|s| model.transcribe_with(&degrade(s), pad).unwrap().text)
-        .collect()
+    count: usize,
+) -> WordErrors {
+    let mut total = WordErrors::default();
+    for (i, u) in spoken(voice).iter().take(count).enumerate() {
+        let heard = condition.apply(&u.samples, i as u64).unwrap();
+        let text = model.transcribe_with(&heard, pad).unwrap().text;
+        let errors = WordErrors::of(&u.text, &text);
+        if errors.errors > 0 {
+            eprintln!(
+                "[{label}] {} error(s): {:?} → {text:?}",
+                errors.errors, u.text
+            );
+        }
+        total.add(errors);
+    }
+    eprintln!(
+        "WER {:>5.1}% ({:>3}/{}) {label:<9} {:<9} {}",
+        total.rate() * 100.0,
+        total.errors,
+        total.words,
+        voice.name(),
+        condition.name()
+    );
+    total
 }
 
-/// 16 kHz → 8 kHz → G.711 µ-law → 16 kHz, as a phone line would deliver it.
-fn telephone(samples: &[f32]) -> Vec<f32> {
-    let narrow = audio::resample(samples, 16_000, 8_000).unwrap();
-    let coded: Vec<f32> = narrow
-        .iter()
-        .map(|&s| audio::mulaw_decode(audio::mulaw_encode(s)))
-        .collect();
-    audio::resample(&coded, 8_000, 16_000).unwrap()
+/// Upper bounds asserted per voice and condition. The issue's bar is 10 % on clean speech for
+/// tiny.en; the Piper voice (natural speech) is held to it through the telephone channel too. The
+/// espeak-ng voice is formant-synthesized and robotic: tiny.en hears it clean but loses much of it
+/// once the telephone band cuts its low harmonics (measured 45 %); its bounds guard against
+/// regressions, a margin above what was measured (the README's table).
+fn bound(voice: Voice, condition: Condition) -> f64 {
+    match (voice, condition) {
+        (Voice::Piper, Condition::Clean | Condition::Telephone) => 0.10,
+        (Voice::Piper, Condition::NoisyTelephone) => 0.20,
+        (Voice::Espeak, Condition::Clean) => 0.20,
+        (Voice::Espeak, Condition::Telephone) => 0.55,
+        (Voice::Espeak, Condition::NoisyTelephone) => 0.65,
+    }
+}
+
+fn check_all_conditions(model: &SpeechToText, label: &str, voice: Voice) {
+    let n = spoken(voice).len();
+    let mut failed = Vec::new();
+    for condition in Condition::ALL {
+        let wer = score(model, label, voice, condition, false, n).rate();
+        if wer > bound(voice, condition) {
+            failed.push(format!("{}: {:.1}%", condition.name(), wer * 100.0));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{label} {} over bound: {failed:?}",
+        voice.name()
+    );
 }
 
 #[test]
-fn normalization_is_consistent() {
-    assert_eq!(
-        normalize("March 3rd, 1985."),
-        normalize("march third nineteen eighty-five")
-    );
-    assert_eq!(
-        normalize("555-123-4567"),
-        normalize("five five five one two three four five six seven")
-    );
-    assert_eq!(normalize("the 21st"), normalize("The twenty-first"));
-    assert_eq!(normalize("I can't"), vec!["i", "cant"]);
-    let a = normalize("a b c");
-    assert_eq!(edit_distance(&a, &normalize("a x c d")), 2);
+fn float_on_the_piper_voice() {
+    check_all_conditions(stt(), "f32", Voice::Piper);
 }
 
 #[test]
-fn clean_speech_wer_is_at_most_15_percent() {
-    let hyps = transcribe_all(stt(), false, <[f32]>::to_vec);
-    assert!(wer("clean 16 kHz, actual length", &hyps) <= 0.15);
+fn float_on_espeak() {
+    check_all_conditions(stt(), "f32", Voice::Espeak);
+}
+
+#[test]
+fn q8_0_on_the_piper_voice() {
+    check_all_conditions(stt_q8(), "q8_0", Voice::Piper);
+}
+
+#[test]
+fn q8_0_on_espeak() {
+    check_all_conditions(stt_q8(), "q8_0", Voice::Espeak);
 }
 
 #[test]
 fn padded_encoder_also_transcribes() {
-    let hyps = transcribe_all(stt(), true, <[f32]>::to_vec);
-    assert!(wer("clean 16 kHz, 30 s padded", &hyps) <= 0.15);
+    let wer = score(stt(), "f32 30s", Voice::Piper, Condition::Clean, true, 12).rate();
+    assert!(wer <= 0.10, "{wer}");
 }
 
 #[test]
-fn telephone_speech_still_transcribes() {
-    let hyps = transcribe_all(stt(), false, telephone);
-    // tiny.en on robotic speech through a narrowband codec: measured about 30%.
-    assert!(wer("8 kHz G.711 µ-law", &hyps) <= 0.35);
-    // The repetition check keeps a looping decode from running to the token limit.
-    assert!(
-        hyps.iter().all(|h| h.split_whitespace().count() < 40),
-        "{hyps:?}"
-    );
+fn whisper_base_transcribes_the_set() {
+    let base = SpeechToText::load(&import("whisper-base")).expect("load base");
+    let wer = score(
+        &base,
+        "base f32",
+        Voice::Piper,
+        Condition::Telephone,
+        false,
+        44,
+    )
+    .rate();
+    assert!(wer <= 0.15, "{wer}");
 }
 
 #[test]
-fn quantized_model_transcribes() {
-    let hyps = transcribe_all(stt_q8(), false, <[f32]>::to_vec);
-    assert!(wer("clean 16 kHz, q8_0", &hyps) <= 0.2);
+fn a_looping_decode_never_runs_to_the_token_limit() {
+    for u in spoken(Voice::Espeak).iter().take(12) {
+        let heard = Condition::NoisyTelephone.apply(&u.samples, 99).unwrap();
+        let t = stt().transcribe(&heard).unwrap();
+        assert!(t.text.split_whitespace().count() < 40, "{t:?}");
+    }
 }
 
 #[test]
 fn confidence_and_no_speech_on_speech() {
-    let t = stt().transcribe(&speech()[3]).unwrap();
+    let t = stt().transcribe(&spoken(Voice::Piper)[12].samples).unwrap();
     assert!(t.confidence > 0.5 && t.confidence <= 1.0, "{t:?}");
     assert!(t.no_speech_prob < 0.5, "{t:?}");
 }
@@ -338,18 +208,24 @@ fn silence_gives_empty_text() {
 }
 
 #[test]
-fn shared_across_threads() {
+fn concurrent_calls_share_the_model_and_get_the_same_text() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<SpeechToText>();
     let model = stt();
-    let texts: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|i| s.spawn(move || model.transcribe(&speech()[i]).unwrap().text))
+    let set = &spoken(Voice::Piper)[..6];
+    let serial: Vec<String> = set
+        .iter()
+        .map(|u| model.transcribe(&u.samples).unwrap().text)
+        .collect();
+    let concurrent: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = set
+            .iter()
+            .map(|u| s.spawn(move || model.transcribe(&u.samples).unwrap().text))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(texts.len(), 2);
-    assert!(texts.iter().all(|t| !t.is_empty()));
+    assert_eq!(serial, concurrent);
+    assert!(serial.iter().all(|t| !t.is_empty()));
 }
 
 #[test]

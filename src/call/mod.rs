@@ -6,6 +6,8 @@
 //! is a silence, and the end of the lines is a hang-up. Times follow a speaking-rate model so the
 //! transcript's timeline looks like a real call's.
 
+pub mod endpoint;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};

@@ -6,10 +6,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::models::Manifest;
 use crate::speech::audio;
 use crate::speech::stt::{SpeechToText, SttOptions};
+use crate::speech::testset::{self, Condition, Voice};
+use crate::speech::wer::WordErrors;
+use crate::system::resources;
 
 #[derive(Debug, clap::Args)]
 pub struct SttArgs {
@@ -37,14 +40,30 @@ pub struct ModelArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchSttArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Runs per utterance and encoder mode (the median is reported).
+    /// Speech-to-text model id.
+    #[arg(long, default_value = "whisper-tiny-en")]
+    pub model: String,
+    /// Timed runs per utterance after one warm-up (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Also run faster-whisper (CTranslate2, float32 and int8) on the same files and model, from
+    /// the reference environment of `tests/tools/pyenv`.
+    #[arg(long)]
+    pub reference: bool,
+    /// Also measure word error rate on the spoken test set through the telephone channel.
+    #[arg(long)]
+    pub wer: bool,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Measure one configuration in this process and print its figures as JSON (used by the
+    /// bench itself, so each configuration's peak memory is its own).
+    #[arg(long, hide = true)]
+    pub worker: Option<String>,
+    #[arg(long, hide = true, num_args = 0..)]
+    pub timed: Vec<PathBuf>,
+    #[arg(long, hide = true, num_args = 0..)]
+    pub transcribed: Vec<PathBuf>,
 }
 
 fn model_dir(config: &Config, id: &str) -> anyhow::Result<PathBuf> {
@@ -88,31 +107,50 @@ pub fn stt(config: &Config, args: SttArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The bench utterances: about 2 s and 6 s of espeak-ng speech.
-const BENCH_SENTENCES: [&str; 2] = [
+/// The bench utterances: about 2, 4 and 6 s of speech.
+const BENCH_SENTENCES: [&str; 3] = [
     "Hello, I need to book an appointment.",
+    "Hi, this is Maria Lopez, I'd like a checkup for my son next week.",
     "Hi, this is Maria Lopez, I would like to book an appointment for next Tuesday morning, if that is possible.",
 ];
 
-/// Synthesizes `text` with espeak-ng and returns it as 16 kHz mono.
-pub fn espeak_16k(text: &str, dir: &Path) -> anyhow::Result<Vec<f32>> {
-    let wav = dir.join("utterance.wav");
-    let status = Process::new("espeak-ng")
-        .arg("-w")
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .context("cannot run espeak-ng (apt-get install espeak-ng)")?;
-    if !status.success() {
-        bail!("espeak-ng failed: {status}");
-    }
-    read_16k(&wav)
+/// One configuration's figures, as a worker (ours or faster-whisper's) prints them.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct WorkerReport {
+    load_s: f64,
+    peak_rss_bytes: u64,
+    timed: Vec<Timed>,
+    transcribed: Vec<Heard>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Timed {
+    file: PathBuf,
+    median_ms: f64,
+    min_ms: f64,
+    text: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Heard {
+    file: PathBuf,
+    text: String,
+}
+
+/// A configuration's figures as reported.
+#[derive(Debug, serde::Serialize)]
+struct BenchRow {
+    runtime: &'static str,
+    config: String,
+    load_s: f64,
+    peak_rss_mib: f64,
+    utterances: Vec<UtteranceRow>,
+    wer: Option<f64>,
 }
 
 #[derive(Debug, serde::Serialize)]
-struct BenchRow {
+struct UtteranceRow {
     audio_s: f64,
-    padded_30s: bool,
     median_ms: f64,
     min_ms: f64,
     rtf: f64,
@@ -123,66 +161,197 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
-    let tmp = tempfile::tempdir()?;
-    let utterances = BENCH_SENTENCES
-        .iter()
-        .map(|s| espeak_16k(s, tmp.path()))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+/// Measures one configuration (`f32`, `q8_0` or `f32-30s`) in this process.
+fn bench_worker(config: &Config, args: &BenchSttArgs, which: &str) -> anyhow::Result<ExitCode> {
+    let (quantized, pad_to_30s) = match which {
+        "f32" => (false, false),
+        "q8_0" => (true, false),
+        "f32-30s" => (false, true),
+        other => bail!("unknown configuration {other}"),
+    };
+    let dir = model_dir(config, &args.model)?;
     let started = Instant::now();
-    let model = load(config, &args.model)?;
+    let options = SttOptions {
+        quantized,
+        pad_to_30s,
+        workers: 1,
+    };
+    let model = SpeechToText::load_with(&dir, options)?;
     let load_s = started.elapsed().as_secs_f64();
-    let runs = args.runs.max(1);
-    let mut rows = Vec::new();
-    for samples in &utterances {
-        let audio_s = samples.len() as f64 / 16_000.0;
-        for padded in [false, true] {
-            model.transcribe_with(samples, padded)?; // warm-up
-            let mut times = Vec::with_capacity(runs);
-            for _ in 0..runs {
-                let t = Instant::now();
-                model.transcribe_with(samples, padded)?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            let min_ms = times.iter().cloned().fold(f64::INFINITY, f64::min);
-            let median_ms = median(&mut times);
-            rows.push(BenchRow {
-                audio_s,
-                padded_30s: padded,
-                median_ms,
-                min_ms,
-                rtf: median_ms / 1e3 / audio_s,
-            });
+    let mut timed = Vec::new();
+    for file in &args.timed {
+        let samples = read_16k(file)?;
+        model.transcribe(&samples)?;
+        let mut times = Vec::new();
+        let mut text = String::new();
+        for _ in 0..args.runs.max(1) {
+            let t = Instant::now();
+            text = model.transcribe(&samples)?.text;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        timed.push(Timed {
+            file: file.clone(),
+            min_ms: times.iter().cloned().fold(f64::INFINITY, f64::min),
+            median_ms: median(&mut times),
+            text,
+        });
+    }
+    let transcribed = args
+        .transcribed
+        .iter()
+        .map(|file| {
+            Ok(Heard {
+                file: file.clone(),
+                text: model.transcribe(&read_16k(file)?)?.text,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report = WorkerReport {
+        load_s,
+        peak_rss_bytes: resources::peak_rss_bytes().unwrap_or(0),
+        timed,
+        transcribed,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a worker process and reads its report.
+fn run_worker(mut command: Process) -> anyhow::Result<WorkerReport> {
+    let out = command.output().context("cannot start the bench worker")?;
+    if !out.status.success() {
+        bail!(
+            "bench worker failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("bad worker report: {last}"))
+}
+
+/// Speech for the bench, heard through the telephone channel and written as 16 kHz WAVs: the
+/// Piper voice when the reference environment is there, else espeak-ng.
+fn bench_audio(lines: &[&str], dir: &Path, name: &str) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let cache = std::env::temp_dir().join("callbox-bench-speech");
+    let piper = crate::models::default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
+    let spoken = testset::speak_lines(Voice::Piper, lines, &cache, &piper).or_else(|e| {
+        eprintln!("bench: the Piper voice is not available ({e}); using espeak-ng");
+        testset::speak_lines(Voice::Espeak, lines, &cache, &piper)
+    })?;
+    spoken
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let path = dir.join(format!("{name}-{i:03}.wav"));
+            let heard = Condition::Telephone.apply(&u.samples, i as u64)?;
+            audio::write_wav(&path, &heard, 16_000)?;
+            Ok((path, u.text.clone()))
+        })
+        .collect()
+}
+
+pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
+    if let Some(which) = &args.worker {
+        return bench_worker(config, &args, which);
+    }
+    let tmp = tempfile::tempdir()?;
+    let timed = bench_audio(&BENCH_SENTENCES, tmp.path(), "timed")?;
+    let wer_set = if args.wer {
+        bench_audio(&testset::sentences(), tmp.path(), "set")?
+    } else {
+        Vec::new()
+    };
+    let model_dir = model_dir(config, &args.model)?;
+    let exe = std::env::current_exe()?;
+    let mut configs: Vec<(&'static str, String, Process)> = Vec::new();
+    for which in ["f32", "q8_0", "f32-30s"] {
+        let mut p = Process::new(&exe);
+        if let ConfigSource::File(path) = &config.source {
+            p.arg("--config").arg(path);
+        }
+        p.args(["bench", "stt", "--model", &args.model, "--worker", which])
+            .args(["--runs", &args.runs.to_string(), "--timed"])
+            .args(timed.iter().map(|(f, _)| f))
+            .arg("--transcribed")
+            .args(wer_set.iter().map(|(f, _)| f));
+        configs.push(("candle", which.to_string(), p));
+    }
+    if args.reference {
+        let python = testset::reference_python()?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for compute in ["float32", "int8"] {
+            let mut p = Process::new(&python);
+            p.arg(testset::tools_dir().join("faster_whisper_run.py"))
+                .arg(&model_dir)
+                .args([compute, &threads.to_string(), &args.runs.to_string()])
+                .args(timed.iter().map(|(f, _)| f))
+                .arg("--")
+                .args(wer_set.iter().map(|(f, _)| f));
+            configs.push(("faster-whisper", compute.to_string(), p));
+        }
+    }
+    let mut rows = Vec::new();
+    for (runtime, name, command) in configs {
+        let report = run_worker(command)?;
+        let utterances = report
+            .timed
+            .iter()
+            .zip(&timed)
+            .map(|(t, (file, _))| {
+                let audio_s = read_16k(file)?.len() as f64 / 16_000.0;
+                Ok(UtteranceRow {
+                    audio_s,
+                    median_ms: t.median_ms,
+                    min_ms: t.min_ms,
+                    rtf: t.median_ms / 1e3 / audio_s,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let wer = (!wer_set.is_empty()).then(|| {
+            let mut total = WordErrors::default();
+            for (heard, (_, said)) in report.transcribed.iter().zip(&wer_set) {
+                total.add(WordErrors::of(said, &heard.text));
+            }
+            total.rate()
+        });
+        rows.push(BenchRow {
+            runtime,
+            config: name,
+            load_s: report.load_s,
+            peak_rss_mib: resources::mib(report.peak_rss_bytes),
+            utterances,
+            wer,
+        });
     }
     if args.json {
         let v = serde_json::json!({
-            "model": args.model.model,
-            "quantized": args.model.quantized,
-            "load_s": load_s,
-            "runs": runs,
+            "model": args.model,
+            "runs": args.runs,
+            "condition": Condition::Telephone.name(),
             "results": rows,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "stt {} on {} speech, median of {} runs after a warm-up, one process per configuration",
+        args.model,
+        Condition::Telephone.name(),
+        args.runs
+    );
+    for r in &rows {
+        let wer = r
+            .wer
+            .map_or(String::new(), |w| format!("  WER {:.1}%", w * 100.0));
         println!(
-            "stt {}{}: load {:.2} s, median of {runs} runs",
-            args.model.model,
-            if args.model.quantized { " (q8_0)" } else { "" },
-            load_s
+            "  {:<14} {:<8} load {:>5.2} s  peak {:>6.0} MiB{wer}",
+            r.runtime, r.config, r.load_s, r.peak_rss_mib
         );
-        for r in &rows {
+        for u in &r.utterances {
             println!(
-                "  {:>4.1} s audio, encoder on {:<13} median {:>7.1} ms  min {:>7.1} ms  RTF {:.3}",
-                r.audio_s,
-                if r.padded_30s {
-                    "30 s padded"
-                } else {
-                    "actual length"
-                },
-                r.median_ms,
-                r.min_ms,
-                r.rtf
+                "      {:>4.1} s audio: median {:>7.1} ms  min {:>7.1} ms  RTF {:.3}",
+                u.audio_s, u.median_ms, u.min_ms, u.rtf
             );
         }
     }

@@ -71,6 +71,31 @@ pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32), AudioError> {
     Ok((mono, spec.sample_rate))
 }
 
+/// Writes mono samples in [-1, 1] as a 16-bit PCM WAV file; the file appears whole or not at all.
+pub fn write_wav(path: &Path, samples: &[f32], rate: u32) -> Result<(), AudioError> {
+    let err = |source| AudioError::Wav {
+        path: path.display().to_string(),
+        source,
+    };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let mut writer = hound::WavWriter::create(&partial, spec).map_err(err)?;
+    for s in samples {
+        writer
+            .write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)
+            .map_err(err)?;
+    }
+    writer.finalize().map_err(err)?;
+    std::fs::rename(&partial, path).map_err(|e| err(hound::Error::IoError(e)))
+}
+
 /// Resamples mono `samples` from `from` Hz to `to` Hz (FFT resampler, delay trimmed).
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioError> {
     if from == to || samples.is_empty() {
@@ -250,6 +275,18 @@ mod tests {
         let noise: Vec<f32> = noisy.iter().zip(&speech).map(|(n, s)| n - s).collect();
         let snr = 10.0 * (active_power(&speech, 16_000) / (rms(&noise).powi(2))).log10();
         assert!((snr - 15.0).abs() < 0.3, "measured SNR {snr}");
+    }
+
+    #[test]
+    fn wav_written_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.wav");
+        let samples = tone(440.0, 8000, 0.1);
+        write_wav(&path, &samples, 8000).unwrap();
+        let (back, rate) = read_wav(&path).unwrap();
+        assert_eq!(rate, 8000);
+        assert_eq!(back.len(), samples.len());
+        assert!(back.iter().zip(&samples).all(|(a, b)| (a - b).abs() < 1e-4));
     }
 
     #[test]

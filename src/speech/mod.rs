@@ -9,8 +9,10 @@
 //! - [`llm`]: GGUF chat models, their tokenizer, generation and the intent scorer.
 //! - [`tts`]: text preparation, phonemes and voices.
 //! - [`wer`]: word error rate, the measure of recognition and intelligibility.
+//! - [`testset`]: the spoken utterances and line conditions that measure recognition.
 pub mod audio;
 pub mod llm;
 pub mod stt;
+pub mod testset;
 pub mod tts;
 pub mod wer;

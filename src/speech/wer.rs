@@ -55,6 +55,16 @@ fn number_word(w: &str) -> Option<u32> {
         .map(|i| 20 + 10 * i as u32)
 }
 
+/// Titles a transcript may abbreviate: counted as the word said.
+fn spelled_out(w: &str) -> &str {
+    match w {
+        "dr" => "doctor",
+        "mr" => "mister",
+        "mrs" => "missus",
+        _ => w,
+    }
+}
+
 /// The normalized words of `text` (see the module documentation).
 pub fn normalize(text: &str) -> Vec<String> {
     let lower = text.to_lowercase().replace(['\'', '’'], "");
@@ -81,7 +91,7 @@ pub fn normalize(text: &str) -> Vec<String> {
                 _ => words.push((n.to_string(), Some(n))),
             },
             Some(n) => words.push((n.to_string(), Some(n))),
-            None => words.push((w.to_string(), None)),
+            None => words.push((spelled_out(w).to_string(), None)),
         }
     }
     words
@@ -128,6 +138,7 @@ mod tests {
         assert_eq!(normalize("the 30th"), normalize("the thirtieth"));
         assert_eq!(normalize("I can't"), vec!["i", "cant"]);
         assert_eq!(normalize("oh two"), vec!["0", "2"]);
+        assert_eq!(normalize("Dr. Patel"), normalize("doctor Patel"));
     }
 
     #[test]

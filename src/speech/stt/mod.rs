@@ -394,6 +394,7 @@ impl SpeechToText {
                     || (step == 0 && self.config.begin_suppress_tokens.contains(&(id as u32)))
             };
             let (next, prob) = argmax_prob(&logits, masked);
+
             sum_logprob += prob.max(1e-10).ln();
             if next as u32 == specials.eot {
                 break;
@@ -401,6 +402,13 @@ impl SpeechToText {
             tokens.push(next as u32);
             probs.push(prob);
             if let Some(keep) = repetition_cut(&tokens[prompt_len..]) {
+                // A loop is the model running past what was said: keep its first occurrence up
+                // to the last sentence end in it ("that's correct. That" → "that's correct.").
+                let text = &tokens[prompt_len..prompt_len + keep];
+                let keep = match text.iter().rposition(|&t| self.tokenizer.ends_sentence(t)) {
+                    Some(end) if keep - (end + 1) <= 2 => end + 1,
+                    _ => keep,
+                };
                 tokens.truncate(prompt_len + keep);
                 probs.truncate(keep);
                 break;
@@ -461,21 +469,29 @@ fn argmax_prob(logits: &[f32], masked: impl Fn(usize) -> bool) -> (usize, f32) {
     (best.0, softmax_at(logits, best.0, masked))
 }
 
-/// When `tokens` ends in a loop (an n-gram of 2–4 tokens four times in a row, of 5–48 tokens three
-/// times, or one token eight times), how many tokens to keep: everything before the loop plus one occurrence.
+/// When `tokens` ends in a loop (an n-gram of 2–4 tokens four times in a row, of 5–7 tokens three
+/// times, of 8–48 tokens twice — a whole sentence said again —, or one token eight times), how
+/// many tokens to keep: everything before the loop plus its first period.
 fn repetition_cut(tokens: &[u32]) -> Option<usize> {
     let n = tokens.len();
-    if n >= 8 && tokens[n - 8..].iter().all(|&t| t == tokens[n - 1]) {
-        return Some(n - 7);
-    }
-    for k in 2..=48 {
-        let reps = if k < 5 { 4 } else { 3 };
+    for k in 1..=48 {
+        let reps = match k {
+            1 => 8,
+            ..5 => 4,
+            5..8 => 3,
+            _ => 2,
+        };
         if n < k * reps {
-            break;
+            continue;
         }
         let last = &tokens[n - k..];
         if (1..reps).all(|r| &tokens[n - (r + 1) * k..n - r * k] == last) {
-            return Some(n - (reps - 1) * k);
+            // The loop may have begun earlier than a whole number of periods from the end.
+            let mut start = n - reps * k;
+            while start > 0 && tokens[start - 1] == tokens[start - 1 + k] {
+                start -= 1;
+            }
+            return Some(start + k);
         }
     }
     None
@@ -493,14 +509,31 @@ mod tests {
         }
         assert_eq!(repetition_cut(&t), Some(5));
         assert_eq!(repetition_cut(&[5; 8]), Some(1));
+        assert_eq!(repetition_cut(&[3, 5, 5, 5, 5, 5, 5, 5, 5, 5]), Some(2));
+        // "my date is 3 1985 my date is 3 1985": the loop starts at the first token.
+        let said = [11, 12, 13, 14, 15, 16, 17, 18];
+        let mut again = said.to_vec();
+        again.extend(&said);
+        assert_eq!(repetition_cut(&again), Some(8));
+        assert_eq!(repetition_cut(&again[..15]), None);
         assert_eq!(repetition_cut(&[1, 2, 3, 1, 2, 3, 4]), None);
         assert_eq!(repetition_cut(&[5, 5, 5, 5]), None);
         let phrase: Vec<u32> = (10..30).collect();
         let mut looped = vec![1];
-        for _ in 0..3 {
-            looped.extend(&phrase);
-        }
-        assert_eq!(repetition_cut(&looped), Some(21));
+        looped.extend(&phrase);
+        assert_eq!(repetition_cut(&looped), None, "said once");
+        looped.extend(&phrase);
+        assert_eq!(repetition_cut(&looped), Some(21), "a sentence said twice");
+        let short: Vec<u32> = (40..46).collect();
+        let mut twice = short.clone();
+        twice.extend(&short);
+        assert_eq!(
+            repetition_cut(&twice),
+            None,
+            "six tokens twice can be speech"
+        );
+        twice.extend(&short);
+        assert_eq!(repetition_cut(&twice), Some(6));
     }
 
     #[test]

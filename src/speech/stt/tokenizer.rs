@@ -152,6 +152,15 @@ impl Tokenizer {
         id >= self.specials.eot || self.tokens.get(id as usize).is_none_or(Option::is_none)
     }
 
+    /// Whether the text of `id` ends a sentence (`.`, `?`, `!`).
+    pub fn ends_sentence(&self, id: u32) -> bool {
+        !self.is_special(id)
+            && matches!(
+                self.tokens.get(id as usize),
+                Some(Some(b)) if b.ends_with(b".") || b.ends_with(b"?") || b.ends_with(b"!")
+            )
+    }
+
     pub fn special_id(&self, name: &str) -> Option<u32> {
         self.special.get(name).copied()
     }

@@ -1,0 +1,93 @@
+//! The phone line as the rest of the box sees it: a [`Line`] delivers the caller's side of a call
+//! as 20 ms frames of 16 kHz mono `i16` (plus DTMF digits and the hang-up), and plays the box's
+//! audio, queued, at the line's own pace. Drivers convert to and from their codec and rate at the
+//! edge, so nothing above a driver knows about RTP, G.711 or ALSA.
+//!
+//! Drivers: [`audio_file`] (a caller played from WAV files in real time, the call recorded to a
+//! WAV); the SIP and modem drivers implement the same trait.
+
+pub mod audio_file;
+
+/// Sample rate inside the box.
+pub const RATE: u32 = 16_000;
+/// Length of a frame.
+pub const FRAME_MS: u64 = 20;
+/// Samples in a frame.
+pub const FRAME_SAMPLES: usize = 320;
+
+/// 20 ms of the caller's audio.
+pub type Frame = [i16; FRAME_SAMPLES];
+
+/// What the line delivers each 20 ms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LineInput {
+    Audio(Box<Frame>),
+    /// A DTMF key the caller pressed (delivered in place of that frame's audio).
+    Dtmf(char),
+    /// The caller hung up.
+    HungUp,
+}
+
+/// How a transfer went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// The call is now the human's; the box's part is over.
+    Connected,
+    /// Nobody took it; the caller is still on the line with the box.
+    Failed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("the line is closed")]
+    Closed,
+    #[error("line I/O failed: {0}")]
+    Io(String),
+}
+
+/// One call's line, owned by that call's session.
+pub trait Line: Send {
+    /// Waits for the next 20 ms of the call (the line sets the pace) and returns the caller's side.
+    fn next(&mut self) -> Result<LineInput, LineError>;
+    /// Queues the box's audio (16 kHz mono) after what is already queued.
+    fn play(&mut self, samples: &[i16]) -> Result<(), LineError>;
+    /// Milliseconds of the box's audio queued and not yet heard.
+    fn queued_ms(&self) -> u64;
+    /// Drops the queued audio at once (the caller barged in).
+    fn flush(&mut self);
+    /// RMS level (0–1) of the box's audio played during the last frame, so echo of it in the
+    /// caller channel can be told from the caller.
+    fn played_level(&self) -> f32;
+    /// Transfers the caller to `target` (a number or SIP URI); `warm` speaks `context` to the
+    /// human first.
+    fn transfer(
+        &mut self,
+        target: &str,
+        warm: bool,
+        context: &str,
+    ) -> Result<TransferOutcome, LineError>;
+    /// Ends the call from the box's side.
+    fn hang_up(&mut self) -> Result<(), LineError>;
+}
+
+/// `f32` samples in [-1, 1] as `i16`.
+pub fn to_i16(samples: &[f32]) -> Vec<i16> {
+    samples
+        .iter()
+        .map(|s| (s.clamp(-1.0, 1.0) * 32767.0).round() as i16)
+        .collect()
+}
+
+/// `i16` samples as `f32` in [-1, 1].
+pub fn to_f32(samples: &[i16]) -> Vec<f32> {
+    samples.iter().map(|&s| f32::from(s) / 32768.0).collect()
+}
+
+/// Root mean square of a frame, in [0, 1].
+pub fn frame_rms(frame: &[i16]) -> f32 {
+    if frame.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = frame.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    ((sum / frame.len() as f64).sqrt() / 32768.0) as f32
+}

@@ -1,0 +1,34 @@
+"""Speaks lines of text with a Piper voice through Piper's own runtime (piper-tts, onnxruntime),
+one WAV per line, to make speech fixtures for tests. Never used by the box.
+
+usage: piper_say.py VOICE.onnx LINES.txt OUT_DIR
+Writes OUT_DIR/000.wav, 001.wav … for the non-empty, non-# lines, in order, at the voice's rate,
+with the voice's published noise and length scales.
+"""
+import sys
+import wave
+from pathlib import Path
+
+from piper import PiperVoice
+
+
+def main() -> None:
+    voice_path, lines_path, out_dir = sys.argv[1:4]
+    voice = PiperVoice.load(voice_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        line.strip()
+        for line in Path(lines_path).read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for i, line in enumerate(lines):
+        partial = out / f"{i:03}.wav.partial"
+        with wave.open(str(partial), "wb") as wav:
+            voice.synthesize_wav(line, wav)
+        partial.rename(out / f"{i:03}.wav")
+    print(len(lines))
+
+
+if __name__ == "__main__":
+    main()

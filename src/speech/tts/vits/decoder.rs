@@ -66,6 +66,14 @@ impl ResBlock {
         }
     }
 
+    /// How many samples on each side (at the block's rate) one output sample depends on.
+    fn reach(&self) -> usize {
+        match self {
+            ResBlock::Two(convs) => convs.iter().map(Conv1d::reach).sum(),
+            ResBlock::One(convs) => convs.iter().map(|(a, b)| a.reach() + b.reach()).sum(),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor, VitsError> {
         let mut x = x.clone();
         match self {
@@ -143,6 +151,57 @@ impl Decoder {
 
     pub(crate) fn hop_length(&self) -> usize {
         self.hop
+    }
+
+    /// How many latent frames on each side one output sample depends on (rounded up): a window
+    /// decoded with this much context on both sides gives the samples the whole sequence would.
+    pub(crate) fn context_frames(&self) -> usize {
+        let mut frames = self.conv_pre.reach() as f64;
+        let mut rate = 1.0;
+        for (up, blocks) in &self.stages {
+            frames += up.reach() as f64 / rate;
+            rate *= up.stride() as f64;
+            frames += blocks.iter().map(ResBlock::reach).max().unwrap_or(0) as f64 / rate;
+        }
+        frames += self.conv_post.reach() as f64 / rate;
+        frames.ceil() as usize
+    }
+
+    /// Decodes `z` (`[1, C, frames]`) window by window, calling `emit` with each window's samples
+    /// in order: the first window has `first_frames` frames and each next one twice the one
+    /// before, so the start of the audio is ready early while the context decoded twice stays a
+    /// small share. The samples are those of `forward` on the whole of `z`. `stop` is asked
+    /// before each window; when it says so, decoding ends with `Ok(false)`.
+    pub(crate) fn forward_windows(
+        &self,
+        z: &Tensor,
+        first_frames: usize,
+        stop: &dyn Fn() -> bool,
+        emit: &mut dyn FnMut(Vec<f32>),
+    ) -> Result<bool, VitsError> {
+        let frames = z.dim(2)?;
+        let context = self.context_frames();
+        let mut start = 0;
+        let mut window = first_frames.max(1);
+        while start < frames {
+            if stop() {
+                return Ok(false);
+            }
+            // A last window shorter than its context is merged into this one.
+            let end = if frames - start <= window + context {
+                frames
+            } else {
+                start + window
+            };
+            let from = start.saturating_sub(context);
+            let to = (end + context).min(frames);
+            let audio = self.forward(&z.narrow(2, from, to - from)?)?;
+            let keep = audio.narrow(2, (start - from) * self.hop, (end - start) * self.hop)?;
+            emit(keep.flatten_all()?.to_vec1::<f32>()?);
+            start = end;
+            window *= 2;
+        }
+        Ok(true)
     }
 
     /// `[1, C, frames]` → `[1, 1, frames · hop]`.

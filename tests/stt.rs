@@ -12,6 +12,11 @@ use callbox::speech::stt::ct2::Ct2Model;
 use callbox::speech::stt::import::{self, ImportError, ImportOptions};
 use callbox::speech::stt::{SpeechToText, SttOptions};
 
+#[path = "support/wer.rs"]
+mod wer;
+
+use wer::{edit_distance, normalize};
+
 const MODEL: &str = "whisper-tiny-en";
 
 /// Call-typical sentences: what espeak-ng says and what the transcript must say.
@@ -86,161 +91,6 @@ fn speech() -> &'static Vec<Vec<f32>> {
     })
 }
 
-fn number_word(w: &str) -> Option<u32> {
-    const ONES: [&str; 20] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-    ];
-    const ORD: [&str; 20] = [
-        "zeroth",
-        "first",
-        "second",
-        "third",
-        "fourth",
-        "fifth",
-        "sixth",
-        "seventh",
-        "eighth",
-        "ninth",
-        "tenth",
-        "eleventh",
-        "twelfth",
-        "thirteenth",
-        "fourteenth",
-        "fifteenth",
-        "sixteenth",
-        "seventeenth",
-        "eighteenth",
-        "nineteenth",
-    ];
-    const TENS: [&str; 8] = [
-        "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
-    const TENS_ORD: [&str; 8] = [
-        "twentieth",
-        "thirtieth",
-        "fortieth",
-        "fiftieth",
-        "sixtieth",
-        "seventieth",
-        "eightieth",
-        "ninetieth",
-    ];
-    if w == "oh" {
-        return Some(0);
-    }
-    (0..20)
-        .find(|&i| ONES[i] == w || ORD[i] == w)
-        .map(|i| i as u32)
-        .or_else(|| {
-            (0..8)
-                .find(|&i| TENS[i] == w || TENS_ORD[i] == w)
-                .map(|i| 20 + 10 * i as u32)
-        })
-}
-
-/// Lowercase, punctuation removed, numbers as single digits: "March 3rd, 1985" and "march third
-/// nineteen eighty five" both become "march 3 1 9 8 5"; "555-1234" and "five five five one two
-/// three four" both become "5 5 5 1 2 3 4".
-fn normalize(text: &str) -> Vec<String> {
-    let lower = text.to_lowercase().replace("'", "");
-    let cleaned: String = lower
-        .chars()
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
-        .collect();
-    let mut numbers: Vec<Option<u32>> = Vec::new();
-    let mut words: Vec<String> = Vec::new();
-    for w in cleaned.split_whitespace() {
-        // "3rd", "21st", "1985"
-        let digits: String = w.chars().take_while(char::is_ascii_digit).collect();
-        let rest = &w[digits.len()..];
-        if !digits.is_empty() && matches!(rest, "" | "st" | "nd" | "rd" | "th") {
-            words.push(digits);
-            numbers.push(None);
-            continue;
-        }
-        match number_word(w) {
-            Some(n) => {
-                // "twenty one" → 21
-                if let (Some(Some(prev)), true) = (numbers.last().copied(), n < 10) {
-                    if prev >= 20 && prev % 10 == 0 {
-                        let v = prev + n;
-                        words.pop();
-                        numbers.pop();
-                        words.push(v.to_string());
-                        numbers.push(Some(v));
-                        continue;
-                    }
-                }
-                words.push(n.to_string());
-                numbers.push(Some(n));
-            }
-            None => {
-                words.push(w.to_string());
-                numbers.push(None);
-            }
-        }
-    }
-    words
-        .into_iter()
-        .flat_map(|w| {
-            if w.chars().all(|c| c.is_ascii_digit()) {
-                w.chars().map(|c| c.to_string()).collect::<Vec<_>>()
-            } else {
-                vec![w]
-            }
-        })
-        .collect()
-}
-
-fn edit_distance(a: &[String], b: &[String]) -> usize {
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, x) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, y) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(x != y);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// Word error rate of `hyps` against the reference sentences, printing each miss.
-fn wer(label: &str, hyps: &[String]) -> f64 {
-    let (mut errors, mut words) = (0, 0);
-    for (r, h) in SENTENCES.iter().zip(hyps) {
-        let (rn, hn) = (normalize(r), normalize(h));
-        let e = edit_distance(&rn, &hn);
-        if e > 0 {
-            eprintln!("[{label}] {e} error(s): {r:?} → {h:?}");
-        }
-        errors += e;
-        words += rn.len();
-    }
-    let wer = errors as f64 / words as f64;
-    eprintln!("[{label}] WER {:.1}% ({errors}/{words})", wer * 100.0);
-    wer
-}
-
 fn transcribe_all(
     model: &SpeechToText,
     pad: bool,
@@ -281,20 +131,20 @@ fn normalization_is_consistent() {
 #[test]
 fn clean_speech_wer_is_at_most_15_percent() {
     let hyps = transcribe_all(stt(), false, <[f32]>::to_vec);
-    assert!(wer("clean 16 kHz, actual length", &hyps) <= 0.15);
+    assert!(wer::wer("clean 16 kHz, actual length", SENTENCES, &hyps) <= 0.15);
 }
 
 #[test]
 fn padded_encoder_also_transcribes() {
     let hyps = transcribe_all(stt(), true, <[f32]>::to_vec);
-    assert!(wer("clean 16 kHz, 30 s padded", &hyps) <= 0.15);
+    assert!(wer::wer("clean 16 kHz, 30 s padded", SENTENCES, &hyps) <= 0.15);
 }
 
 #[test]
 fn telephone_speech_still_transcribes() {
     let hyps = transcribe_all(stt(), false, telephone);
     // tiny.en on robotic speech through a narrowband codec: measured about 30%.
-    assert!(wer("8 kHz G.711 µ-law", &hyps) <= 0.35);
+    assert!(wer::wer("8 kHz G.711 µ-law", SENTENCES, &hyps) <= 0.35);
     // The repetition check keeps a looping decode from running to the token limit.
     assert!(
         hyps.iter().all(|h| h.split_whitespace().count() < 40),
@@ -305,7 +155,7 @@ fn telephone_speech_still_transcribes() {
 #[test]
 fn quantized_model_transcribes() {
     let hyps = transcribe_all(stt_q8(), false, <[f32]>::to_vec);
-    assert!(wer("clean 16 kHz, q8_0", &hyps) <= 0.2);
+    assert!(wer::wer("clean 16 kHz, q8_0", SENTENCES, &hyps) <= 0.2);
 }
 
 #[test]

@@ -433,6 +433,10 @@ fn normalize_word(word: &str) -> String {
     if let (Some(lead), Ok(n)) = (lead.strip_suffix('#'), core.parse::<u64>()) {
         return format!("{lead}number {}{tail}", cardinal(n));
     }
+    // Emergency and service numbers are said digit by digit.
+    if matches!(core, "911" | "112" | "999" | "311" | "411" | "988") {
+        return format!("{lead}{}{tail}", digits_spoken(core));
+    }
     if let Some(spoken) = decimal_spoken(core) {
         return format!("{lead}{spoken}{tail}");
     }
@@ -611,6 +615,7 @@ mod tests {
             "one, five five five, zero one zero, four four seven seven"
         );
         assert_eq!(normalize("We saw 42 patients"), "We saw forty-two patients");
+        assert_eq!(normalize("dial 911."), "dial nine one one.");
     }
 
     #[test]

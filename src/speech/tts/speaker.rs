@@ -74,7 +74,7 @@ impl NeuralVoice {
         Ok(NeuralVoice {
             id: id.to_string(),
             vits,
-            phonemizer: Phonemizer::new(&config.espeak_voice),
+            phonemizer: Phonemizer::kept_running(&config.espeak_voice),
             scales: Scales::of_voice(&config),
             config,
         })
@@ -112,6 +112,11 @@ impl NeuralVoice {
 
     pub fn sample_rate(&self) -> u32 {
         self.vits.sample_rate()
+    }
+
+    /// The espeak-ng voice its phonemes come from.
+    pub fn espeak_voice(&self) -> &str {
+        &self.config.espeak_voice
     }
 
     pub fn vits(&self) -> &Vits {
@@ -311,6 +316,11 @@ impl Speaker {
 
     pub fn options(&self) -> SpeakerOptions {
         self.options
+    }
+
+    /// Changes the decoder's first window (benchmarks compare settings on one loaded voice).
+    pub fn set_first_window_frames(&mut self, frames: usize) {
+        self.options.first_window_frames = frames;
     }
 
     pub fn cache_stats(&self) -> CacheStats {

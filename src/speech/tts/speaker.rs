@@ -41,16 +41,22 @@ pub enum SpeakerError {
     Weights {
         id: String,
         path: String,
-        source: VitsError,
+        source: Box<VitsError>,
     },
     #[error("the voice network failed: {0}")]
-    Vits(#[from] VitsError),
+    Vits(Box<VitsError>),
     #[error("espeak-ng could not speak either: {0}")]
     Espeak(#[from] EspeakError),
     #[error(transparent)]
     Audio(#[from] AudioError),
     #[error("the speaking thread stopped unexpectedly")]
     Thread,
+}
+
+impl From<VitsError> for SpeakerError {
+    fn from(e: VitsError) -> SpeakerError {
+        SpeakerError::Vits(Box::new(e))
+    }
 }
 
 /// A neural (Piper VITS) voice: the network, its config and its phonemizer.
@@ -69,7 +75,7 @@ impl NeuralVoice {
         let vits = Vits::load(weights, &config).map_err(|source| SpeakerError::Weights {
             id: id.to_string(),
             path: weights.display().to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(NeuralVoice {
             id: id.to_string(),
@@ -487,7 +493,9 @@ impl Speaker {
                     self.keep(key, Arc::new(all), pin);
                     return Ok(ChunkEnd::Done(voice));
                 }
-                Err(SpeakerError::Vits(VitsError::Cancelled)) => return Ok(ChunkEnd::Cancelled),
+                Err(SpeakerError::Vits(e)) if matches!(*e, VitsError::Cancelled) => {
+                    return Ok(ChunkEnd::Cancelled)
+                }
                 Err(e) if emitted => {
                     // Part of the chunk was heard; saying it again would be worse than the gap.
                     tracing::warn!(error = %e, "the neural voice failed mid-chunk; the rest of it is skipped");

@@ -12,7 +12,7 @@ use callbox::agent::summary::{Direction, LineKind};
 use callbox::agent::{Agent, CallContext, Script};
 use callbox::config::Market;
 use callbox::speech::tts::speaker::{
-    CancelToken, NeuralVoice, Speaker, SpeakerError, SpeakerOptions, SpeechPiece, VoiceUsed,
+    CancelToken, NeuralVoice, Speaker, SpeakerError, SpeakerOptions, SpeechPiece, Spoken, VoiceUsed,
 };
 use callbox::speech::tts::vits::Scales;
 
@@ -36,6 +36,26 @@ fn neural_speaker() -> Arc<Speaker> {
 
 fn is_neural(v: &VoiceUsed) -> bool {
     matches!(v, VoiceUsed::Neural(id) if id == voice::VOICE)
+}
+
+/// Speaks a whole reply (no cancel): how it went and its pieces.
+fn speak_all(speaker: &Speaker, reply: &str) -> (Spoken, Vec<SpeechPiece>) {
+    let mut pieces = Vec::new();
+    let spoken = speaker
+        .speak(reply, &CancelToken::new(), &mut |p| pieces.push(p))
+        .unwrap_or_else(|e| panic!("speaking {reply:?}: {e}"));
+    (spoken, pieces)
+}
+
+/// espeak-ng said every chunk of the reply, and every piece says so.
+fn assert_all_espeak(spoken: &Spoken, pieces: &[SpeechPiece]) {
+    assert!(spoken
+        .voices
+        .iter()
+        .all(|v| matches!(v, VoiceUsed::Espeak(_))));
+    assert!(pieces
+        .iter()
+        .all(|p| matches!(p.voice, VoiceUsed::Espeak(_))));
 }
 
 /// Pieces are in chunk order, each chunk ends with one `last` piece, the rate is the line's.
@@ -210,17 +230,9 @@ fn missing_or_corrupt_weights_fall_back_to_espeak() {
         let speaker = Speaker::new(loaded, options());
         assert!(matches!(speaker.voice(), VoiceUsed::Espeak(_)));
         assert!(speaker.neural_problem().is_some());
-        let mut pieces = Vec::new();
-        let spoken = speaker
-            .speak("Thank you. Goodbye.", &CancelToken::new(), &mut |p| {
-                pieces.push(p)
-            })
-            .unwrap();
+        let (spoken, pieces) = speak_all(&speaker, "Thank you. Goodbye.");
         assert_eq!(spoken.completed, 2);
-        assert!(spoken
-            .voices
-            .iter()
-            .all(|v| matches!(v, VoiceUsed::Espeak(_))));
+        assert_all_espeak(&spoken, &pieces);
         assert_well_ordered(&pieces);
         let samples: usize = pieces.iter().map(|p| p.samples.len()).sum();
         assert!(
@@ -248,22 +260,9 @@ fn a_voice_failing_while_speaking_is_replaced_by_espeak_and_the_call_goes_on() {
     let neural = NeuralVoice::load(voice::VOICE, &config, &voice::weights()).unwrap();
     let speaker = Speaker::new(Ok(neural), options());
     assert!(is_neural(&speaker.voice()));
-    let mut pieces = Vec::new();
-    let spoken = speaker
-        .speak(
-            "Thank you for calling. Goodbye.",
-            &CancelToken::new(),
-            &mut |p| pieces.push(p),
-        )
-        .unwrap();
+    let (spoken, pieces) = speak_all(&speaker, "Thank you for calling. Goodbye.");
     assert_eq!(spoken.completed, 2);
-    assert!(spoken
-        .voices
-        .iter()
-        .all(|v| matches!(v, VoiceUsed::Espeak(_))));
-    assert!(pieces
-        .iter()
-        .all(|p| matches!(p.voice, VoiceUsed::Espeak(_))));
+    assert_all_espeak(&spoken, &pieces);
     assert!(pieces.iter().map(|p| p.samples.len()).sum::<usize>() > 8_000);
 }
 
@@ -292,10 +291,7 @@ fn a_scripts_fixed_lines_are_cache_hits_once_prewarmed() {
     assert_eq!(done.lines, clinic.fixed_lines().len());
     assert!(done.synthesized > 0 && done.synthesized <= done.chunks);
     assert_eq!(done.not_kept, 0);
-    let mut pieces = Vec::new();
-    speaker
-        .speak(&opening, &CancelToken::new(), &mut |p| pieces.push(p))
-        .unwrap();
+    let (_, pieces) = speak_all(&speaker, &opening);
     assert!(pieces.len() >= 3, "{opening:?}");
     assert!(
         pieces.iter().all(|p| p.cached),
@@ -304,14 +300,7 @@ fn a_scripts_fixed_lines_are_cache_hits_once_prewarmed() {
     // A second prewarm of the same script synthesizes nothing.
     assert_eq!(speaker.prewarm(&clinic).unwrap().synthesized, 0);
     // A reply the script does not contain is synthesized.
-    let mut fresh = Vec::new();
-    speaker
-        .speak(
-            "Your total is forty dollars.",
-            &CancelToken::new(),
-            &mut |p| fresh.push(p),
-        )
-        .unwrap();
+    let (_, fresh) = speak_all(&speaker, "Your total is forty dollars.");
     assert!(fresh.iter().all(|p| !p.cached));
 
     // The neural voice: a prewarmed line is said from the cache, with the audio it made.
@@ -319,28 +308,24 @@ fn a_scripts_fixed_lines_are_cache_hits_once_prewarmed() {
     let line = "Thank you for calling.".to_string();
     let done = speaker.prewarm_lines(std::slice::from_ref(&line)).unwrap();
     assert_eq!((done.chunks, done.synthesized, done.not_kept), (1, 1, 0));
-    let mut pieces = Vec::new();
-    speaker
-        .speak(
-            &format!("{line} How are you?"),
-            &CancelToken::new(),
-            &mut |p| pieces.push(p),
-        )
-        .unwrap();
+    let (_, pieces) = speak_all(&speaker, &format!("{line} How are you?"));
     assert!(pieces
         .iter()
         .filter(|p| p.chunk == 0)
         .all(|p| p.cached && is_neural(&p.voice)));
     assert!(pieces.iter().filter(|p| p.chunk == 1).all(|p| !p.cached));
-    let mut again = Vec::new();
-    speaker
-        .speak(&line, &CancelToken::new(), &mut |p| again.push(p.samples))
-        .unwrap();
+    let (_, again) = speak_all(&speaker, &line);
     let cached_audio: Vec<f32> = pieces
         .iter()
         .filter(|p| p.chunk == 0)
         .flat_map(|p| p.samples.clone())
         .collect();
-    assert_eq!(again.concat(), cached_audio);
+    assert_eq!(
+        again
+            .into_iter()
+            .flat_map(|p| p.samples)
+            .collect::<Vec<_>>(),
+        cached_audio
+    );
     assert!(cached_audio.len() > 8_000);
 }

@@ -44,75 +44,18 @@ fn spoken_forms(lower: &str) -> String {
     out.join(" ")
 }
 
+/// The value of a number word below 20 or a multiple of ten below 100, cardinal or ordinal
+/// ("seven", "twelfth", "forty", "thirtieth"), as the voice's own text normalization writes
+/// them; "oh" is a zero.
 fn number_word(w: &str) -> Option<u32> {
-    const ONES: [&str; 20] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-    ];
-    const ORD: [&str; 20] = [
-        "zeroth",
-        "first",
-        "second",
-        "third",
-        "fourth",
-        "fifth",
-        "sixth",
-        "seventh",
-        "eighth",
-        "ninth",
-        "tenth",
-        "eleventh",
-        "twelfth",
-        "thirteenth",
-        "fourteenth",
-        "fifteenth",
-        "sixteenth",
-        "seventeenth",
-        "eighteenth",
-        "nineteenth",
-    ];
-    const TENS: [&str; 8] = [
-        "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
-    const TENS_ORD: [&str; 8] = [
-        "twentieth",
-        "thirtieth",
-        "fortieth",
-        "fiftieth",
-        "sixtieth",
-        "seventieth",
-        "eightieth",
-        "ninetieth",
-    ];
+    use callbox::speech::tts::text::{cardinal, ordinal};
     if w == "oh" {
         return Some(0);
     }
-    (0..20)
-        .find(|&i| ONES[i] == w || ORD[i] == w)
-        .map(|i| i as u32)
-        .or_else(|| {
-            (0..8)
-                .find(|&i| TENS[i] == w || TENS_ORD[i] == w)
-                .map(|i| 20 + 10 * i as u32)
-        })
+    (0..20u64)
+        .chain((20..100).step_by(10))
+        .find(|&n| cardinal(n) == w || ordinal(n) == w)
+        .map(|n| n as u32)
 }
 
 /// Lowercase, punctuation removed, numbers as single digits: "March 3rd, 1985" and "march third

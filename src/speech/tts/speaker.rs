@@ -259,6 +259,17 @@ struct Piece {
     cached: bool,
 }
 
+impl Piece {
+    /// Marks the end of a freshly synthesized chunk.
+    fn end() -> Piece {
+        Piece {
+            samples: Vec::new(),
+            last: true,
+            cached: false,
+        }
+    }
+}
+
 pub struct Speaker {
     neural: Option<NeuralVoice>,
     neural_problem: Option<String>,
@@ -482,14 +493,7 @@ impl Speaker {
             });
             match result {
                 Ok(()) => {
-                    emit(
-                        Piece {
-                            samples: Vec::new(),
-                            last: true,
-                            cached: false,
-                        },
-                        &voice,
-                    );
+                    emit(Piece::end(), &voice);
                     self.keep(key, Arc::new(all), pin);
                     return Ok(ChunkEnd::Done(voice));
                 }
@@ -499,14 +503,7 @@ impl Speaker {
                 Err(e) if emitted => {
                     // Part of the chunk was heard; saying it again would be worse than the gap.
                     tracing::warn!(error = %e, "the neural voice failed mid-chunk; the rest of it is skipped");
-                    emit(
-                        Piece {
-                            samples: Vec::new(),
-                            last: true,
-                            cached: false,
-                        },
-                        &voice,
-                    );
+                    emit(Piece::end(), &voice);
                     return Ok(ChunkEnd::Done(voice));
                 }
                 Err(e) => {

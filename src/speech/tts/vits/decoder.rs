@@ -93,6 +93,21 @@ impl ResBlock {
     }
 }
 
+/// One upsampling stage: the transposed convolution, then the average of the residual blocks.
+fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Tensor) -> Result<Tensor, VitsError> {
+    let x = up.forward(&leaky_relu(x, LRELU_SLOPE)?)?;
+    let mut sum: Option<Tensor> = None;
+    for b in blocks {
+        let y = b.forward(&x)?;
+        sum = Some(match sum {
+            Some(s) => (s + y)?,
+            None => y,
+        });
+    }
+    let sum = sum.ok_or_else(|| bad("dec.resblocks", "a stage has no blocks"))?;
+    Ok(sum.affine(1.0 / blocks.len() as f64, 0.0)?)
+}
+
 pub(crate) struct Decoder {
     conv_pre: Conv1d,
     stages: Vec<(ConvTranspose1d, Vec<ResBlock>)>,
@@ -196,24 +211,10 @@ impl Decoder {
         let (mut x, mut start) = keep(x, start, 1, margins[1])?;
         let mut rate = 1;
         for (i, (up, blocks)) in self.stages.iter().enumerate() {
-            x = up.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
+            x = stage(up, blocks, &x)?;
             rate *= up.stride();
             start *= up.stride();
-            let mut sum: Option<Tensor> = None;
-            for b in blocks {
-                let y = b.forward(&x)?;
-                sum = Some(match sum {
-                    Some(s) => (s + y)?,
-                    None => y,
-                });
-            }
-            let sum = sum.ok_or_else(|| bad("dec.resblocks", "a stage has no blocks"))?;
-            (x, start) = keep(
-                sum.affine(1.0 / blocks.len() as f64, 0.0)?,
-                start,
-                rate,
-                margins[i + 2],
-            )?;
+            (x, start) = keep(x, start, rate, margins[i + 2])?;
         }
         let x = self
             .conv_post
@@ -259,17 +260,7 @@ impl Decoder {
     pub(crate) fn forward(&self, z: &Tensor) -> Result<Tensor, VitsError> {
         let mut x = self.conv_pre.forward(z)?;
         for (up, blocks) in &self.stages {
-            x = up.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
-            let mut sum: Option<Tensor> = None;
-            for b in blocks {
-                let y = b.forward(&x)?;
-                sum = Some(match sum {
-                    Some(s) => (s + y)?,
-                    None => y,
-                });
-            }
-            let sum = sum.ok_or_else(|| bad("dec.resblocks", "a stage has no blocks"))?;
-            x = sum.affine(1.0 / blocks.len() as f64, 0.0)?;
+            x = stage(up, blocks, &x)?;
         }
         let x = self
             .conv_post

@@ -1,19 +1,22 @@
 //! The candle port of the Piper voice against the original ONNX graph run by onnxruntime.
 //!
 //! Needs the voice (`models/fetch` puts `en_US-joe-medium.onnx` + `.onnx.json` in
-//! `~/.cache/callbox/models/piper-joe/`), its weights converted to safetensors
-//! (`…/piper-joe/candle/model.safetensors`, or the file named by `CALLBOX_VITS_WEIGHTS`), espeak-ng
-//! and python3. onnxruntime comes from `CALLBOX_ONNX_PYTHON` if set, else a venv made once under
-//! the target directory with `pip install onnxruntime numpy`.
+//! `~/.cache/callbox/models/piper-joe/`; the test imports it for candle, or uses the weights named
+//! by `CALLBOX_VITS_WEIGHTS`), espeak-ng, and onnxruntime from the reference runtimes' Python
+//! environment made by `tests/tools/pyenv`.
 //!
 //! Noise is off (`noise_scale = noise_w = 0`) so both sides are deterministic; the outputs must
 //! have the same length within one hop and a Pearson correlation of at least 0.99 per sentence.
+#[path = "support/voice.rs"]
+mod voice;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use callbox::speech::tts::phonemes::{Phonemizer, VoiceConfig};
+use callbox::speech::tts::phonemes::Phonemizer;
 use callbox::speech::tts::vits::{Scales, Vits};
+use voice::{config, onnx_path};
 
 const SENTENCES: [&str; 6] = [
     "Hello, thank you for calling the clinic.",
@@ -30,68 +33,28 @@ const NOISELESS: Scales = Scales {
     noise_w: 0.0,
 };
 
-fn voice_dir() -> PathBuf {
-    callbox::models::default_models_dir().join("piper-joe")
-}
-
-fn onnx_path() -> PathBuf {
-    voice_dir().join("en_US-joe-medium.onnx")
-}
-
-fn config() -> &'static VoiceConfig {
-    static CONFIG: OnceLock<VoiceConfig> = OnceLock::new();
-    CONFIG.get_or_init(|| {
-        let path = voice_dir().join("en_US-joe-medium.onnx.json");
-        VoiceConfig::load(&path).unwrap_or_else(|e| panic!("the voice config (models/fetch): {e}"))
-    })
-}
-
 fn vits() -> &'static Vits {
     static VITS: OnceLock<Vits> = OnceLock::new();
     VITS.get_or_init(|| {
-        let weights = std::env::var_os("CALLBOX_VITS_WEIGHTS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                // The import is idempotent: a fresh machine converts the voice here once.
-                let json = voice_dir().join("en_US-joe-medium.onnx.json");
-                callbox::speech::tts::import::import_piper(
-                    &onnx_path(),
-                    &json,
-                    &voice_dir().join("candle"),
-                )
-                .unwrap_or_else(|e| panic!("importing the voice (models/fetch first): {e}"));
-                voice_dir().join("candle/model.safetensors")
-            });
+        let weights = voice::weights();
         Vits::load(&weights, config())
             .unwrap_or_else(|e| panic!("loading {}: {e}", weights.display()))
     })
 }
 
-/// A python with onnxruntime and numpy.
+/// The python of the reference runtimes' environment (`tests/tools/pyenv` makes it once).
 fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CALLBOX_ONNX_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnxenv");
-    let python = venv.join("bin/python");
-    let ready = Command::new(&python)
-        .args(["-c", "import onnxruntime, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs");
-        assert!(made.success(), "creating the venv {}", venv.display());
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "onnxruntime", "numpy"])
-            .status()
-            .expect("pip runs");
-        assert!(pip.success(), "pip install onnxruntime numpy");
-    }
-    python
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/pyenv");
+    let out = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 const REFERENCE: &str = r#"

@@ -403,6 +403,46 @@ impl Script {
         Some(Script::parse(text, &format!("<builtin {name}>")).expect("built-in scripts are valid"))
     }
 
+    /// The lines the agent says word for word whatever the caller says: the greeting, the
+    /// disclosure, each question and its reprompt, the closings. The business's and the
+    /// assistant's names are filled in; templates with any other placeholder are left out.
+    /// A voice synthesizes these ahead of the calls.
+    pub fn fixed_lines(&self) -> Vec<String> {
+        let slots = self.slots.iter().flat_map(|s| [&s.prompt, &s.reprompt]);
+        let c = &self.closing;
+        let closings = [
+            &c.message_taken,
+            &c.do_not_call,
+            &c.silence,
+            &c.goodbye,
+            &c.not_interested,
+        ];
+        let mut lines: Vec<String> = Vec::new();
+        for template in [&self.greeting.text, &self.disclosure.text]
+            .into_iter()
+            .chain(slots)
+            .chain(closings)
+        {
+            let names = placeholders(template);
+            if names
+                .iter()
+                .any(|n| !matches!(*n, "business" | "assistant"))
+            {
+                continue;
+            }
+            let line = template
+                .replace("{business}", &self.business.name)
+                .replace("{assistant}", &self.business.assistant)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            if !line.is_empty() && !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
+        lines
+    }
+
     /// `clinic`, `law` or a path to a script file.
     pub fn load(name_or_path: &str) -> Result<Script, ScriptError> {
         if let Some(s) = Script::builtin(name_or_path) {

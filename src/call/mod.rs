@@ -2,10 +2,12 @@
 //! call is over commits the call record, its summary and the summary's outbox message to the
 //! store in one transaction, before the call's resources are released.
 //!
-//! Today the line is text (`callbox simulate`): the caller's lines arrive in order, an empty line
+//! A text call (`callbox simulate`) is run here: the caller's lines arrive in order, an empty line
 //! is a silence, and the end of the lines is a hang-up. Times follow a speaking-rate model so the
-//! transcript's timeline looks like a real call's.
+//! transcript's timeline looks like a real call's. Audio calls on a [`crate::line::Line`] are run
+//! by [`audio`], with turn-taking from [`endpoint`].
 
+pub mod audio;
 pub mod endpoint;
 
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use crate::system::logging::mask_phone;
 pub enum CallError {
     #[error("the call could not be recorded: {0}")]
     Store(#[from] StoreError),
+    #[error("the line failed: {0}")]
+    Line(#[from] crate::line::LineError),
 }
 
 /// Milliseconds per character of speech (about 15 characters a second).
@@ -143,7 +147,7 @@ pub fn run_text_call(
         })
         .collect();
     let summary = agent.summary(ended_at, transcript);
-    let record = finished_call(config, &agent, &summary, turns, agent.events());
+    let record = finished_call(config, &agent, &summary, turns, agent.events(), "text");
     store.record_finished_call(&record)?;
     info!(
         call = %summary.call.id,
@@ -179,12 +183,13 @@ fn finished_call(
     summary: &Summary,
     turns: Vec<TurnRow>,
     events: &[CallEvent],
+    line: &str,
 ) -> FinishedCall {
     let json = summary.to_json();
     FinishedCall {
         id: summary.call.id.clone(),
         direction: "inbound".into(),
-        line: "text".into(),
+        line: line.into(),
         remote_number: summary.call.remote_number.clone(),
         script_name: summary.script.name.clone(),
         script_version: summary.script.version.clone(),

@@ -96,6 +96,9 @@ pub enum BenchCommand {
     },
     /// Speech to text: load time, latency and real-time factor on ~2 s and ~6 s utterances.
     Stt(speech::BenchSttArgs),
+    /// Text to speech: load time, time to first audio, real-time factor and memory on a short
+    /// and a long reply, beside Piper's own runtime when its Python environment exists.
+    Tts(tts::BenchTtsArgs),
     /// The configured language model: load time, prompt and generation tok/s, time to first
     /// token with and without the cached prefix, scorer time per turn.
     Llm {
@@ -198,6 +201,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models(ModelsCommand::Import(args)) => models_import::run(&config, args),
         Command::Stt(args) => speech::stt(&config, args),
         Command::Bench(BenchCommand::Stt(args)) => speech::bench(&config, args),
+        Command::Bench(BenchCommand::Tts(args)) => tts::bench(&config, args),
         Command::Doctor => Ok(doctor::run(&config)),
         Command::Script(cmd) => script(&config, cmd),
         Command::Simulate(args) => simulate(&config, args),

@@ -3,7 +3,7 @@
 //! spelling choices are not counted as errors: lowercase, no punctuation or apostrophes, and
 //! every number as its digits ("March 3rd, 1985" and "march third nineteen eighty five" both
 //! become `march 3 1 9 8 5`; "555-1234" and "five five five one two three four" both become
-//! `5 5 5 1 2 3 4`).
+//! `5 5 5 1 2 3 4`), and written forms as said ("$75" → `7 5 dollars`, "Dr." → `doctor`).
 
 use crate::agent::extract::{ORDINALS, TENS, UNITS};
 
@@ -55,19 +55,47 @@ fn number_word(w: &str) -> Option<u32> {
         .map(|i| 20 + 10 * i as u32)
 }
 
-/// Titles a transcript may abbreviate: counted as the word said.
-fn spelled_out(w: &str) -> &str {
-    match w {
-        "dr" => "doctor",
-        "mr" => "mister",
-        "mrs" => "missus",
-        _ => w,
+/// Written forms a transcript may use for what was spoken, as the spoken words: "$75" → "75
+/// dollars", "3:30pm" → "3:30 pm", "p.m." and "p m" → "pm", "Dr." → "doctor", "ok" → "okay".
+fn spoken_forms(lower: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for word in lower.split_whitespace() {
+        let word = word.replace("a.m.", "am").replace("p.m.", "pm");
+        let bare = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '$');
+        let time = bare
+            .strip_suffix("am")
+            .or_else(|| bare.strip_suffix("pm"))
+            .filter(|t| {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_digit() || c == ':' || c == '.')
+            });
+        match (bare, time) {
+            ("dr", _) => out.push("doctor".into()),
+            ("mr", _) => out.push("mister".into()),
+            ("mrs", _) => out.push("missus".into()),
+            ("ok", _) => out.push("okay".into()),
+            (_, _) if bare.starts_with('$') => {
+                out.push(bare[1..].to_string());
+                out.push("dollars".into());
+            }
+            (_, Some(t)) => {
+                out.push(t.to_string());
+                out.push(bare[t.len()..].to_string());
+            }
+            ("m", _) if matches!(out.last().map(String::as_str), Some("a" | "p")) => {
+                let letter = out.pop().unwrap_or_default();
+                out.push(format!("{letter}m"));
+            }
+            _ => out.push(word.clone()),
+        }
     }
+    out.join(" ")
 }
 
 /// The normalized words of `text` (see the module documentation).
 pub fn normalize(text: &str) -> Vec<String> {
-    let lower = text.to_lowercase().replace(['\'', '’'], "");
+    let lower = spoken_forms(&text.to_lowercase()).replace(['\'', '’'], "");
     let cleaned: String = lower
         .chars()
         .map(|c| if c.is_alphanumeric() { c } else { ' ' })
@@ -91,7 +119,7 @@ pub fn normalize(text: &str) -> Vec<String> {
                 _ => words.push((n.to_string(), Some(n))),
             },
             Some(n) => words.push((n.to_string(), Some(n))),
-            None => words.push((spelled_out(w).to_string(), None)),
+            None => words.push((w.to_string(), None)),
         }
     }
     words
@@ -139,6 +167,9 @@ mod tests {
         assert_eq!(normalize("I can't"), vec!["i", "cant"]);
         assert_eq!(normalize("oh two"), vec!["0", "2"]);
         assert_eq!(normalize("Dr. Patel"), normalize("doctor Patel"));
+        assert_eq!(normalize("$75"), normalize("seventy-five dollars"));
+        assert_eq!(normalize("at 3:30pm"), normalize("at three thirty p m"));
+        assert_eq!(normalize("OK"), normalize("okay"));
     }
 
     #[test]

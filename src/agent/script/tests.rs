@@ -812,3 +812,26 @@ fn a_script_needs_slots_and_outcomes() {
         "at least one [[outcome]]",
     );
 }
+
+#[test]
+fn fixed_lines_are_filled_and_leave_out_slot_templates() {
+    let text = edit(
+        MINIMAL,
+        "silence = \"Goodbye.\"",
+        "silence = \"Goodbye, {reason}.\"",
+    );
+    let script = Script::parse(&text, "mini").unwrap();
+    assert_eq!(
+        script.fixed_lines(),
+        [
+            "Hello, this is Tess at Test Co.",
+            "I'm an automated assistant.",
+            "Why are you calling?",
+            "Is it about sales or support?",
+            "Thanks.",
+            "Understood.",
+            "Bye.",
+            "Okay."
+        ]
+    );
+}

@@ -5,7 +5,10 @@
 //! then EOS.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 
 use super::espeak::{run_espeak, EspeakError};
 
@@ -145,18 +148,116 @@ fn clauses(sentence: &str) -> Vec<(String, Option<char>)> {
     out
 }
 
-/// Runs espeak-ng for IPA phonemes.
-#[derive(Debug, Clone)]
+/// Runs espeak-ng for IPA phonemes: a process per call, or one process kept running.
+#[derive(Debug)]
 pub struct Phonemizer {
     program: PathBuf,
     voice: String,
+    /// `Some` when espeak-ng is kept running; `None` inside while none is up.
+    session: Option<Mutex<Option<Session>>>,
+}
+
+impl Clone for Phonemizer {
+    fn clone(&self) -> Phonemizer {
+        Phonemizer {
+            program: self.program.clone(),
+            voice: self.voice.clone(),
+            session: self.session.as_ref().map(|_| Mutex::new(None)),
+        }
+    }
+}
+
+/// Text whose phonemes mark the end of a batch on a kept-running espeak-ng's output.
+const SENTINEL: &str = "zx qv jw.";
+
+/// One espeak-ng process kept running: a clause per line in, its phonemes a line out, and
+/// after each batch the sentinel's phonemes, so a clause espeak-ng splits in two cannot shift
+/// the answers of the next batch.
+#[derive(Debug)]
+struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    sentinel: String,
+}
+
+impl Session {
+    fn start(program: &Path, voice: &str) -> std::io::Result<Session> {
+        let mut child = Command::new(program)
+            .args(["-q", "--ipa", "-v", voice])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other("espeak-ng without pipes"));
+        };
+        let mut session = Session {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            sentinel: String::new(),
+        };
+        writeln!(session.stdin, "{SENTINEL}")?;
+        session.stdin.flush()?;
+        session.sentinel = session.read_line()?;
+        Ok(session)
+    }
+
+    fn read_line(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "espeak-ng exited",
+            ));
+        }
+        Ok(line.trim().to_string())
+    }
+
+    /// The phonemes of `input` (lines), up to the sentinel.
+    fn run(&mut self, input: &str) -> std::io::Result<Vec<String>> {
+        write!(self.stdin, "{input}")?;
+        writeln!(self.stdin, "{SENTINEL}")?;
+        self.stdin.flush()?;
+        let mut lines = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            if line == self.sentinel {
+                return Ok(lines);
+            }
+            if !line.is_empty() {
+                lines.push(line);
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Phonemizer {
+    /// Spawns espeak-ng for each text.
     pub fn new(voice: &str) -> Phonemizer {
         Phonemizer {
             program: PathBuf::from("espeak-ng"),
             voice: voice.to_string(),
+            session: None,
+        }
+    }
+
+    /// Keeps one espeak-ng process running for all texts (started on first use, restarted if it
+    /// dies), which saves the process start on every chunk of speech.
+    pub fn kept_running(voice: &str) -> Phonemizer {
+        Phonemizer {
+            session: Some(Mutex::new(None)),
+            ..Phonemizer::new(voice)
         }
     }
 
@@ -202,6 +303,9 @@ impl Phonemizer {
             .map(|c| format!("{}.\n", c.replace(['.', '\n'], " ")))
             .collect();
         let expected = clauses.clone().count();
+        if let Some(lines) = self.run_kept(&input, expected) {
+            return Ok(lines);
+        }
         let lines = self.run(&input)?;
         if lines.len() == expected {
             return Ok(lines);
@@ -209,6 +313,33 @@ impl Phonemizer {
         clauses
             .map(|c| self.run(&format!("{c}.\n")).map(|lines| lines.join(" ")))
             .collect()
+    }
+
+    /// The kept-running process's `expected` lines, or `None` when there is none, it failed or
+    /// it answered with another number of lines (it is then dropped, so nothing of this batch
+    /// is left for the next one, and the next call starts a new one).
+    fn run_kept(&self, input: &str, expected: usize) -> Option<Vec<String>> {
+        let mut slot = self
+            .session
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Session::start(&self.program, &self.voice).ok();
+        }
+        let result = slot.as_mut()?.run(input);
+        match result {
+            Ok(lines) if lines.len() == expected => Some(lines),
+            Ok(_) => {
+                *slot = None;
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the kept-running espeak-ng failed; starting another");
+                *slot = None;
+                None
+            }
+        }
     }
 
     fn run(&self, input: &str) -> Result<Vec<String>, PhonemeError> {
@@ -309,14 +440,44 @@ mod tests {
 
     #[test]
     fn a_missing_espeak_is_reported_clearly() {
-        let p = Phonemizer {
-            program: PathBuf::from("/nonexistent/espeak-ng"),
-            voice: "en-us".into(),
-        };
-        let err = p.phonemize("hello").unwrap_err();
-        assert!(
-            err.to_string().contains("install the espeak-ng package"),
-            "{err}"
+        for kept in [false, true] {
+            let p = Phonemizer {
+                program: PathBuf::from("/nonexistent/espeak-ng"),
+                voice: "en-us".into(),
+                session: kept.then(|| Mutex::new(None)),
+            };
+            let err = p.phonemize("hello").unwrap_err();
+            assert!(
+                err.to_string().contains("install the espeak-ng package"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kept_running_espeak_gives_what_a_spawned_one_gives() {
+        let spawned = Phonemizer::new("en-us");
+        let kept = Phonemizer::kept_running("en-us");
+        let texts = [
+            "Thank you for calling, this is Ava. How can I help you today?",
+            "Dr Patel, Suite twelve; second floor: okay!",
+            "Goodbye",
+            "zx qv jw, said twice. zx qv jw",
+        ];
+        for _ in 0..2 {
+            for t in texts {
+                assert_eq!(
+                    kept.phonemize(t).unwrap(),
+                    spawned.phonemize(t).unwrap(),
+                    "{t:?}"
+                );
+            }
+        }
+        // A clone has its own process.
+        let other = kept.clone();
+        assert_eq!(
+            other.phonemize(texts[0]).unwrap(),
+            spawned.phonemize(texts[0]).unwrap()
         );
     }
 }

@@ -433,6 +433,10 @@ fn normalize_word(word: &str) -> String {
     if let (Some(lead), Ok(n)) = (lead.strip_suffix('#'), core.parse::<u64>()) {
         return format!("{lead}number {}{tail}", cardinal(n));
     }
+    // Emergency and service numbers are said digit by digit.
+    if matches!(core, "911" | "112" | "999" | "311" | "411" | "988") {
+        return format!("{lead}{}{tail}", digits_spoken(core));
+    }
     if let Some(spoken) = decimal_spoken(core) {
         return format!("{lead}{spoken}{tail}");
     }
@@ -496,20 +500,67 @@ fn money_spoken(amount: &str) -> Option<String> {
 /// a few words) so the caller hears the start of the answer as early as possible.
 pub fn speech_chunks(text: &str, first_max_words: usize, max_words: usize) -> Vec<String> {
     let mut chunks = Vec::new();
-    let mut current: Vec<&str> = Vec::new();
+    for sentence in sentences(text) {
+        let first = chunks.is_empty().then_some(first_max_words);
+        chunks.extend(sentence_chunks(&sentence, first, max_words));
+    }
+    chunks
+}
+
+/// Every chunk `speech_chunks` can make of `text`'s sentences, wherever the text stands in a
+/// reply (a sentence is cut one way at the start of a reply and another way later on), each
+/// once. Prewarming these makes any reply that contains the text's sentences a cache hit.
+pub fn possible_chunks(text: &str, first_max_words: usize, max_words: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for sentence in sentences(text) {
+        for first in [Some(first_max_words), None] {
+            for chunk in sentence_chunks(&sentence, first, max_words) {
+                if !out.contains(&chunk) {
+                    out.push(chunk);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn ends_sentence(word: &str) -> bool {
+    word.ends_with(['.', '!', '?']) && !is_abbreviation(word)
+}
+
+/// The words of each sentence.
+fn sentences(text: &str) -> Vec<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
     for word in text.split_whitespace() {
         current.push(word);
-        let limit = if chunks.is_empty() {
-            first_max_words
-        } else {
-            max_words
+        if ends_sentence(word) {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// One sentence's chunks; `first_max_words` is set when the sentence opens the reply.
+fn sentence_chunks(
+    words: &[&str],
+    first_max_words: Option<usize>,
+    max_words: usize,
+) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for &word in words {
+        current.push(word);
+        let opening = chunks.is_empty() && first_max_words.is_some();
+        let limit = match first_max_words {
+            Some(first) if chunks.is_empty() => first,
+            _ => max_words,
         };
-        let ends_sentence = word.ends_with(['.', '!', '?']) && !is_abbreviation(word);
         let ends_clause = word.ends_with([',', ';', ':']) || word == "—" || word == "-";
-        if ends_sentence
-            || (ends_clause
-                && current.len() >= 3
-                && (current.len() >= limit / 2 || chunks.is_empty()))
+        if (ends_clause && current.len() >= 3 && (current.len() >= limit / 2 || opening))
             || current.len() >= limit * 2
         {
             chunks.push(current.join(" "));
@@ -564,6 +615,7 @@ mod tests {
             "one, five five five, zero one zero, four four seven seven"
         );
         assert_eq!(normalize("We saw 42 patients"), "We saw forty-two patients");
+        assert_eq!(normalize("dial 911."), "dial nine one one.");
     }
 
     #[test]
@@ -638,5 +690,32 @@ mod tests {
         assert!(chunks.iter().all(|c| c.split_whitespace().count() <= 32));
         let dr = speech_chunks("Dr. Patel will call you. Thanks.", 6, 16);
         assert_eq!(dr, ["Dr. Patel will call you.", "Thanks."]);
+    }
+
+    #[test]
+    fn possible_chunks_cover_a_line_anywhere_in_a_reply() {
+        let line = "Just so you know, I'm an automated assistant. If you'd like to talk to a person at any point, just say so.";
+        let possible = possible_chunks(line, 6, 16);
+        for reply in [line.to_string(), format!("Thank you for calling. {line}")] {
+            let chunks = speech_chunks(&reply, 6, 16);
+            let of_line: Vec<_> = chunks
+                .iter()
+                .filter(|c| line.contains(c.as_str()))
+                .collect();
+            assert_eq!(
+                of_line
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                line
+            );
+            for chunk in of_line {
+                assert!(possible.contains(chunk), "{chunk:?} not in {possible:?}");
+            }
+        }
+        // At the start, the first sentence is cut at its clause; later it is not.
+        assert!(possible.contains(&"Just so you know,".to_string()));
+        assert!(possible.contains(&"Just so you know, I'm an automated assistant.".to_string()));
     }
 }

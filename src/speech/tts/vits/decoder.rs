@@ -66,6 +66,14 @@ impl ResBlock {
         }
     }
 
+    /// How many samples on each side (at the block's rate) one output sample depends on.
+    fn reach(&self) -> usize {
+        match self {
+            ResBlock::Two(convs) => convs.iter().map(Conv1d::reach).sum(),
+            ResBlock::One(convs) => convs.iter().map(|(a, b)| a.reach() + b.reach()).sum(),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor, VitsError> {
         let mut x = x.clone();
         match self {
@@ -83,6 +91,21 @@ impl ResBlock {
         }
         Ok(x)
     }
+}
+
+/// One upsampling stage: the transposed convolution, then the average of the residual blocks.
+fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Tensor) -> Result<Tensor, VitsError> {
+    let x = up.forward(&leaky_relu(x, LRELU_SLOPE)?)?;
+    let mut sum: Option<Tensor> = None;
+    for b in blocks {
+        let y = b.forward(&x)?;
+        sum = Some(match sum {
+            Some(s) => (s + y)?,
+            None => y,
+        });
+    }
+    let sum = sum.ok_or_else(|| bad("dec.resblocks", "a stage has no blocks"))?;
+    Ok(sum.affine(1.0 / blocks.len() as f64, 0.0)?)
 }
 
 pub(crate) struct Decoder {
@@ -145,21 +168,99 @@ impl Decoder {
         self.hop
     }
 
+    /// The context, in latent frames on each side, that what follows each point of the network
+    /// still needs: `[z, after conv_pre, after stage 0, …, after the last stage]`.
+    fn margins(&self) -> Vec<f64> {
+        let rates: Vec<f64> = self
+            .stages
+            .iter()
+            .scan(1.0, |rate, (up, _)| {
+                *rate *= up.stride() as f64;
+                Some(*rate)
+            })
+            .collect();
+        let mut margin = self.conv_post.reach() as f64 / rates.last().copied().unwrap_or(1.0);
+        let mut after_stage = vec![margin];
+        for (i, (up, blocks)) in self.stages.iter().enumerate().rev() {
+            let rate = rates[i];
+            let before = rate / up.stride() as f64;
+            margin += blocks.iter().map(ResBlock::reach).max().unwrap_or(0) as f64 / rate;
+            margin += up.reach() as f64 / before;
+            after_stage.push(margin);
+        }
+        after_stage.push(margin + self.conv_pre.reach() as f64);
+        after_stage.reverse();
+        after_stage
+    }
+
+    /// The samples of latent frames `[from, to)` of `z`, exactly as `forward` on the whole of
+    /// `z` gives them, computing each stage only where what follows needs it: the window plus
+    /// the context left to the rest of the network, which shrinks stage by stage.
+    fn forward_range(&self, z: &Tensor, from: usize, to: usize) -> Result<Tensor, VitsError> {
+        let frames = z.dim(2)?;
+        let margins = self.margins();
+        // `x` holds the samples [start, start + len) of the whole signal at `rate` per frame.
+        let keep = |x: Tensor, start: usize, rate: usize, margin: f64| {
+            let pad = (margin * rate as f64).ceil() as usize;
+            let lo = (from * rate).saturating_sub(pad).max(start);
+            let hi = (to * rate + pad).min(frames * rate).min(start + x.dim(2)?);
+            Ok::<_, VitsError>((x.narrow(2, lo - start, hi - lo)?, lo))
+        };
+        let (x, start) = keep(z.clone(), 0, 1, margins[0])?;
+        let x = self.conv_pre.forward(&x)?;
+        let (mut x, mut start) = keep(x, start, 1, margins[1])?;
+        let mut rate = 1;
+        for (i, (up, blocks)) in self.stages.iter().enumerate() {
+            x = stage(up, blocks, &x)?;
+            rate *= up.stride();
+            start *= up.stride();
+            (x, start) = keep(x, start, rate, margins[i + 2])?;
+        }
+        let x = self
+            .conv_post
+            .forward(&leaky_relu(&x, FINAL_LRELU_SLOPE)?)?
+            .tanh()?;
+        Ok(x.narrow(2, from * rate - start, (to - from) * rate)?)
+    }
+
+    /// Decodes `z` (`[1, C, frames]`) window by window, calling `emit` with each window's samples
+    /// in order: the first window has `first_frames` frames and each next one twice the one
+    /// before, so the start of the audio is ready early while each window is ready before the
+    /// ones before it have been played. The samples are those of `forward` on the whole of `z`.
+    /// `stop` is asked before each window; when it says so, decoding ends with `Ok(false)`.
+    pub(crate) fn forward_windows(
+        &self,
+        z: &Tensor,
+        first_frames: usize,
+        stop: &dyn Fn() -> bool,
+        emit: &mut dyn FnMut(Vec<f32>),
+    ) -> Result<bool, VitsError> {
+        let frames = z.dim(2)?;
+        let mut start = 0;
+        let mut window = first_frames.max(1);
+        while start < frames {
+            if stop() {
+                return Ok(false);
+            }
+            // A last window shorter than half this one is merged into it.
+            let end = if frames - start <= window + window / 2 {
+                frames
+            } else {
+                start + window
+            };
+            let audio = self.forward_range(z, start, end)?;
+            emit(audio.flatten_all()?.to_vec1::<f32>()?);
+            start = end;
+            window = window.saturating_mul(2);
+        }
+        Ok(true)
+    }
+
     /// `[1, C, frames]` → `[1, 1, frames · hop]`.
     pub(crate) fn forward(&self, z: &Tensor) -> Result<Tensor, VitsError> {
         let mut x = self.conv_pre.forward(z)?;
         for (up, blocks) in &self.stages {
-            x = up.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
-            let mut sum: Option<Tensor> = None;
-            for b in blocks {
-                let y = b.forward(&x)?;
-                sum = Some(match sum {
-                    Some(s) => (s + y)?,
-                    None => y,
-                });
-            }
-            let sum = sum.ok_or_else(|| bad("dec.resblocks", "a stage has no blocks"))?;
-            x = sum.affine(1.0 / blocks.len() as f64, 0.0)?;
+            x = stage(up, blocks, &x)?;
         }
         let x = self
             .conv_post

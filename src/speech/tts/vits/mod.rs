@@ -46,6 +46,8 @@ pub enum VitsError {
     BadId { id: i64, vocab: usize },
     #[error("bad scales: {0}")]
     BadScales(String),
+    #[error("synthesis was cancelled")]
+    Cancelled,
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -182,6 +184,48 @@ impl Vits {
         scales: Scales,
         seed: u64,
     ) -> Result<Vec<f32>, VitsError> {
+        let z = self.latent(ids, scales, seed, &|| false)?;
+        if z.dim(2)? == 0 {
+            return Ok(Vec::new());
+        }
+        let audio = self.decoder.forward(&z)?;
+        Ok(audio.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Synthesizes like `synthesize` but hands the audio out piece by piece as the decoder
+    /// produces it (the first piece covers `first_frames` frames, about `first_frames ·
+    /// hop_length` samples), and gives up with `VitsError::Cancelled` as soon as `stop` says so
+    /// (it is asked between the network's stages and between decoder windows). The pieces
+    /// joined are the samples `synthesize` returns.
+    pub fn synthesize_streaming(
+        &self,
+        ids: &[i64],
+        scales: Scales,
+        seed: u64,
+        first_frames: usize,
+        stop: &dyn Fn() -> bool,
+        emit: &mut dyn FnMut(Vec<f32>),
+    ) -> Result<(), VitsError> {
+        let z = self.latent(ids, scales, seed, stop)?;
+        if z.dim(2)? == 0 {
+            return Ok(());
+        }
+        if self.decoder.forward_windows(&z, first_frames, stop, emit)? {
+            Ok(())
+        } else {
+            Err(VitsError::Cancelled)
+        }
+    }
+
+    /// Encoder, durations, alignment, prior sample and flow: the latent `[1, C, frames]` the
+    /// decoder turns into audio.
+    fn latent(
+        &self,
+        ids: &[i64],
+        scales: Scales,
+        seed: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Tensor, VitsError> {
         if ids.is_empty() {
             return Err(VitsError::EmptyInput);
         }
@@ -194,8 +238,16 @@ impl Vits {
                 return Err(VitsError::BadScales(format!("{name} = {value}")));
             }
         }
+        let checkpoint = || {
+            if stop() {
+                Err(VitsError::Cancelled)
+            } else {
+                Ok(())
+            }
+        };
         let mut rng = Gaussian::new(seed);
         let (hidden, m_p, logs_p) = self.encoder.forward(ids)?;
+        checkpoint()?;
         let durations =
             self.duration
                 .durations(&hidden, scales.noise_w, scales.length_scale, &mut rng)?;
@@ -205,8 +257,13 @@ impl Vits {
             .flat_map(|(i, &d)| std::iter::repeat_n(i as u32, d))
             .collect();
         if index.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Tensor::zeros(
+                (1, m_p.dim(1)?, 0),
+                DType::F32,
+                &Device::Cpu,
+            )?);
         }
+        checkpoint()?;
         let index = Tensor::new(index.as_slice(), &Device::Cpu)?;
         let m = m_p.index_select(&index, 2)?;
         let logs = logs_p.index_select(&index, 2)?;
@@ -217,8 +274,8 @@ impl Vits {
             m
         };
         let z = self.flow.reverse(&z_p)?;
-        let audio = self.decoder.forward(&z)?;
-        Ok(audio.flatten_all()?.to_vec1::<f32>()?)
+        checkpoint()?;
+        Ok(z)
     }
 }
 

@@ -57,6 +57,11 @@ impl Conv1d {
         })
     }
 
+    /// How many input samples on each side one output sample depends on.
+    pub(crate) fn reach(&self) -> usize {
+        self.padding
+    }
+
     pub(crate) fn in_channels(&self) -> usize {
         self.weight.dims()[1] * self.groups
     }
@@ -125,6 +130,15 @@ impl ConvTranspose1d {
             stride,
             padding,
         })
+    }
+
+    pub(crate) fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// How many input samples on each side (at the input's rate) one output sample depends on.
+    pub(crate) fn reach(&self) -> usize {
+        self.weight.dims()[2].div_ceil(self.stride)
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, VitsError> {

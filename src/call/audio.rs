@@ -1,0 +1,500 @@
+//! One call in audio: the caller's frames from the [`Line`] go through the endpointer (speech
+//! start for barge-in, end of turn), each finished turn is transcribed on a worker thread, the
+//! agent answers, and the reply is spoken chunk by chunk onto the line as soon as each piece of
+//! audio is ready. The session's own thread only moves frames and messages; inference never runs
+//! on it, so a slow model never stalls the line.
+//!
+//! Per turn it records when the caller stopped talking, when the transcript was ready, when the
+//! reply text was ready and when its first audio went out: the latency the caller feels.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Duration;
+use tracing::{debug, info, warn};
+
+use super::endpoint::{Endpoint, EndpointOptions, Endpointer, EnergyVad};
+use super::{finished_call, CallError, TextCall, Utterance};
+use crate::agent::summary::{Direction, LineKind, Speaker as Who, TranscriptEntry};
+use crate::agent::{Agent, CallContext, Event, Reply, Script, Summary, Then};
+use crate::config::Config;
+use crate::line::{to_f32, to_i16, Line, LineError, LineInput, TransferOutcome, FRAME_MS};
+use crate::speech::stt::SpeechToText;
+use crate::speech::tts::speaker::{CancelToken, Speaker, SpeechStream};
+use crate::store::{EventRow, Store, TurnRow};
+use crate::system::logging::mask_phone;
+
+/// The models a call uses, loaded once and shared by every call.
+#[derive(Clone)]
+pub struct Voices {
+    pub stt: Arc<SpeechToText>,
+    pub speaker: Arc<Speaker>,
+}
+
+/// When each step of a caller turn happened, in ms from the call's start.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct TurnTiming {
+    pub caller_speech_end_ms: u64,
+    pub stt_done_ms: u64,
+    pub reply_ready_ms: u64,
+    pub first_audio_ms: Option<u64>,
+    /// Time the recognizer itself took.
+    pub stt_compute_ms: u64,
+}
+
+impl TurnTiming {
+    /// End of the caller's speech to the first audio of the reply: what the caller waits.
+    pub fn response_ms(&self) -> Option<u64> {
+        self.first_audio_ms
+            .map(|a| a.saturating_sub(self.caller_speech_end_ms))
+    }
+}
+
+/// A barge-in: when the caller started talking over the box, and when the box's audio stopped.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct BargeIn {
+    pub caller_speech_ms: u64,
+    pub detected_ms: u64,
+    pub audio_stopped_ms: u64,
+}
+
+/// What a finished audio call reports beside its summary.
+#[derive(Debug, Clone)]
+pub struct AudioCallReport {
+    pub summary: Summary,
+    pub turns: Vec<TurnTiming>,
+    /// Call answered → first audio of the greeting.
+    pub greeting_first_audio_ms: Option<u64>,
+    pub barge_ins: Vec<BargeIn>,
+}
+
+/// A reply being spoken.
+struct Speaking {
+    stream: SpeechStream,
+    cancel: CancelToken,
+    /// Index of the agent's turn in `turns`.
+    turn: usize,
+    /// The caller turn's timing this reply answers.
+    timing: Option<usize>,
+    got_audio: bool,
+}
+
+/// A transcript back from the worker.
+struct Heard {
+    speech_start_ms: u64,
+    speech_end_ms: u64,
+    text: String,
+    compute_ms: u64,
+}
+
+/// Runs one call on `line` to its end and records it. Returns the summary and the timings.
+#[allow(clippy::too_many_arguments)]
+pub fn run_audio_call(
+    config: &Config,
+    script: Arc<Script>,
+    call: TextCall,
+    line_kind: LineKind,
+    line: &mut dyn Line,
+    voices: &Voices,
+    endpoint: EndpointOptions,
+    store: &mut Store,
+    watch: &mut dyn FnMut(Utterance),
+) -> Result<AudioCallReport, CallError> {
+    let ctx = CallContext {
+        call_id: uuid::Uuid::now_v7().to_string(),
+        unit: config.unit.id.clone(),
+        direction: Direction::Inbound,
+        line: line_kind,
+        remote_number: call.remote_number.clone(),
+        started_at: call.started_at,
+        market: config.unit.market,
+        timezone: config.unit.timezone,
+        max_turns: config.agent.max_turns,
+    };
+    info!(
+        call = %ctx.call_id,
+        from = %ctx.remote_number.as_deref().map(mask_phone).unwrap_or_else(|| "withheld".into()),
+        script = %script.script.name,
+        "audio call started"
+    );
+    let mut session = Session {
+        agent: Agent::new(script, ctx, None),
+        voices: voices.clone(),
+        endpointer: Endpointer::new(Box::<EnergyVad>::default(), endpoint),
+        turns: Vec::new(),
+        timings: Vec::new(),
+        barge_ins: Vec::new(),
+        speaking: None,
+        queue: std::collections::VecDeque::new(),
+        then: None,
+        greeting_first_audio_ms: None,
+        caller_speech_start_ms: None,
+        last_activity_ms: 0,
+        reprompt_ms: u64::from(config.agent.silence_reprompt_s) * 1000,
+        t_ms: 0,
+    };
+    let (to_stt, utterances) = mpsc::channel::<(u64, u64, Vec<i16>)>();
+    let (heard_tx, heard) = mpsc::channel::<Result<Heard, String>>();
+    let stt = Arc::clone(&voices.stt);
+    let worker = std::thread::Builder::new()
+        .name("call-stt".into())
+        .spawn(move || {
+            for (speech_start_ms, speech_end_ms, audio) in utterances {
+                let started = Instant::now();
+                let result = stt
+                    .transcribe(&to_f32(&audio))
+                    .map(|t| Heard {
+                        speech_start_ms,
+                        speech_end_ms,
+                        text: t.text,
+                        compute_ms: started.elapsed().as_millis() as u64,
+                    })
+                    .map_err(|e| e.to_string());
+                if heard_tx.send(result).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| CallError::Line(LineError::Io(e.to_string())))?;
+
+    let greeting = session.agent.start(0);
+    session.reply(greeting, None, watch);
+    let mut pending_stt = 0usize;
+    let mut caller_hung_up = false;
+    loop {
+        let input = match line.next() {
+            Ok(input) => input,
+            Err(LineError::Closed) => break,
+            Err(e) => return Err(CallError::Line(e)),
+        };
+        let t = session.t_ms;
+        session.t_ms += FRAME_MS;
+        match input {
+            LineInput::Audio(frame) => {
+                match session.endpointer.push(&frame, t, line.played_level()) {
+                    Some(Endpoint::SpeechStarted { at_ms }) => {
+                        session.caller_speech_start_ms = Some(at_ms);
+                        if session.box_talking(line) {
+                            session.barge_in(line, at_ms, t);
+                        }
+                    }
+                    Some(Endpoint::TurnEnded {
+                        audio,
+                        speech_end_ms,
+                    }) => {
+                        let start = session.caller_speech_start_ms.take().unwrap_or(t);
+                        pending_stt += 1;
+                        if to_stt.send((start, speech_end_ms, audio)).is_err() {
+                            warn!("the recognizer thread is gone");
+                        }
+                        session.last_activity_ms = t;
+                    }
+                    None => {}
+                }
+            }
+            LineInput::Dtmf(key) => {
+                debug!(%key, "caller pressed a key");
+                session.last_activity_ms = t;
+                let reply = session.agent.handle(Event::Dtmf(key), t);
+                session.reply(reply, None, watch);
+            }
+            LineInput::HungUp => {
+                caller_hung_up = true;
+                watch(Utterance::Hangup);
+                session.stop_speaking(line);
+                session.agent.handle(Event::HungUp, t);
+                break;
+            }
+        }
+
+        while let Ok(result) = heard.try_recv() {
+            pending_stt = pending_stt.saturating_sub(1);
+            match result {
+                Ok(h) => session.heard(h, watch),
+                Err(e) => warn!(error = %e, "a caller turn could not be transcribed"),
+            }
+        }
+        session.pump_audio(line)?;
+
+        if session.idle(line) {
+            match session.then.take() {
+                Some(Then::Hangup) => {
+                    watch(Utterance::Hangup);
+                    line.hang_up().map_err(CallError::Line)?;
+                    break;
+                }
+                Some(Then::Transfer {
+                    target,
+                    context,
+                    mode,
+                    number,
+                }) => {
+                    watch(Utterance::Transfer {
+                        target: &target,
+                        context: &context,
+                    });
+                    let warm = matches!(mode, crate::agent::script::HandoffMode::Warm);
+                    match line
+                        .transfer(&number, warm, &context)
+                        .map_err(CallError::Line)?
+                    {
+                        TransferOutcome::Connected => break,
+                        TransferOutcome::Failed => {
+                            let reply = session.agent.handle(Event::TransferFailed, t);
+                            session.reply(reply, None, watch);
+                        }
+                    }
+                }
+                Some(Then::Listen) | None => {
+                    let silent_for = t.saturating_sub(session.last_activity_ms);
+                    if pending_stt == 0
+                        && !session.endpointer.in_turn()
+                        && silent_for >= session.reprompt_ms
+                    {
+                        watch(Utterance::Silence);
+                        session.last_activity_ms = t;
+                        let reply = session.agent.handle(Event::Silence, t);
+                        session.reply(reply, None, watch);
+                    } else if session.agent.is_over() && pending_stt == 0 {
+                        line.hang_up().map_err(CallError::Line)?;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    session.stop_speaking(line);
+    drop(to_stt);
+    let _ = worker.join();
+
+    let ended_at = call.started_at + Duration::milliseconds(session.t_ms as i64);
+    let transcript = session
+        .turns
+        .iter()
+        .map(|t| TranscriptEntry {
+            t_ms: t.start_ms as u64,
+            speaker: if t.speaker == "agent" {
+                Who::Agent
+            } else {
+                Who::Caller
+            },
+            text: t.text.clone(),
+            interrupted: t.interrupted,
+        })
+        .collect();
+    let summary = session.agent.summary(ended_at, transcript);
+    let mut events: Vec<EventRow> = Vec::new();
+    for (i, timing) in session.timings.iter().enumerate() {
+        events.push(EventRow {
+            t_ms: timing.caller_speech_end_ms as i64,
+            kind: "turn_timing".into(),
+            detail: serde_json::json!({ "turn": i, "timing": timing }).to_string(),
+        });
+    }
+    for b in &session.barge_ins {
+        events.push(EventRow {
+            t_ms: b.detected_ms as i64,
+            kind: "barge_in".into(),
+            detail: serde_json::to_string(b).unwrap_or_default(),
+        });
+    }
+    let mut record = finished_call(
+        config,
+        &session.agent,
+        &summary,
+        std::mem::take(&mut session.turns),
+        session.agent.events(),
+        line_kind_name(line_kind),
+    );
+    record.events.extend(events);
+    store.record_finished_call(&record)?;
+    info!(
+        call = %summary.call.id,
+        outcome = ?summary.outcome,
+        duration_s = summary.call.duration_s,
+        turns = summary.transcript.len(),
+        caller_hung_up,
+        "audio call ended and recorded"
+    );
+    Ok(AudioCallReport {
+        summary,
+        turns: session.timings,
+        greeting_first_audio_ms: session.greeting_first_audio_ms,
+        barge_ins: session.barge_ins,
+    })
+}
+
+fn line_kind_name(kind: LineKind) -> &'static str {
+    match kind {
+        LineKind::Sip => "sip",
+        LineKind::Modem => "modem",
+        LineKind::AudioFile => "audio_file",
+        LineKind::Text => "text",
+    }
+}
+
+struct Session {
+    agent: Agent,
+    voices: Voices,
+    endpointer: Endpointer,
+    turns: Vec<TurnRow>,
+    timings: Vec<TurnTiming>,
+    barge_ins: Vec<BargeIn>,
+    speaking: Option<Speaking>,
+    /// Replies waiting for the one being spoken (text, agent turn, timing).
+    queue: std::collections::VecDeque<(String, usize, Option<usize>)>,
+    /// What to do once the box has finished speaking.
+    then: Option<Then>,
+    greeting_first_audio_ms: Option<u64>,
+    caller_speech_start_ms: Option<u64>,
+    /// Last time anybody spoke or pressed a key (for the silence re-prompt).
+    last_activity_ms: u64,
+    reprompt_ms: u64,
+    t_ms: u64,
+}
+
+impl Session {
+    /// Takes the agent's reply: records the agent's turn, starts speaking it and remembers what
+    /// to do after.
+    fn reply(&mut self, reply: Reply, timing: Option<usize>, watch: &mut dyn FnMut(Utterance)) {
+        if !matches!(reply.then, Then::Listen) {
+            self.then = Some(reply.then.clone());
+        }
+        if reply.say.is_empty() {
+            return;
+        }
+        watch(Utterance::Agent(&reply.say));
+        debug!(text = %reply.say, "agent says");
+        self.turns.push(TurnRow {
+            speaker: Who::Agent.as_str().into(),
+            text: reply.say.clone(),
+            start_ms: self.t_ms as i64,
+            end_ms: self.t_ms as i64,
+            interrupted: false,
+        });
+        self.queue
+            .push_back((reply.say, self.turns.len() - 1, timing));
+        self.start_next();
+    }
+
+    fn start_next(&mut self) {
+        if self.speaking.is_some() {
+            return;
+        }
+        if let Some((text, turn, timing)) = self.queue.pop_front() {
+            let cancel = CancelToken::new();
+            let stream = self.voices.speaker.stream(text, cancel.clone());
+            self.speaking = Some(Speaking {
+                stream,
+                cancel,
+                turn,
+                timing,
+                got_audio: false,
+            });
+        }
+    }
+
+    /// A transcript arrived: the caller's turn goes to the agent.
+    fn heard(&mut self, h: Heard, watch: &mut dyn FnMut(Utterance)) {
+        let text = h.text.trim().to_string();
+        if text.is_empty() {
+            debug!("a caller turn had no words");
+            return;
+        }
+        watch(Utterance::Caller(&text));
+        self.turns.push(TurnRow {
+            speaker: Who::Caller.as_str().into(),
+            text: text.clone(),
+            start_ms: h.speech_start_ms as i64,
+            end_ms: h.speech_end_ms as i64,
+            interrupted: false,
+        });
+        self.timings.push(TurnTiming {
+            caller_speech_end_ms: h.speech_end_ms,
+            stt_done_ms: self.t_ms,
+            reply_ready_ms: self.t_ms,
+            first_audio_ms: None,
+            stt_compute_ms: h.compute_ms,
+        });
+        let timing = self.timings.len() - 1;
+        let reply = self.agent.handle(Event::Said(text), self.t_ms);
+        self.timings[timing].reply_ready_ms = self.t_ms;
+        self.reply(reply, Some(timing), watch);
+    }
+
+    /// Moves synthesized audio onto the line; notes when each reply's first audio goes out.
+    fn pump_audio(&mut self, line: &mut dyn Line) -> Result<(), CallError> {
+        let Some(speaking) = self.speaking.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            match speaking.stream.receiver.try_recv() {
+                Ok(piece) => {
+                    if !speaking.got_audio {
+                        speaking.got_audio = true;
+                        let out_at = self.t_ms + line.queued_ms();
+                        match speaking.timing {
+                            Some(i) => self.timings[i].first_audio_ms = Some(out_at),
+                            None if self.greeting_first_audio_ms.is_none() => {
+                                self.greeting_first_audio_ms = Some(out_at)
+                            }
+                            None => {}
+                        }
+                    }
+                    line.play(&to_i16(&piece.samples))
+                        .map_err(CallError::Line)?;
+                }
+                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Disconnected) => break,
+            }
+        }
+        let done = self.speaking.take().expect("speaking checked above");
+        let turn = done.turn;
+        if let Err(e) = done.stream.finish() {
+            warn!(error = %e, "the reply could not be spoken");
+        }
+        self.turns[turn].end_ms = (self.t_ms + line.queued_ms()) as i64;
+        self.start_next();
+        Ok(())
+    }
+
+    fn box_talking(&self, line: &dyn Line) -> bool {
+        self.speaking.is_some() || line.queued_ms() > 0
+    }
+
+    /// Nothing being said or about to be.
+    fn idle(&self, line: &dyn Line) -> bool {
+        !self.box_talking(line) && self.queue.is_empty()
+    }
+
+    /// The caller talks over the box: its voice stops at once and the reply is marked
+    /// interrupted; the agent carries on from what the caller says.
+    fn barge_in(&mut self, line: &mut dyn Line, speech_ms: u64, detected_ms: u64) {
+        let turn = self.speaking.as_ref().map(|s| s.turn);
+        self.stop_speaking(line);
+        self.queue.clear();
+        if let Some(turn) = turn.or_else(|| self.turns.iter().rposition(|t| t.speaker == "agent")) {
+            self.turns[turn].interrupted = true;
+            self.turns[turn].end_ms = detected_ms as i64;
+        }
+        if matches!(self.then, Some(Then::Listen)) {
+            self.then = None;
+        }
+        self.barge_ins.push(BargeIn {
+            caller_speech_ms: speech_ms,
+            detected_ms,
+            audio_stopped_ms: detected_ms + FRAME_MS,
+        });
+        info!("caller barged in");
+    }
+
+    fn stop_speaking(&mut self, line: &mut dyn Line) {
+        if let Some(speaking) = self.speaking.take() {
+            speaking.cancel.cancel();
+            // The stream's thread ends at its next check; its result no longer matters.
+            drop(speaking.stream);
+        }
+        line.flush();
+    }
+}

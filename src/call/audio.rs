@@ -216,6 +216,10 @@ pub fn run_audio_call(
             }
         }
         session.pump_audio(line)?;
+        if session.box_talking(line) {
+            // Silence is counted from when the box stops talking.
+            session.last_activity_ms = t;
+        }
 
         if session.idle(line) {
             match session.then.take() {

@@ -1,6 +1,7 @@
 //! The `callbox` command: argument parsing and one function per subcommand. Subcommands return
 //! an exit code; errors that reach here are printed once, plainly, by `main`.
 
+mod audio_call;
 mod bench;
 mod doctor;
 mod llm;
@@ -140,6 +141,19 @@ pub struct SimulateArgs {
     /// The caller's number as the line would present it.
     #[arg(long)]
     pub from: Option<String>,
+    /// Run the call in audio, in real time: the caller's lines are spoken by the neural voice
+    /// through a telephone channel, heard by Whisper, answered by the voice.
+    #[arg(long)]
+    pub audio: bool,
+    /// Recorded caller speech for an audio call: a WAV, or a directory of WAVs (one per turn).
+    #[arg(long, value_name = "WAV|DIR")]
+    pub caller_audio: Option<PathBuf>,
+    /// Leak the box's voice back into the caller channel at −12 dB, as line echo does.
+    #[arg(long)]
+    pub echo: bool,
+    /// Write the audio call to a stereo WAV (left: caller, right: box).
+    #[arg(long, value_name = "WAV")]
+    pub record: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -502,7 +516,22 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
             Utterance::Hangup => println!("[hang up]"),
         }
     };
-    let summary = run_text_call(config, script, call, &lines, &mut store, &mut watch)?;
+    let audio = args.audio || args.caller_audio.is_some();
+    let mut report = None;
+    let summary = if audio {
+        let setup = audio_call::AudioCallSetup {
+            lines: &lines,
+            caller_audio: args.caller_audio.as_deref(),
+            echo: args.echo,
+            record: args.record.as_deref(),
+        };
+        let r = audio_call::simulate_audio(config, script, call, setup, &mut store, &mut watch)?;
+        let summary = r.summary.clone();
+        report = Some(r);
+        summary
+    } else {
+        run_text_call(config, script, call, &lines, &mut store, &mut watch)?
+    };
     let json = serde_json::to_string_pretty(&summary)?;
     if args.json {
         println!("{json}");
@@ -513,6 +542,9 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
             store.path().display()
         );
         println!("{json}");
+        if let Some(report) = &report {
+            audio_call::print_timings(report);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

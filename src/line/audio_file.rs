@@ -20,7 +20,8 @@ use super::{Frame, Line, LineError, LineInput, TransferOutcome, FRAME_MS, FRAME_
 pub enum CallerAction {
     /// Speaks once the box has been silent for `pause_ms` after speaking.
     Say { audio: Vec<i16>, pause_ms: u64 },
-    /// Speaks once the box has been talking for `after_ms` (barges in).
+    /// Speaks once the box has been talking for `after_ms` since the caller's last action
+    /// (barges in).
     Interrupt { audio: Vec<i16>, after_ms: u64 },
     /// Presses a key once the box has been silent for `pause_ms` after speaking.
     Press { key: char, pause_ms: u64 },
@@ -78,6 +79,8 @@ pub struct AudioFileLine {
     box_queue: VecDeque<i16>,
     box_silent_ms: u64,
     box_talking_ms: u64,
+    /// Box audio played since the caller's last action.
+    box_talked_since_caller_ms: u64,
     box_spoke_since_caller: bool,
     tick: u64,
     started: Option<Instant>,
@@ -100,6 +103,7 @@ impl AudioFileLine {
             box_queue: VecDeque::new(),
             box_silent_ms: 0,
             box_talking_ms: 0,
+            box_talked_since_caller_ms: 0,
             box_spoke_since_caller: false,
             tick: 0,
             started: None,
@@ -180,6 +184,7 @@ impl AudioFileLine {
                 self.event("box audio start");
             }
             self.box_talking_ms += FRAME_MS;
+            self.box_talked_since_caller_ms += FRAME_MS;
             self.box_silent_ms = 0;
             self.box_spoke_since_caller = true;
         } else {
@@ -205,7 +210,9 @@ impl AudioFileLine {
                 box_done(*pause_ms, self)
             }
             CallerAction::HangUp { pause_ms } => box_done(*pause_ms, self),
-            CallerAction::Interrupt { after_ms, .. } => self.box_talking_ms >= *after_ms,
+            CallerAction::Interrupt { after_ms, .. } => {
+                self.box_talking_ms > 0 && self.box_talked_since_caller_ms >= *after_ms
+            }
             CallerAction::Silent { .. } => self.box_talking_ms == 0 && self.box_spoke_since_caller,
         };
         if !start {
@@ -213,6 +220,7 @@ impl AudioFileLine {
         }
         let action = self.actions.pop_front()?;
         self.box_spoke_since_caller = false;
+        self.box_talked_since_caller_ms = 0;
         match action {
             CallerAction::Say { audio, .. } | CallerAction::Interrupt { audio, .. } => {
                 self.event("caller speech start");

@@ -1,0 +1,182 @@
+//! `callbox simulate --audio`: one whole call in audio on the audio-file line, in real time. The
+//! caller is either recorded speech (`--caller-audio`, a WAV or a directory of WAVs, one per turn)
+//! or the caller's text lines spoken by the box's own neural voice, slower, through a telephone
+//! channel. The box hears it through the endpointer and Whisper and answers with its voice; the
+//! call can be written to a stereo WAV (left: what the box heard, right: what it said).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use crate::agent::summary::LineKind;
+use crate::agent::Script;
+use crate::call::audio::{run_audio_call, AudioCallReport, Voices};
+use crate::call::endpoint::EndpointOptions;
+use crate::call::{TextCall, Utterance};
+use crate::config::Config;
+use crate::line::audio_file::{AudioFileLine, AudioFileOptions, CallerAction};
+use crate::line::to_i16;
+use crate::models::Manifest;
+use crate::speech::stt::SpeechToText;
+use crate::speech::testset::Condition;
+use crate::speech::tts::speaker::{CancelToken, Speaker, SpeakerOptions};
+use crate::store::Store;
+
+/// How the audio call is set up.
+pub struct AudioCallSetup<'a> {
+    /// The caller's text lines (spoken by the neural voice) when there is no recorded audio.
+    pub lines: &'a [String],
+    pub caller_audio: Option<&'a Path>,
+    pub echo: bool,
+    pub record: Option<&'a Path>,
+}
+
+/// Pause a caller leaves after the box stops before answering.
+const CALLER_PAUSE_MS: u64 = 600;
+
+/// Loads the speech models of the configuration, once, for the calls of this process.
+pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
+    let manifest = Manifest::embedded();
+    let Some(stt_entry) = manifest.get(&config.models.stt) else {
+        bail!(
+            "no speech-to-text model `{}` in the manifest",
+            config.models.stt
+        );
+    };
+    let started = std::time::Instant::now();
+    let stt = SpeechToText::load(&stt_entry.dir(&config.models.dir))
+        .context("cannot load the speech-to-text model (run `callbox models import`)")?;
+    let speaker = Speaker::installed(
+        &config.models.dir,
+        &config.models.tts,
+        SpeakerOptions::default(),
+    );
+    if let Some(problem) = speaker.neural_problem() {
+        eprintln!("the neural voice is unavailable ({problem}); espeak-ng speaks");
+    }
+    let prewarmed = speaker.prewarm(script)?;
+    eprintln!(
+        "models loaded and {} fixed lines of the script prewarmed in {:.1} s",
+        prewarmed.lines,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Voices {
+        stt: Arc::new(stt),
+        speaker: Arc::new(speaker),
+    })
+}
+
+/// The caller's turns: recorded WAVs, or the text lines spoken through a telephone channel.
+fn caller_actions(
+    config: &Config,
+    setup: &AudioCallSetup,
+    speaker: &Speaker,
+) -> anyhow::Result<Vec<CallerAction>> {
+    let say = |audio| CallerAction::Say {
+        audio,
+        pause_ms: CALLER_PAUSE_MS,
+    };
+    if let Some(path) = setup.caller_audio {
+        let files: Vec<PathBuf> = if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("wav")))
+                .collect();
+            files.sort();
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        if files.is_empty() {
+            bail!("{} has no WAV files", path.display());
+        }
+        return files
+            .iter()
+            .map(|f| Ok(say(to_i16(&super::speech::read_16k(f)?))))
+            .collect();
+    }
+    let silence_ms = u64::from(config.agent.silence_reprompt_s) * 1000 + 500;
+    setup
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            if line.trim().is_empty() {
+                return Ok(CallerAction::Silent { ms: silence_ms });
+            }
+            let mut samples = Vec::new();
+            speaker.speak(line, &CancelToken::new(), &mut |piece| {
+                samples.extend_from_slice(&piece.samples)
+            })?;
+            let heard = Condition::Telephone.apply(&samples, i as u64)?;
+            Ok(say(to_i16(&heard)))
+        })
+        .collect()
+}
+
+/// Runs the call and prints how long the caller waited at each turn.
+pub fn simulate_audio(
+    config: &Config,
+    script: Arc<Script>,
+    call: TextCall,
+    setup: AudioCallSetup,
+    store: &mut Store,
+    watch: &mut dyn FnMut(Utterance),
+) -> anyhow::Result<AudioCallReport> {
+    let voices = load_voices(config, &script)?;
+    let actions = caller_actions(config, &setup, &voices.speaker)?;
+    let mut line = AudioFileLine::new(
+        actions,
+        AudioFileOptions {
+            echo_gain: setup.echo.then_some(0.25),
+            hang_up_after_ms: 10_000,
+            ..AudioFileOptions::default()
+        },
+    );
+    let report = run_audio_call(
+        config,
+        script,
+        call,
+        LineKind::AudioFile,
+        &mut line,
+        &voices,
+        EndpointOptions::default(),
+        store,
+        watch,
+    )?;
+    if let Some(path) = setup.record {
+        line.write_recording(path)?;
+        eprintln!(
+            "call recorded to {} (left: caller, right: box)",
+            path.display()
+        );
+    }
+    Ok(report)
+}
+
+/// The latency figures of a call, for people.
+pub fn print_timings(report: &AudioCallReport) {
+    println!();
+    if let Some(ms) = report.greeting_first_audio_ms {
+        println!("greeting: first audio {ms} ms after the call was answered");
+    }
+    for (i, t) in report.turns.iter().enumerate() {
+        println!(
+            "turn {}: caller stopped at {:>6} ms; transcript +{} ms (recognizer {} ms); first audio {}",
+            i + 1,
+            t.caller_speech_end_ms,
+            t.stt_done_ms.saturating_sub(t.caller_speech_end_ms),
+            t.stt_compute_ms,
+            t.response_ms()
+                .map_or("none".into(), |ms| format!("+{ms} ms after the caller stopped")),
+        );
+    }
+    for b in &report.barge_ins {
+        println!(
+            "barge-in: caller started at {} ms, box silent at {} ms",
+            b.caller_speech_ms, b.audio_stopped_ms
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! Whole calls in audio, in real time: a caller spoken by the Piper voice (Piper's own runtime)
+//! through a telephone channel is played on the audio-file line; the box hears it through the
+//! endpointer and Whisper, the agent answers, and the neural voice on candle speaks the replies
+//! onto the line. The summary must come out right from speech alone; barge-in must stop the box
+//! (and the box's own echo must not); silence and keys must reach the agent.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use callbox::agent::summary::LineKind;
+use callbox::agent::{Script, Summary};
+use callbox::call::audio::{run_audio_call, AudioCallReport, Voices};
+use callbox::call::endpoint::EndpointOptions;
+use callbox::call::{TextCall, Utterance};
+use callbox::config::{Config, ConfigSource};
+use callbox::line::audio_file::{AudioFileLine, AudioFileOptions, CallerAction};
+use callbox::line::to_i16;
+use callbox::models::{default_models_dir, Manifest};
+use callbox::speech::stt::import::{import_model, ImportOptions};
+use callbox::speech::stt::SpeechToText;
+use callbox::speech::testset::{self, Condition, Voice};
+use callbox::speech::tts::speaker::{Speaker, SpeakerOptions};
+use callbox::store::{OpenMode, Store};
+
+fn voices() -> &'static Voices {
+    static VOICES: OnceLock<Voices> = OnceLock::new();
+    VOICES.get_or_init(|| {
+        let models = default_models_dir();
+        let manifest = Manifest::embedded();
+        let entry = manifest.get("whisper-tiny-en").expect("tiny.en");
+        import_model(&models, entry, ImportOptions::default()).expect("import tiny.en");
+        let stt = SpeechToText::load(&entry.dir(&models)).expect("load tiny.en");
+        let speaker = Speaker::installed(&models, "piper-joe", SpeakerOptions::default());
+        assert!(speaker.neural().is_some(), "{:?}", speaker.neural_problem());
+        // As when the script is activated on the box: its fixed lines cost nothing to say.
+        speaker
+            .prewarm(&Script::builtin("clinic").unwrap())
+            .expect("prewarm the clinic's lines");
+        Voices {
+            stt: Arc::new(stt),
+            speaker: Arc::new(speaker),
+        }
+    })
+}
+
+/// The caller's lines spoken by the Piper voice and heard through a telephone line, as 16 kHz.
+fn caller_speech(lines: &[&str]) -> Vec<Vec<i16>> {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("caller-speech");
+    let piper = default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
+    testset::speak_lines(Voice::Piper, lines, &cache, &piper)
+        .expect("the caller's speech")
+        .iter()
+        .enumerate()
+        .map(|(i, u)| to_i16(&Condition::Telephone.apply(&u.samples, i as u64).unwrap()))
+        .collect()
+}
+
+fn says(lines: &[&str]) -> Vec<CallerAction> {
+    caller_speech(lines)
+        .into_iter()
+        .map(|audio| CallerAction::Say {
+            audio,
+            pause_ms: 500,
+        })
+        .collect()
+}
+
+/// The embedded default configuration with `agent` as its `[agent]` table's body.
+fn config(agent: &str) -> Config {
+    let text = include_str!("../src/config/default.toml").replace(
+        "[agent]\nscript = \"clinic\"\n",
+        &format!("[agent]\n{agent}\n"),
+    );
+    Config::parse(&text, "test.toml", ConfigSource::Embedded).expect("config")
+}
+
+struct Done {
+    report: AudioCallReport,
+    line: AudioFileLine,
+    said: Vec<String>,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+fn call(script: &str, actions: Vec<CallerAction>, echo: Option<f32>, config: &Config) -> Done {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(
+        &dir.path().join("calls.db"),
+        None,
+        OpenMode::CreateAndMigrate,
+    )
+    .expect("store");
+    let mut line = AudioFileLine::new(
+        actions,
+        AudioFileOptions {
+            echo_gain: echo,
+            hang_up_after_ms: 8_000,
+            max_call_ms: 180_000,
+            ..AudioFileOptions::default()
+        },
+    );
+    let mut said = Vec::new();
+    let report = run_audio_call(
+        config,
+        Arc::new(Script::builtin(script).unwrap()),
+        TextCall {
+            started_at: "2026-11-23T15:00:00Z".parse().unwrap(),
+            remote_number: Some("15550104477".into()),
+        },
+        LineKind::AudioFile,
+        &mut line,
+        voices(),
+        EndpointOptions::default(),
+        &mut store,
+        &mut |u| {
+            if let Utterance::Caller(t) | Utterance::Agent(t) = u {
+                said.push(t.to_string());
+            }
+        },
+    )
+    .expect("the call runs");
+    eprintln!("{said:#?}\nline events: {:#?}", line.events);
+    Done {
+        report,
+        line,
+        said,
+        store,
+        _dir: dir,
+    }
+}
+
+fn slot<'a>(summary: &'a Summary, name: &str) -> Option<String> {
+    let v = serde_json::to_value(summary).unwrap();
+    v["slots"][name].as_str().map(str::to_string)
+}
+
+#[test]
+fn a_refill_call_in_speech_ends_in_the_right_summary() {
+    let lines = [
+        "Hi, I ran out of my blood pressure medication and need a refill.",
+        "This is Dana Lee.",
+        "5 5 5, 2 3 4, 9 8 7 6.",
+        "Yes, that's right.",
+        "It can wait a few days.",
+        "Lisinopril, ten milligrams.",
+        "The CVS on Main Street.",
+    ];
+    let done = call("clinic", says(&lines), None, &config("script = \"clinic\""));
+    let summary = &done.report.summary;
+    assert_eq!(
+        serde_json::to_value(summary.outcome).unwrap(),
+        "qualified",
+        "{:#?}",
+        done.said
+    );
+    assert_eq!(
+        slot(summary, "callback_number").as_deref(),
+        Some("5552349876")
+    );
+    // Every caller turn was answered, and the timing of each was recorded.
+    assert!(
+        done.report.turns.len() >= lines.len(),
+        "{:?}",
+        done.report.turns
+    );
+    assert!(done.report.turns.iter().all(|t| t.first_audio_ms.is_some()));
+    assert!(done.report.greeting_first_audio_ms.is_some());
+    assert!(
+        done.report.barge_ins.is_empty(),
+        "{:?}",
+        done.report.barge_ins
+    );
+    // The box's voice is on the line.
+    let loud = done.line.played().iter().filter(|s| s.abs() > 3000).count();
+    assert!(loud > 16_000, "the box spoke: {loud} loud samples");
+    // The call and its summary are stored, the summary queued for the CRM.
+    let stats = done.store.stats().unwrap();
+    let count = |t: &str| stats.iter().find(|(n, _)| *n == t).map(|(_, c)| *c);
+    assert_eq!(count("calls"), Some(1));
+    assert_eq!(count("outbox"), Some(1));
+}
+
+#[test]
+fn barge_in_stops_the_box_and_its_echo_does_not() {
+    let mut speech = caller_speech(&["I need to cancel my appointment for tomorrow."]);
+    let actions = vec![CallerAction::Interrupt {
+        audio: speech.remove(0),
+        after_ms: 1_500,
+    }];
+    // The box's voice comes back at −12 dB all call long, as on a real line.
+    let done = call(
+        "clinic",
+        actions,
+        Some(0.25),
+        &config("script = \"clinic\""),
+    );
+    let report = &done.report;
+    assert_eq!(report.barge_ins.len(), 1, "{:?}", report.barge_ins);
+    let b = report.barge_ins[0];
+    assert!(b.audio_stopped_ms - b.caller_speech_ms <= 200, "{b:?}");
+    let interrupted: Vec<_> = report
+        .summary
+        .transcript
+        .iter()
+        .filter(|t| t.interrupted)
+        .collect();
+    assert_eq!(interrupted.len(), 1, "{:#?}", report.summary.transcript);
+    // The greeting stopped; the agent went on from what the caller said.
+    assert!(
+        done.said
+            .iter()
+            .any(|s| s.to_lowercase().contains("cancel")),
+        "{:#?}",
+        done.said
+    );
+    assert!(done
+        .line
+        .events
+        .iter()
+        .any(|e| e.what == "box audio flushed"));
+}
+
+#[test]
+fn silence_is_reprompted_then_the_box_hangs_up_politely() {
+    let config = config("script = \"clinic\"\nsilence_reprompt_s = 2\nsilence_hangup_s = 5");
+    let done = call(
+        "clinic",
+        vec![CallerAction::Silent { ms: 60_000 }],
+        None,
+        &config,
+    );
+    let summary = &done.report.summary;
+    assert_eq!(
+        serde_json::to_value(summary.call.ended_by).unwrap(),
+        "silence_timeout",
+        "{:#?}",
+        done.said
+    );
+    assert!(done.line.events.iter().any(|e| e.what == "box hung up"));
+    assert!(
+        done.said.len() >= 3,
+        "greeting, re-prompt, goodbye: {:#?}",
+        done.said
+    );
+}
+
+#[test]
+fn a_key_press_reaches_the_agent() {
+    let actions = vec![CallerAction::Press {
+        key: '0',
+        pause_ms: 300,
+    }];
+    let done = call("clinic", actions, None, &config("script = \"clinic\""));
+    assert!(done
+        .line
+        .events
+        .iter()
+        .any(|e| e.what == "caller pressed 0"));
+    // 0 is the operator key: the caller is handed to a person.
+    assert_eq!(done.line.transfers.len(), 1, "{:#?}", done.line.events);
+    assert_eq!(
+        serde_json::to_value(done.report.summary.call.ended_by).unwrap(),
+        "transfer"
+    );
+}

@@ -14,9 +14,7 @@ use crate::agent::understand::{Label, TurnScorer};
 use crate::agent::Script;
 use crate::config::Config;
 use crate::models::{Manifest, ModelEntry};
-use crate::speech::llm::{
-    grounded_system, GenerateOptions, LabelScoring, LanguageModel, LlmScorer,
-};
+use crate::speech::llm::{grounded_system, GenerateOptions, LanguageModel, LlmScorer};
 
 #[derive(Debug, clap::Args)]
 pub struct LlmArgs {
@@ -91,7 +89,7 @@ pub fn run(config: &Config, args: LlmArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         anyhow::ensure!(!labels.is_empty(), "--labels names no label");
-        let scorer = LlmScorer::new(model, LabelScoring::Mean)?;
+        let scorer = LlmScorer::new(model)?;
         let ranked = scorer.rank(utterance, &labels)?;
         for r in ranked {
             println!("{:.3}  {}", r.probability, r.label);
@@ -195,7 +193,7 @@ pub fn bench(
         prefix_tokens = c.prefix_tokens;
         turn_tokens = c.prompt_tokens;
     }
-    let scorer = LlmScorer::new(m.clone(), LabelScoring::Mean)?;
+    let scorer = LlmScorer::new(m.clone())?;
     let reason = script
         .slots
         .iter()

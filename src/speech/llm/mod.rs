@@ -20,7 +20,7 @@ pub use chat::{grounded_system, ChatTemplate, Prompt};
 pub use model::{
     probe_weights, GenerateOptions, Generation, LanguageModel, ModelInfo, Prefix, StopReason,
 };
-pub use scorer::{LabelScoring, LlmScorer};
+pub use scorer::LlmScorer;
 pub use tokenizer::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]

@@ -397,10 +397,6 @@ impl LanguageModel {
         self.template
     }
 
-    pub(crate) fn end_of_turn_id(&self) -> u32 {
-        self.stop_ids[0]
-    }
-
     /// Exclusive use of the weights: one inference at a time.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Weights> {
         self.weights.lock().unwrap_or_else(|p| p.into_inner())

@@ -6,11 +6,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use callbox::agent::summary::{Speaker, TranscriptEntry};
 use callbox::agent::understand::{Label, TurnScorer};
 use callbox::agent::{Agent, CallContext, Event, Script};
 use callbox::models::{default_models_dir, Manifest};
 use callbox::speech::llm::{
-    GenerateOptions, LanguageModel, LlmError, LlmScorer, Prompt, StopReason,
+    summary_text, GenerateOptions, GroundedAnswerer, LanguageModel, LlmError, LlmScorer, Prompt,
+    StopReason, SummarySource,
 };
 
 fn model_path(id: &str) -> PathBuf {
@@ -289,4 +291,82 @@ fn the_agent_takes_the_scorers_clear_winner_when_its_phrases_miss() {
         reason_after("I need to reschedule my appointment", Some(scorer)),
         Some(serde_json::json!("change_appointment"))
     );
+}
+
+fn clinic_answerer() -> GroundedAnswerer {
+    let clinic = Script::builtin("clinic").unwrap();
+    GroundedAnswerer::new(smollm(), &clinic).unwrap()
+}
+
+#[test]
+fn an_in_scope_question_is_answered_from_the_facts() {
+    let a = clinic_answerer()
+        .answer("Is there parking at the clinic?")
+        .unwrap();
+    eprintln!("{a:?}");
+    assert!(a.is_supported(), "{a:?}");
+    assert_eq!(a.topic.as_deref(), Some("location"), "{a:?}");
+    assert_eq!(a.text, a.generated);
+    assert!(a.text.to_lowercase().contains("parking"), "{a:?}");
+}
+
+#[test]
+fn an_out_of_scope_question_gets_a_callback_offer() {
+    let a = clinic_answerer()
+        .answer("Do you do laser tattoo removal, and how many sessions does it take?")
+        .unwrap();
+    eprintln!("{a:?}");
+    assert!(!a.is_supported(), "{a:?}");
+    assert!(a.text.contains("call you back"), "{a:?}");
+    assert!(a.text.contains("Maple"), "{a:?}");
+}
+
+/// A short clinic call run through the agent to its summary record.
+fn finished_clinic_call() -> callbox::agent::Summary {
+    let script = Arc::new(Script::builtin("clinic").unwrap());
+    let mut agent = Agent::new(script, clinic_call(), None);
+    let mut transcript = Vec::new();
+    let mut t = 0;
+    let mut said = agent.start(t).say;
+    for line in [
+        "I need a refill of my blood pressure pills",
+        "Maria Lopez",
+        "five five five, two zero one, seven seven eight eight",
+    ] {
+        transcript.push((Speaker::Agent, said.clone()));
+        transcript.push((Speaker::Caller, line.to_string()));
+        t += 5000;
+        said = agent.handle(Event::Said(line.into()), t).say;
+    }
+    transcript.push((Speaker::Agent, said));
+    agent.handle(Event::HungUp, t + 5000);
+    let transcript = transcript
+        .into_iter()
+        .enumerate()
+        .map(|(i, (speaker, text))| TranscriptEntry {
+            t_ms: i as u64 * 2500,
+            speaker,
+            text,
+            interrupted: false,
+        })
+        .collect();
+    agent.summary(chrono::Utc::now(), transcript)
+}
+
+#[test]
+fn the_summary_text_is_two_to_four_sentences_with_the_template_as_fallback() {
+    let summary = finished_clinic_call();
+    assert!(!summary.summary_text.is_empty());
+    let (text, source) = summary_text(None, &summary);
+    assert_eq!(
+        (text, source),
+        (summary.summary_text.clone(), SummarySource::Template)
+    );
+    let (text, source) = summary_text(Some(&smollm()), &summary);
+    eprintln!("{text}");
+    assert_eq!(source, SummarySource::Model, "{text}");
+    let sentences = text.matches(['.', '!', '?']).count();
+    assert!((2..=4).contains(&sentences), "{text}");
+    assert!(text.len() < 800, "{text}");
+    assert!(text.contains("Maria"), "{text}");
 }

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use callbox::agent::extract::{choice, normalize};
-use callbox::agent::understand::{choice_labels, clear_winner, TurnScorer};
+use callbox::agent::extract::normalize;
+use callbox::agent::understand::{choice_by_phrases, choice_labels, clear_winner, TurnScorer};
 use callbox::agent::Script;
 use callbox::models::{default_models_dir, Manifest};
 use callbox::speech::llm::{LanguageModel, LlmScorer};
@@ -40,18 +40,7 @@ fn model_path(id: &str) -> PathBuf {
 /// The agent's rule for a choice slot: the value whose phrases the turn matches.
 fn rules(script: &Script, slot: &str, utterance: &str) -> Option<String> {
     let slot = script.slots.iter().find(|s| s.name == slot)?;
-    let options: Vec<(&str, Vec<&str>)> = slot
-        .choices
-        .iter()
-        .map(|c| {
-            (
-                c.value.as_str(),
-                c.phrases.iter().map(String::as_str).collect(),
-            )
-        })
-        .collect();
-    let refs: Vec<(&str, &[&str])> = options.iter().map(|(v, p)| (*v, p.as_slice())).collect();
-    choice(&normalize(utterance), &refs).map(|i| slot.choices[i].value.clone())
+    choice_by_phrases(slot, &normalize(utterance)).map(|i| slot.choices[i].value.clone())
 }
 
 #[derive(Debug, Default)]

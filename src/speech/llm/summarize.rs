@@ -1,11 +1,13 @@
 //! The `summary_text` of a finished call written by the model: two to four plain sentences for
 //! the CRM from the call's slots, outcome and transcript. The record's own template text (built
 //! by the agent, deterministic) stays the fallback: it is kept when no model is loaded, when the
-//! model fails, or when what it wrote is not two to four sentences.
+//! model fails, when what it wrote is not two to four sentences, or when most of its content
+//! words are not in the details it was given (a small model invents dates and services).
 
 use crate::agent::summary::{Speaker, TranscriptEntry};
 use crate::agent::Summary;
 
+use super::answer::{content_words, support};
 use super::model::{GenerateOptions, LanguageModel};
 use super::LlmError;
 
@@ -16,6 +18,8 @@ Use only the details given.";
 /// Caller lines given to the model (the last ones), and the characters kept of each.
 const MAX_LINES: usize = 24;
 const MAX_LINE_CHARS: usize = 200;
+/// Share of the note's content words that must come from the details given.
+const MIN_SUPPORT: f32 = 0.6;
 /// Longest note generated, in tokens.
 const MAX_SUMMARY_TOKENS: usize = 120;
 
@@ -108,18 +112,41 @@ pub fn summary_text(model: Option<&LanguageModel>, summary: &Summary) -> (String
 
 fn model_note(model: &LanguageModel, summary: &Summary) -> Result<Option<String>, LlmError> {
     let t = model.template();
-    let prompt = t.system(INSTRUCTION).then(t.user(&call_notes(summary)));
+    let notes = call_notes(summary);
+    let prompt = t.system(INSTRUCTION).then(t.user(&notes));
     let options = GenerateOptions {
         max_tokens: MAX_SUMMARY_TOKENS,
         ..GenerateOptions::default()
     };
     let g = model.generate(None, &prompt, &options, &mut |_| {})?;
-    Ok(usable(&g.text))
+    Ok(usable(&g.text).filter(|note| grounded(note, &notes, summary)))
+}
+
+/// Does the note stick to the details: most of its content words among theirs, the summary
+/// template's (business, outcome words) and the caller's?
+fn grounded(note: &str, notes: &str, summary: &Summary) -> bool {
+    let given = content_words(&format!("{notes} {}", summary.summary_text));
+    let share = support(&content_words(note), &given);
+    tracing::debug!(support = share, "model summary checked");
+    share >= MIN_SUPPORT
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_invented_note_is_not_grounded_and_a_faithful_one_is() {
+        let notes = "Details:\n- name: Maria Lopez\n- reason: prescription_refill\n- outcome: message taken\n\
+                     What the caller said:\n- I need a refill of my blood pressure pills\n";
+        let given = content_words(notes);
+        let invented = "Dear Maria Lopez, please find below the details I have prepared. \
+                        The caller requested to take it home immediately, five years ago today.";
+        assert!(support(&content_words(invented), &given) < MIN_SUPPORT);
+        let faithful = "Maria Lopez called for a prescription refill of her blood pressure pills. \
+                        A message was taken.";
+        assert!(support(&content_words(faithful), &given) >= MIN_SUPPORT);
+    }
 
     #[test]
     fn notes_keep_two_to_four_whole_sentences() {

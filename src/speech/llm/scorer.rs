@@ -34,7 +34,7 @@ pub struct LlmScorer {
     /// Per label set: the instruction and options evaluated once, and each label's score when
     /// the caller said nothing — the model's bias toward the label, subtracted from every turn's
     /// scores (contextual calibration).
-    sets: Mutex<HashMap<Vec<(String, String)>, Arc<LabelSet>>>,
+    sets: Mutex<HashMap<Vec<String>, Arc<LabelSet>>>,
 }
 
 struct LabelSet {
@@ -107,19 +107,15 @@ impl LlmScorer {
 
     /// The prefix, answers and baseline of a label set, computed on first use.
     fn label_set(&self, labels: &[Label]) -> Result<Arc<LabelSet>, LlmError> {
-        let key: Vec<(String, String)> = labels
-            .iter()
-            .map(|l| (l.name.clone(), l.description.clone()))
-            .collect();
+        let texts: Vec<String> = labels.iter().map(label_text).collect();
         if let Some(set) = self
             .sets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+            .get(&texts)
         {
             return Ok(set.clone());
         }
-        let texts: Vec<String> = labels.iter().map(label_text).collect();
         if texts.iter().any(String::is_empty) {
             return Err(LlmError::Invalid("a label without a name".into()));
         }
@@ -148,7 +144,7 @@ impl LlmScorer {
         if sets.len() >= MAX_LABEL_SETS {
             sets.clear();
         }
-        sets.insert(key, set.clone());
+        sets.insert(texts, set.clone());
         Ok(set)
     }
 

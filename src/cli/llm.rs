@@ -244,10 +244,20 @@ pub fn bench(
         scorer_turn_ms: median(scorer_ms),
         scorer_labels: labels.len(),
         runs,
-        threads: candle_core::utils::get_num_threads(),
+        threads: candle_threads(),
         converted_to_q8_0: m.info().converted_to_q8_0,
         peak_rss_mb: crate::system::resources::peak_rss_bytes().map_or(0.0, |b| b as f64 / 1e6),
     })
+}
+
+/// The size of candle's CPU worker pool: `CANDLE_NUM_THREADS` when set, else what candle
+/// derives from `RAYON_NUM_THREADS` or the cores.
+fn candle_threads() -> usize {
+    std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(candle_core::utils::get_num_threads)
 }
 
 pub fn print_bench(b: &LlmBench) {

@@ -1058,19 +1058,7 @@ impl Agent {
                 Some((json!(yes), if yes { "yes" } else { "no" }.into()))
             }
             SlotType::Choice => {
-                let options: Vec<(&str, Vec<&str>)> = slot
-                    .choices
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.value.as_str(),
-                            c.phrases.iter().map(String::as_str).collect(),
-                        )
-                    })
-                    .collect();
-                let refs: Vec<(&str, &[&str])> =
-                    options.iter().map(|(v, p)| (*v, p.as_slice())).collect();
-                let index = extract::choice(norm, &refs)?;
+                let index = understand::choice_by_phrases(slot, norm)?;
                 let c = &slot.choices[index];
                 Some((json!(c.value), c.label.clone()))
             }

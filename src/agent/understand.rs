@@ -3,7 +3,7 @@
 //! (intents, objections, knowledge), correction cues, and — for turns the rules cannot decide — a
 //! model-based scorer behind the [`TurnScorer`] trait that the language model plugs into.
 
-use super::extract::{contains_phrase, PhraseMatcher};
+use super::extract::{self, contains_phrase, PhraseMatcher};
 use super::script::{Intent, Knowledge, Objection, Script, Slot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +358,22 @@ pub fn choice_labels(slot: &Slot) -> Vec<Label> {
             description: c.label.clone(),
         })
         .collect()
+}
+
+/// The index of the choice of a choice slot whose phrases the normalized turn matches.
+pub fn choice_by_phrases(slot: &Slot, normalized: &str) -> Option<usize> {
+    let options: Vec<(&str, Vec<&str>)> = slot
+        .choices
+        .iter()
+        .map(|c| {
+            (
+                c.value.as_str(),
+                c.phrases.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[&str])> = options.iter().map(|(v, p)| (*v, p.as_slice())).collect();
+    extract::choice(normalized, &refs)
 }
 
 /// A label with its probability among the candidates (the probabilities sum to 1).

@@ -15,7 +15,7 @@ use crate::agent::Script;
 use crate::config::Config;
 use crate::models::{Manifest, ModelEntry};
 use crate::speech::llm::{
-    grounded_system, GenerateOptions, LabelScoring, LanguageModel, LlmScorer,
+    grounded_system, GenerateOptions, GroundedAnswerer, LanguageModel, LlmScorer,
 };
 
 #[derive(Debug, clap::Args)]
@@ -29,11 +29,12 @@ pub struct LlmArgs {
     /// Comma-separated labels for `--score` (`prescription_refill` is read as "prescription refill").
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
-    /// Answer only from this script's knowledge (`clinic`, `law` or a script file).
+    /// Answer only from this script's knowledge (`clinic`, `law` or a script file): the answer
+    /// is checked against the facts, and an unsupported one is replaced by a callback offer.
     #[arg(long)]
     pub script: Option<String>,
-    /// A system prompt (ignored with `--script`).
-    #[arg(long)]
+    /// A system prompt.
+    #[arg(long, conflicts_with = "script")]
     pub system: Option<String>,
     /// At most this many new tokens.
     #[arg(long, default_value_t = 200)]
@@ -91,7 +92,7 @@ pub fn run(config: &Config, args: LlmArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         anyhow::ensure!(!labels.is_empty(), "--labels names no label");
-        let scorer = LlmScorer::new(model, LabelScoring::Mean)?;
+        let scorer = LlmScorer::new(model)?;
         let ranked = scorer.rank(utterance, &labels)?;
         for r in ranked {
             println!("{:.3}  {}", r.probability, r.label);
@@ -99,13 +100,25 @@ pub fn run(config: &Config, args: LlmArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let prompt = args.prompt.as_deref().unwrap_or_default();
+    if let Some(script) = &args.script {
+        let answerer = GroundedAnswerer::new(model, &Script::load(script)?)?;
+        let answer = answerer.answer(prompt)?;
+        println!("{}", answer.text);
+        match &answer.topic {
+            Some(topic) => eprintln!(
+                "supported by the fact {topic:?} ({:.0} % of its content words)",
+                answer.support * 100.0
+            ),
+            None => eprintln!(
+                "not supported by one fact ({:.0} % of its content words): the model said {:?}",
+                answer.support * 100.0,
+                answer.generated
+            ),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let template = model.template();
-    let system = match (&args.script, &args.system) {
-        (Some(script), _) => Some(grounded_system(&Script::load(script)?)),
-        (None, Some(system)) => Some(system.clone()),
-        (None, None) => None,
-    };
-    let full = match &system {
+    let full = match &args.system {
         Some(s) => template.system(s).then(template.user(prompt)),
         None => template.user(prompt),
     };
@@ -144,6 +157,11 @@ pub struct LlmBench {
     pub scorer_turn_ms: f64,
     pub scorer_labels: usize,
     pub runs: usize,
+    /// Threads candle's CPU kernels use (`CANDLE_NUM_THREADS`, else the physical cores).
+    pub threads: usize,
+    /// Tensors converted to Q8_0 at load (formats without a SIMD kernel).
+    pub converted_to_q8_0: usize,
+    pub peak_rss_mb: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -195,7 +213,7 @@ pub fn bench(
         prefix_tokens = c.prefix_tokens;
         turn_tokens = c.prompt_tokens;
     }
-    let scorer = LlmScorer::new(m.clone(), LabelScoring::Mean)?;
+    let scorer = LlmScorer::new(m.clone())?;
     let reason = script
         .slots
         .iter()
@@ -226,12 +244,28 @@ pub fn bench(
         scorer_turn_ms: median(scorer_ms),
         scorer_labels: labels.len(),
         runs,
+        threads: candle_threads(),
+        converted_to_q8_0: m.info().converted_to_q8_0,
+        peak_rss_mb: crate::system::resources::peak_rss_bytes().map_or(0.0, |b| b as f64 / 1e6),
     })
+}
+
+/// The size of candle's CPU worker pool: `CANDLE_NUM_THREADS` when set, else what candle
+/// derives from `RAYON_NUM_THREADS` or the cores.
+fn candle_threads() -> usize {
+    std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(candle_core::utils::get_num_threads)
 }
 
 pub fn print_bench(b: &LlmBench) {
     println!("language model: {} ({})", b.model, b.architecture);
-    println!("  load                {:.0} ms", b.load_ms);
+    println!(
+        "  load                {:.0} ms ({} tensors converted to Q8_0), {} threads",
+        b.load_ms, b.converted_to_q8_0, b.threads
+    );
     println!(
         "  prompt              {:.0} tok/s ({} prefix + {} turn tokens, uncached)",
         b.prompt_tokens_per_s, b.prefix_tokens, b.turn_tokens
@@ -252,5 +286,6 @@ pub fn print_bench(b: &LlmBench) {
         "  scorer              {:.0} ms per turn ({} labels)",
         b.scorer_turn_ms, b.scorer_labels
     );
+    println!("  peak memory         {:.0} MB resident", b.peak_rss_mb);
     println!("  medians of {} runs", b.runs);
 }

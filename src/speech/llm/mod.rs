@@ -2,25 +2,31 @@
 //! weights through candle's `quantized_gemma3`), with the tokenizer built from the GGUF's own
 //! metadata. It helps the agent understand turns its rules cannot decide ([`LlmScorer`], a
 //! [`crate::agent::understand::TurnScorer`]) and writes text on request; it never decides what the
-//! business's script decides.
+//! business's script decides. It also answers callers' questions from the script's knowledge
+//! only, checked against those facts ([`GroundedAnswerer`]), and writes the call's summary text
+//! ([`summary_text`], with the agent's template as fallback).
 //!
 //! Inference is synchronous and CPU-bound: callers run it on their own threads, never on an
 //! async runtime thread. One [`LanguageModel`] is loaded once and shared through an `Arc`; the
 //! weights sit behind a mutex so one inference runs at a time. A fixed prompt start (system prompt
 //! and script context) is evaluated once into a [`Prefix`] whose KV cache later prompts reuse.
 
+mod answer;
 mod chat;
 mod model;
 mod scorer;
+mod summarize;
 pub mod tokenizer;
 
 use std::path::PathBuf;
 
+pub use answer::{GroundedAnswer, GroundedAnswerer};
 pub use chat::{grounded_system, ChatTemplate, Prompt};
 pub use model::{
     probe_weights, GenerateOptions, Generation, LanguageModel, ModelInfo, Prefix, StopReason,
 };
-pub use scorer::{LabelScoring, LlmScorer};
+pub use scorer::LlmScorer;
+pub use summarize::{summary_text, SummarySource};
 pub use tokenizer::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,9 @@
 //! onto the line. The summary must come out right from speech alone; barge-in must stop the box
 //! (and the box's own echo must not); silence and keys must reach the agent.
 
+#[path = "support/voice.rs"]
+mod voice;
+
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -30,7 +33,8 @@ fn voices() -> &'static Voices {
         let entry = manifest.get("whisper-tiny-en").expect("tiny.en");
         import_model(&models, entry, ImportOptions::default()).expect("import tiny.en");
         let stt = SpeechToText::load(&entry.dir(&models)).expect("load tiny.en");
-        let speaker = Speaker::installed(&models, "piper-joe", SpeakerOptions::default());
+        voice::weights();
+        let speaker = Speaker::installed(&models, voice::VOICE, SpeakerOptions::default());
         assert!(speaker.neural().is_some(), "{:?}", speaker.neural_problem());
         // As when the script is activated on the box: its fixed lines cost nothing to say.
         speaker
@@ -60,7 +64,7 @@ fn says(lines: &[&str]) -> Vec<CallerAction> {
         .into_iter()
         .map(|audio| CallerAction::Say {
             audio,
-            pause_ms: 500,
+            pause_ms: 800,
         })
         .collect()
 }

@@ -134,9 +134,13 @@ fn float_on_the_piper_voice() {
     check_all_conditions(stt(), "f32", Voice::Piper);
 }
 
+/// espeak-ng's robotic voice, clean: a second speaker for the clean-speech bar (its telephone
+/// figures are in `callbox bench stt --wer` and the README).
 #[test]
-fn float_on_espeak() {
-    check_all_conditions(stt(), "f32", Voice::Espeak);
+fn float_on_espeak_clean() {
+    let n = spoken(Voice::Espeak).len();
+    let wer = score(stt(), "f32", Voice::Espeak, Condition::Clean, false, n).rate();
+    assert!(wer <= bound(Voice::Espeak, Condition::Clean), "{wer}");
 }
 
 #[test]
@@ -145,13 +149,8 @@ fn q8_0_on_the_piper_voice() {
 }
 
 #[test]
-fn q8_0_on_espeak() {
-    check_all_conditions(stt_q8(), "q8_0", Voice::Espeak);
-}
-
-#[test]
 fn padded_encoder_also_transcribes() {
-    let wer = score(stt(), "f32 30s", Voice::Piper, Condition::Clean, true, 12).rate();
+    let wer = score(stt(), "f32 30s", Voice::Piper, Condition::Clean, true, 8).rate();
     assert!(wer <= 0.10, "{wer}");
 }
 
@@ -164,15 +163,15 @@ fn whisper_base_transcribes_the_set() {
         Voice::Piper,
         Condition::Telephone,
         false,
-        44,
+        20,
     )
     .rate();
-    assert!(wer <= 0.15, "{wer}");
+    assert!(wer <= 0.10, "{wer}");
 }
 
 #[test]
 fn a_looping_decode_never_runs_to_the_token_limit() {
-    for u in spoken(Voice::Espeak).iter().take(12) {
+    for u in spoken(Voice::Espeak).iter().take(6) {
         let heard = Condition::NoisyTelephone.apply(&u.samples, 99).unwrap();
         let t = stt().transcribe(&heard).unwrap();
         assert!(t.text.split_whitespace().count() < 40, "{t:?}");

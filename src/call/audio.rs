@@ -78,7 +78,14 @@ struct Speaking {
     /// The caller turn's timing this reply answers.
     timing: Option<usize>,
     got_audio: bool,
+    /// Audio held back until enough is ready to play without a gap.
+    held: Vec<i16>,
+    playing: bool,
 }
+
+/// Audio a reply holds back before it starts playing, unless a whole chunk is ready sooner:
+/// enough that a voice running near real time does not stutter.
+const PLAYOUT_START_MS: usize = 200;
 
 /// A transcript back from the worker.
 struct Heard {
@@ -395,6 +402,8 @@ impl Session {
                 turn,
                 timing,
                 got_audio: false,
+                held: Vec::new(),
+                playing: false,
             });
         }
     }
@@ -435,6 +444,12 @@ impl Session {
         loop {
             match speaking.stream.receiver.try_recv() {
                 Ok(piece) => {
+                    speaking.held.extend(to_i16(&piece.samples));
+                    let enough = speaking.held.len() >= PLAYOUT_START_MS * 16;
+                    if !(speaking.playing || enough || piece.last) {
+                        continue;
+                    }
+                    speaking.playing = true;
                     if !speaking.got_audio {
                         speaking.got_audio = true;
                         let out_at = self.t_ms + line.queued_ms();
@@ -446,7 +461,7 @@ impl Session {
                             None => {}
                         }
                     }
-                    line.play(&to_i16(&piece.samples))
+                    line.play(&std::mem::take(&mut speaking.held))
                         .map_err(CallError::Line)?;
                 }
                 Err(mpsc::TryRecvError::Empty) => return Ok(()),
@@ -454,6 +469,9 @@ impl Session {
             }
         }
         let done = self.speaking.take().expect("speaking checked above");
+        if !done.held.is_empty() {
+            line.play(&done.held).map_err(CallError::Line)?;
+        }
         let turn = done.turn;
         if let Err(e) = done.stream.finish() {
             warn!(error = %e, "the reply could not be spoken");

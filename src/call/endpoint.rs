@@ -57,6 +57,9 @@ pub struct EndpointOptions {
     pub end_silence_ms: u64,
     /// Audio kept from before the detected start, so the first syllable is not lost.
     pub preroll_ms: u64,
+    /// Silence kept after the last speech in the turn's audio (the rest of the silence window is
+    /// cut: the recognizer invents words in long silences).
+    pub tail_ms: u64,
     /// The longest turn; a turn is ended here even if the caller goes on.
     pub max_turn_ms: u64,
     /// A frame must be this many times louder than the box's recent playback to be the caller
@@ -70,6 +73,7 @@ impl Default for EndpointOptions {
             start_ms: 60,
             end_silence_ms: 700,
             preroll_ms: 300,
+            tail_ms: 200,
             max_turn_ms: 30_000,
             echo_margin: 0.5,
         }
@@ -165,8 +169,13 @@ impl Endpointer {
         if self.silence_run_ms >= self.options.end_silence_ms || too_long {
             self.in_turn = false;
             self.speech_run_ms = 0;
+            let mut audio = std::mem::take(&mut self.turn);
+            let silence = (self.silence_run_ms.saturating_sub(self.options.tail_ms) / FRAME_MS)
+                as usize
+                * FRAME_SAMPLES;
+            audio.truncate(audio.len().saturating_sub(silence));
             return Some(Endpoint::TurnEnded {
-                audio: std::mem::take(&mut self.turn),
+                audio,
                 speech_end_ms: self.last_speech_end_ms,
             });
         }
@@ -214,8 +223,8 @@ mod tests {
                 speech_end_ms,
             } => {
                 assert_eq!(*speech_end_ms, 1500);
-                // 1 s of speech, the pre-roll before it and the silence window after it.
-                assert_eq!(audio.len(), (300 + 1000 + 700) * 16);
+                // 1 s of speech, the pre-roll before it and 200 ms of the silence after it.
+                assert_eq!(audio.len(), (300 + 1000 + 200) * 16);
             }
             other => panic!("{other:?}"),
         }

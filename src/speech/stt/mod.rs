@@ -327,8 +327,8 @@ impl SpeechToText {
             if d.no_speech_prob > NO_SPEECH_THRESHOLD && avg_logprob < LOGPROB_THRESHOLD {
                 continue;
             }
-            let text = self.tokenizer.decode(&d.tokens);
-            let text = text.trim();
+            let text = drop_repeated_sentences(self.tokenizer.decode(&d.tokens).trim());
+            let text = text.as_str();
             if compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD {
                 tracing::debug!(tokens = d.tokens.len(), "dropped a looping decode");
                 looped_windows += 1;
@@ -421,6 +421,56 @@ impl SpeechToText {
             no_speech_prob,
         })
     }
+}
+
+/// Whisper's other way of running past the audio: saying the last sentence again, or starting
+/// it again at the end ("Yes, that's right. That's right. Yes, that"). Consecutive repeats of a
+/// sentence are said once, and a trailing unfinished sentence that only restarts an earlier one
+/// is dropped.
+fn drop_repeated_sentences(text: &str) -> String {
+    let words = |s: &str| -> Vec<String> {
+        s.split_whitespace()
+            .map(|w| {
+                w.trim_matches(|c: char| !c.is_alphanumeric())
+                    .to_lowercase()
+            })
+            .filter(|w| !w.is_empty())
+            .collect()
+    };
+    let mut sentences: Vec<&str> = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if matches!(c, '.' | '?' | '!') {
+            sentences.push(text[start..=i].trim());
+            start = i + 1;
+        }
+    }
+    let tail = text[start..].trim();
+    let mut kept: Vec<&str> = Vec::new();
+    for sentence in sentences {
+        let w = words(sentence);
+        // The same words again, or the end of the previous sentence said again.
+        let repeat = kept.last().is_some_and(|prev| {
+            let p = words(prev);
+            !w.is_empty() && (p == w || (w.len() >= 2 && p.ends_with(&w)))
+        });
+        if !repeat {
+            kept.push(sentence);
+        }
+    }
+    let restart = !tail.is_empty() && {
+        let t = words(tail);
+        kept.iter().any(|s| {
+            let w = words(s);
+            // The fragment's last word may itself be cut off ("that" of "that's").
+            let n = t.len();
+            n > 0 && w.len() > n && w[..n - 1] == t[..n - 1] && w[n - 1].starts_with(&t[n - 1])
+        })
+    };
+    if !tail.is_empty() && !restart {
+        kept.push(tail);
+    }
+    kept.join(" ")
 }
 
 /// How much better than 1:1 zlib compresses `text`: high for repetitive text (a decoding loop).
@@ -534,6 +584,25 @@ mod tests {
         );
         twice.extend(&short);
         assert_eq!(repetition_cut(&twice), Some(6));
+    }
+
+    #[test]
+    fn sentences_said_again_are_said_once() {
+        assert_eq!(
+            drop_repeated_sentences("Yes, that's right. That's right. That's right. Yes, that"),
+            "Yes, that's right."
+        );
+        assert_eq!(
+            drop_repeated_sentences("How much does it cost? How"),
+            "How much does it cost?"
+        );
+        assert_eq!(drop_repeated_sentences("Goodbye. Goodbye."), "Goodbye.");
+        assert_eq!(
+            drop_repeated_sentences("I need a refill. My name is Dana"),
+            "I need a refill. My name is Dana"
+        );
+        assert_eq!(drop_repeated_sentences("No. I said no."), "No. I said no.");
+        assert_eq!(drop_repeated_sentences(""), "");
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod config;
 pub mod models;
 pub mod speech;
 pub mod store;
+pub mod sync;
 pub mod system;

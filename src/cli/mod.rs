@@ -6,6 +6,7 @@ mod doctor;
 mod llm;
 mod models_import;
 mod speech;
+mod sync;
 mod tts;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,11 @@ pub enum Command {
     Llm(llm::LlmArgs),
     /// Speaks a text into a WAV file with the neural voice (or espeak-ng with --fallback).
     Tts(tts::TtsArgs),
+    /// Runs the sync task in the foreground: carries the outbox to the MQTT broker.
+    Sync(sync::SyncArgs),
+    /// The outbox of messages for the broker: status, list, retry.
+    #[command(subcommand)]
+    Outbox(sync::OutboxCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +235,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Llm(args) => llm::run(&config, args),
         Command::Tts(args) => tts::run(&config, args),
+        Command::Sync(args) => sync::sync(&config, args),
+        Command::Outbox(cmd) => sync::outbox(&config, cmd),
     }
 }
 

@@ -179,6 +179,17 @@ pub struct OutboxRow {
     pub delivered_at: Option<String>,
 }
 
+/// The outbox at a glance, for `callbox outbox status` and the health report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxStatus {
+    pub pending: i64,
+    pub delivered_kept: i64,
+    pub oldest_pending_at: Option<String>,
+    pub last_delivered_at: Option<String>,
+    /// Undelivered rows that were published at least once (a resend may duplicate them).
+    pub pending_attempted: i64,
+}
+
 /// A business script as stored: its exact text, with the hash and (for fleet updates) signature.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredScript {
@@ -442,6 +453,124 @@ impl Store {
             return Err(StoreError::UnknownMessage(message_id.into()));
         }
         Ok(())
+    }
+
+    /// Marks several messages delivered in one transaction (the sync task batches PUBACKs).
+    /// Unknown or already delivered ids are skipped. Returns how many rows changed.
+    pub fn mark_delivered_many(&mut self, message_ids: &[String]) -> Result<usize> {
+        let tx = self.conn.transaction().map_err(map_write_error)?;
+        let at = now_rfc3339();
+        let mut changed = 0;
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE outbox SET delivered_at = ?2 WHERE message_id = ?1 AND delivered_at IS NULL",
+            )?;
+            for id in message_ids {
+                changed += stmt.execute(params![id, at]).map_err(map_write_error)?;
+            }
+        }
+        tx.commit().map_err(map_write_error)?;
+        Ok(changed)
+    }
+
+    /// Counts one more publish attempt for each message, in one transaction.
+    pub fn note_attempts(&mut self, message_ids: &[String]) -> Result<()> {
+        let tx = self.conn.transaction().map_err(map_write_error)?;
+        let at = now_rfc3339();
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE outbox SET attempts = attempts + 1, last_attempt_at = ?2 WHERE message_id = ?1",
+            )?;
+            for id in message_ids {
+                stmt.execute(params![id, at]).map_err(map_write_error)?;
+            }
+        }
+        tx.commit().map_err(map_write_error)
+    }
+
+    /// Queues a message for the broker (events, fleet outcomes); the sync task publishes it.
+    pub fn enqueue_outbox(&mut self, message: &OutboxMessage) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO outbox (message_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![message.message_id, message.topic, message.payload, now_rfc3339()],
+            )
+            .map_err(map_write_error)?;
+        Ok(())
+    }
+
+    /// Outbox figures: undelivered rows, delivered rows still kept, the oldest undelivered
+    /// message's creation time and the newest delivery time.
+    pub fn outbox_status(&self) -> Result<OutboxStatus> {
+        Ok(self.conn.query_row(
+            "SELECT
+                (SELECT count(*) FROM outbox WHERE delivered_at IS NULL),
+                (SELECT count(*) FROM outbox WHERE delivered_at IS NOT NULL),
+                (SELECT min(created_at) FROM outbox WHERE delivered_at IS NULL),
+                (SELECT max(delivered_at) FROM outbox),
+                (SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND attempts > 0)",
+            [],
+            |r| {
+                Ok(OutboxStatus {
+                    pending: r.get(0)?,
+                    delivered_kept: r.get(1)?,
+                    oldest_pending_at: r.get(2)?,
+                    last_delivered_at: r.get(3)?,
+                    pending_attempted: r.get(4)?,
+                })
+            },
+        )?)
+    }
+
+    /// The newest outbox rows, delivered or not, newest first.
+    pub fn recent_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, message_id, topic, payload, created_at, attempts, delivered_at
+             FROM outbox ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(OutboxRow {
+                    seq: r.get(0)?,
+                    message: OutboxMessage {
+                        message_id: r.get(1)?,
+                        topic: r.get(2)?,
+                        payload: r.get(3)?,
+                    },
+                    created_at: r.get(4)?,
+                    attempts: r.get(5)?,
+                    delivered_at: r.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Queues a delivered message again (the CRM lost it); it keeps its id so the CRM can still
+    /// drop a duplicate. Returns whether the message was delivered before.
+    pub fn requeue_outbox(&mut self, message_id: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE outbox SET delivered_at = NULL WHERE message_id = ?1 AND delivered_at IS NOT NULL",
+                [message_id],
+            )
+            .map_err(map_write_error)?;
+        if n == 0 && !self.outbox_exists(message_id)? {
+            return Err(StoreError::UnknownMessage(message_id.into()));
+        }
+        Ok(n == 1)
+    }
+
+    /// Deletes delivered outbox rows delivered before `before` (RFC 3339); undelivered rows are
+    /// never purged. Returns how many rows went.
+    pub fn purge_delivered_outbox(&mut self, before: &str) -> Result<usize> {
+        self.conn
+            .execute(
+                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
+                [before],
+            )
+            .map_err(map_write_error)
     }
 
     fn outbox_exists(&self, message_id: &str) -> Result<bool> {

@@ -36,7 +36,10 @@ mod tests {
         std::hint::black_box(&block);
         let after = peak_rss_bytes().expect("VmHWM on Linux");
         assert!(after >= before, "the peak never falls");
-        assert!(after >= 64 << 20, "a 64 MiB block touched shows in the peak: {after}");
+        assert!(
+            after >= 64 << 20,
+            "a 64 MiB block touched shows in the peak: {after}"
+        );
         assert!(rss_bytes().unwrap() <= after);
     }
 }

@@ -320,7 +320,16 @@ impl Store {
             });
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
-            let tx = self.conn.transaction().map_err(map_write_error)?;
+            // Another process (the sync task, a call) may be migrating the same file right now:
+            // take the write lock first and skip a step it has already applied.
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(map_write_error)?;
+            let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now > index as u32 {
+                continue;
+            }
             tx.execute_batch(sql).map_err(map_write_error)?;
             tx.pragma_update(None, "user_version", index as u32 + 1)?;
             tx.commit().map_err(map_write_error)?;

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod call;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod models;
 pub mod speech;
 pub mod store;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod doctor;
+mod fleet;
 mod llm;
 mod models_import;
 mod speech;
@@ -87,6 +88,9 @@ pub enum Command {
     /// The outbox of messages for the broker: status, list, retry.
     #[command(subcommand)]
     Outbox(sync::OutboxCommand),
+    /// Fleet signing keys and signed script manifests.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +192,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config(ConfigCommand::Check) = cli.command {
         return Ok(config_check(config_path));
     }
+    if let Command::Fleet(cmd) = cli.command {
+        return fleet::run(cmd);
+    }
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -198,7 +205,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let log_target = cli.log.unwrap_or(config.logging.target);
     crate::system::logging::init(config.logging.level, log_target)?;
     match cli.command {
-        Command::Config(ConfigCommand::Check) => unreachable!("handled above"),
+        Command::Config(ConfigCommand::Check) | Command::Fleet(_) => unreachable!("handled above"),
         Command::Db(cmd) => db(&config, cmd),
         Command::Models(ModelsCommand::List) => models_list(&config),
         Command::Models(ModelsCommand::Import(args)) => models_import::run(&config, args),

@@ -13,7 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
 
 /// Forward-only migrations; index `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -31,6 +31,7 @@ pub const TABLES: &[&str] = &[
     "do_not_call",
     "scripts",
     "audit_log",
+    "leads",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +178,16 @@ pub struct OutboxRow {
     pub created_at: String,
     pub attempts: i64,
     pub delivered_at: Option<String>,
+}
+
+/// A lead for an outbound call, as the fleet pushed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lead {
+    pub id: String,
+    pub phone: String,
+    pub name: Option<String>,
+    /// Further fields from the fleet, as JSON.
+    pub detail: String,
 }
 
 /// The outbox at a glance, for `callbox outbox status` and the health report.
@@ -644,8 +655,8 @@ impl Store {
             tx.execute("UPDATE scripts SET active = 0 WHERE active = 1", [])
                 .map_err(map_write_error)?;
             tx.execute(
-                "UPDATE scripts SET active = 1 WHERE name = ?1 AND version = ?2",
-                params![script.name, script.version],
+                "UPDATE scripts SET active = 1, activated_at = ?3 WHERE name = ?1 AND version = ?2",
+                params![script.name, script.version, now_rfc3339()],
             )
             .map_err(map_write_error)?;
         }
@@ -688,6 +699,99 @@ impl Store {
                 },
             )
             .optional()?)
+    }
+
+    /// Every installed version of a script, as stored.
+    pub fn script_versions(&self, name: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT version FROM scripts WHERE name = ?1")?;
+        let rows = stmt
+            .query_map([name], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The script that was active before the active one (the most recently activated other
+    /// script), for a rollback.
+    pub fn previous_script(&self) -> Result<Option<StoredScript>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, version, sha256, signature, body FROM scripts
+                 WHERE active = 0 AND activated_at IS NOT NULL
+                 ORDER BY activated_at DESC, rowid DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(StoredScript {
+                        name: r.get(0)?,
+                        version: r.get(1)?,
+                        sha256: r.get(2)?,
+                        signature: r.get(3)?,
+                        body: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Removes a number from the do-not-call list; returns whether it was there.
+    pub fn remove_do_not_call(&mut self, phone: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM do_not_call WHERE phone = ?1", [phone])
+            .map_err(map_write_error)?;
+        Ok(n > 0)
+    }
+
+    /// Stores a lead for the dialer; a lead id already stored is left as it is. Returns whether
+    /// it was new.
+    pub fn add_lead(&mut self, lead: &Lead, source: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "INSERT INTO leads (id, phone, name, detail, source, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING",
+                params![
+                    lead.id,
+                    lead.phone,
+                    lead.name,
+                    lead.detail,
+                    source,
+                    now_rfc3339()
+                ],
+            )
+            .map_err(map_write_error)?;
+        Ok(n > 0)
+    }
+
+    /// Leads not yet dialed, oldest first.
+    pub fn leads_to_dial(&self) -> Result<Vec<Lead>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, phone, name, detail FROM leads WHERE dialed_at IS NULL ORDER BY received_at, id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Lead {
+                    id: r.get(0)?,
+                    phone: r.get(1)?,
+                    name: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The newest audit entries (action, detail), newest first.
+    pub fn recent_audit(&self, limit: usize) -> Result<Vec<(String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT action, detail FROM audit_log ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     pub fn audit(&mut self, actor: &str, action: &str, detail: &str) -> Result<()> {

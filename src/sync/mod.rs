@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, MqttConfig};
+use crate::fleet::{ActivationGate, Fleet, FleetError};
 use crate::store::{Store, StoreError};
 
 pub use backoff::Backoff;
@@ -44,6 +45,8 @@ pub enum SyncError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
     #[error("gave up after {attempts} failed connection attempts; last error: {last}")]
     GaveUp { attempts: u32, last: String },
 }
@@ -101,6 +104,8 @@ pub struct SyncReport {
     pub connection_failures: u32,
     /// Delivered rows purged by retention.
     pub purged: u64,
+    /// Fleet commands received.
+    pub commands: u64,
 }
 
 /// A publish handed to the client, in the order the client will send it.
@@ -152,6 +157,7 @@ pub struct Sync {
     /// Ids acknowledged on this process's watch, so a resend is not counted as a first send.
     acked_ids: HashSet<String>,
     last_sync: Option<String>,
+    fleet: Fleet,
 }
 
 impl Sync {
@@ -186,7 +192,14 @@ impl Sync {
             acked: Vec::new(),
             acked_ids: HashSet::new(),
             last_sync: None,
+            fleet: Fleet::new(config, ActivationGate::new()),
         })
+    }
+
+    /// Uses the call pipeline's activation gate, so script changes wait for calls to end.
+    pub fn with_gate(mut self, config: &Config, gate: ActivationGate) -> Sync {
+        self.fleet = Fleet::new(config, gate);
+        self
     }
 
     pub fn topics(&self) -> &Topics {
@@ -312,11 +325,16 @@ impl Sync {
                         }
                         self.flush_acks()?;
                         self.refill(s)?;
+                        if let Some(ack) = self.fleet.poll_activation(&mut self.store)? {
+                            self.publish_ack(s, &ack);
+                            self.publish_health(s)?;
+                        }
                         if last_health.elapsed() >= self.options.health_interval {
                             last_health = Instant::now();
                             self.publish_health(s)?;
                         }
                         if self.options.exit_when_drained
+                            && !self.fleet.has_staged()
                             && s.in_flight.is_empty()
                             && s.unsent.is_empty()
                             && s.by_pkid.is_empty()
@@ -353,8 +371,28 @@ impl Sync {
                     pending = self.store.outbox_status()?.pending,
                     "connected to the MQTT broker"
                 );
+                for topic in [&self.topics.request, &self.topics.request_all] {
+                    if s.client
+                        .try_subscribe(topic.as_str(), QoS::AtLeastOnce)
+                        .is_err()
+                    {
+                        return Ok(Some(SessionEnd::Broken("the MQTT client stopped".into())));
+                    }
+                }
                 self.publish_health(s)?;
                 self.refill(s)?;
+            }
+            Event::Incoming(Packet::Publish(p))
+                if p.topic == self.topics.request || p.topic == self.topics.request_all =>
+            {
+                self.report.commands += 1;
+                let handled = self.fleet.handle(&mut self.store, &p.payload)?;
+                for ack in &handled.acks {
+                    self.publish_ack(s, ack);
+                }
+                if handled.publish_health {
+                    self.publish_health(s)?;
+                }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let sent = s.unsent.pop_front().unwrap_or(Sent::Other);
@@ -444,6 +482,18 @@ impl Sync {
             s.unsent.push_back(Sent::Other);
         }
         Ok(())
+    }
+
+    fn publish_ack(&mut self, s: &mut Session, ack: &crate::fleet::Ack) {
+        let payload = ack.to_json(self.fleet.unit());
+        if s.client
+            .try_publish(&self.topics.response, QoS::AtLeastOnce, false, payload)
+            .is_ok()
+        {
+            s.unsent.push_back(Sent::Other);
+        } else {
+            warn!(command = ?ack.command_id, "the ack could not be queued; the fleet will resend the command");
+        }
     }
 
     /// Says offline on the health topic (the last will only fires on an unclean end) and

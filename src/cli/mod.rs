@@ -95,6 +95,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Outbox drain throughput (summaries/s) and the box's CPU while draining, against a
+    /// Mosquitto started for the run (or --broker).
+    Sync(sync::BenchSyncArgs),
     /// Agent time per caller turn (rules path) over the fixture conversations.
     Agent {
         /// How many times the fixture conversations are replayed.
@@ -243,6 +246,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Llm(args) => llm::run(&config, args),
         Command::Tts(args) => tts::run(&config, args),
         Command::Sync(args) => sync::sync(&config, args),
+        Command::Bench(BenchCommand::Sync(args)) => sync::bench(&config, args),
         Command::Outbox(cmd) => sync::outbox(&config, cmd),
     }
 }

@@ -134,3 +134,48 @@ pub fn outbox(config: &Config, cmd: OutboxCommand) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, clap::Args)]
+pub struct BenchSyncArgs {
+    /// Summaries in the outbox to drain.
+    #[arg(long, default_value_t = 2000)]
+    pub summaries: usize,
+    /// Messages in flight at most.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// Use the configured broker instead of starting a local Mosquitto.
+    #[arg(long)]
+    pub configured_broker: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(config: &Config, args: BenchSyncArgs) -> anyhow::Result<ExitCode> {
+    let broker = if args.configured_broker {
+        Some(
+            config
+                .mqtt
+                .clone()
+                .ok_or(crate::sync::SyncError::NoBroker)?,
+        )
+    } else {
+        None
+    };
+    let b = crate::sync::bench::run(config, broker, args.summaries.max(1), args.window)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&b)?);
+    } else {
+        println!(
+            "sync drain to {}: {} summaries of {} B, window {}\n  {:.2} s  {:.0} summaries/s  CPU {:.2} s ({:.0}% of one core)",
+            b.broker,
+            b.summaries,
+            b.payload_bytes,
+            b.window,
+            b.seconds,
+            b.summaries_per_s,
+            b.cpu_seconds,
+            b.cpu_percent_of_one_core
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

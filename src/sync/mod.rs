@@ -10,6 +10,7 @@
 //! and the shutdown signal at once.
 
 pub mod backoff;
+pub mod bench;
 pub mod health;
 pub mod tls;
 pub mod topics;

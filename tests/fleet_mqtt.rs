@@ -21,6 +21,26 @@ use serde_json::{json, Value};
 mod sync_support;
 use sync_support::*;
 
+/// A validator for one of the contract's schemas in `docs/`.
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
+    let schema: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("{name} does not compile: {e}"))
+}
+
+fn assert_valid(validator: &jsonschema::Validator, value: &Value) {
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{value} breaks the contract: {errors:?}");
+}
+
 const RES: &str = "cmd/callbox/acme/box-7/res";
 const REQ: &str = "cmd/callbox/acme/box-7/req";
 const REQ_ALL: &str = "cmd/callbox/acme/all/req";
@@ -410,6 +430,43 @@ fn signed_updates_activate_and_every_bad_command_is_rejected_with_its_reason() {
         .args(["-TERM", &sync.id().to_string()])
         .status();
     assert!(sync.wait().unwrap().success());
+
+    // Every ack and health message the box sent, and the manifest, follow docs/mqtt.md.
+    let (ack_schema, health_schema) = (schema("ack.schema.json"), schema("health.schema.json"));
+    for acks in fleet.acks.lock().unwrap().values() {
+        for ack in acks {
+            assert_valid(&ack_schema, ack);
+        }
+    }
+    wait_until(
+        "the offline health message",
+        Duration::from_secs(10),
+        || {
+            fleet
+                .health
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|h| h["status"] == "offline")
+        },
+    );
+    for health in fleet.health.lock().unwrap().iter() {
+        assert_valid(&health_schema, health);
+    }
+    let manifest: Value = serde_json::from_slice(&good_manifest).unwrap();
+    assert_valid(&schema("manifest.schema.json"), &manifest);
+    let commands = schema("command.schema.json");
+    let u1: Value =
+        serde_json::from_slice(&update("u1", &good_manifest, Some(sig.trim()), &v110)).unwrap();
+    for command in [
+        u1,
+        json!({"id":"d1","type":"dnc.add","phone":"+1 555 010 9999"}),
+        json!({"id":"l2","type":"lead.push","lead":{"id":"lead-1","phone":"+1 555 010 9999","name":"Ana","reason":"recall"}}),
+        json!({"id":"r1","type":"script.rollback"}),
+    ] {
+        assert_valid(&commands, &command);
+    }
+    assert!(!commands.is_valid(&json!({"id":"x1","type":"reboot.now"})));
 
     // What the box stored: the lead, the audit trail.
     let cfg = Config::from_file(&config).unwrap();

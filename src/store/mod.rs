@@ -439,10 +439,15 @@ impl Store {
 
     /// Undelivered outbox messages, oldest first.
     pub fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>> {
-        let mut stmt = self.conn.prepare(
+        self.outbox_rows("WHERE delivered_at IS NULL ORDER BY seq", limit)
+    }
+
+    /// Outbox rows selected and ordered by `tail` (a fixed SQL clause), at most `limit`.
+    fn outbox_rows(&self, tail: &str, limit: usize) -> Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT seq, message_id, topic, payload, created_at, attempts, delivered_at
-             FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
-        )?;
+             FROM outbox {tail} LIMIT ?1"
+        ))?;
         let rows = stmt
             .query_map([limit as i64], |r| {
                 Ok(OutboxRow {
@@ -544,26 +549,7 @@ impl Store {
 
     /// The newest outbox rows, delivered or not, newest first.
     pub fn recent_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT seq, message_id, topic, payload, created_at, attempts, delivered_at
-             FROM outbox ORDER BY seq DESC LIMIT ?1",
-        )?;
-        let rows = stmt
-            .query_map([limit as i64], |r| {
-                Ok(OutboxRow {
-                    seq: r.get(0)?,
-                    message: OutboxMessage {
-                        message_id: r.get(1)?,
-                        topic: r.get(2)?,
-                        payload: r.get(3)?,
-                    },
-                    created_at: r.get(4)?,
-                    attempts: r.get(5)?,
-                    delivered_at: r.get(6)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        self.outbox_rows("ORDER BY seq DESC", limit)
     }
 
     /// Queues a delivered message again (the CRM lost it); it keeps its id so the CRM can still
@@ -688,15 +674,7 @@ impl Store {
             .query_row(
                 "SELECT name, version, sha256, signature, body FROM scripts WHERE active = 1",
                 [],
-                |r| {
-                    Ok(StoredScript {
-                        name: r.get(0)?,
-                        version: r.get(1)?,
-                        sha256: r.get(2)?,
-                        signature: r.get(3)?,
-                        body: r.get(4)?,
-                    })
-                },
+                script_row,
             )
             .optional()?)
     }
@@ -722,15 +700,7 @@ impl Store {
                  WHERE active = 0 AND activated_at IS NOT NULL
                  ORDER BY activated_at DESC, rowid DESC LIMIT 1",
                 [],
-                |r| {
-                    Ok(StoredScript {
-                        name: r.get(0)?,
-                        version: r.get(1)?,
-                        sha256: r.get(2)?,
-                        signature: r.get(3)?,
-                        body: r.get(4)?,
-                    })
-                },
+                script_row,
             )
             .optional()?)
     }
@@ -803,6 +773,16 @@ impl Store {
             .map_err(map_write_error)?;
         Ok(())
     }
+}
+
+fn script_row(r: &rusqlite::Row) -> rusqlite::Result<StoredScript> {
+    Ok(StoredScript {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        sha256: r.get(2)?,
+        signature: r.get(3)?,
+        body: r.get(4)?,
+    })
 }
 
 fn add_dnc(conn: &Connection, phone: &str, source: &str, reason: &str) -> rusqlite::Result<usize> {

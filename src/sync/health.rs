@@ -36,6 +36,8 @@ impl HealthReporter {
         active_script: Option<&StoredScript>,
         last_sync: Option<&str>,
     ) -> Vec<u8> {
+        // The statvfs field types are narrower on 32-bit ARM targets.
+        #[allow(clippy::unnecessary_cast)]
         let disk_free = nix::sys::statvfs::statvfs(&self.state_dir)
             .ok()
             .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);

@@ -272,6 +272,10 @@ fn config_check(path: Option<&Path>) -> ExitCode {
                 None => println!("  mqtt        none (summaries stay in the outbox)"),
             }
             println!("  script      {}", config.agent.script);
+            if !config.fleet.keys.is_empty() {
+                let ids: Vec<&str> = config.fleet.keys.keys().map(String::as_str).collect();
+                println!("  fleet keys  {}", ids.join(", "));
+            }
             ExitCode::SUCCESS
         }
         Err(e @ ConfigError::Invalid { .. }) => {

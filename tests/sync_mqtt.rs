@@ -368,3 +368,67 @@ mod tls {
         assert_eq!(pending(&config), 2);
     }
 }
+
+fn callbox_cli(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn outbox_status_list_and_retry_for_installers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path(), "");
+    let config = write_config(dir.path(), &format!("mqtt://127.0.0.1:{}", broker.port), "");
+    let ids = record_calls(&config, 2);
+    let (ok, out, err) = callbox_cli(&config, &["outbox", "status"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("undelivered  2"), "{out}");
+    assert!(out.contains("last delivery  never"), "{out}");
+    let (_, out, _) = callbox_cli(&config, &["outbox", "list"]);
+    assert!(out.contains(&ids[0]) && out.contains(&ids[1]), "{out}");
+    assert!(
+        out.contains("pending") && !out.contains("appointment"),
+        "ids, never content: {out}"
+    );
+
+    broker.start();
+    let (ok, _, err) = callbox_cli(&config, &["sync", "--exit-when-drained"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = callbox_cli(&config, &["outbox", "status"]);
+    assert!(out.contains("undelivered  0"), "{out}");
+    let (ok, out, err) = callbox_cli(&config, &["outbox", "retry", &ids[1]]);
+    assert!(ok, "{err}");
+    assert!(out.contains("queued again"), "{out}");
+    assert_eq!(pending(&config), 1);
+    let (ok, _, err) = callbox_cli(&config, &["outbox", "retry", "no-such-id"]);
+    assert!(!ok);
+    assert!(
+        err.contains("outbox message no-such-id does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn doctor_reads_the_tls_files_as_the_sync_task_would() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    let config = write_config(
+        dir.path(),
+        "mqtts://127.0.0.1:8883",
+        &format!("ca_file = \"{}/ca.pem\"\n", dir.path().display()),
+    );
+    let (_, out, err) = callbox_cli(&config, &["doctor"]);
+    assert!(
+        out.contains("holds no PEM certificate") || err.contains("holds no PEM certificate"),
+        "{out}{err}"
+    );
+}

@@ -432,3 +432,35 @@ fn doctor_reads_the_tls_files_as_the_sync_task_would() {
         "{out}{err}"
     );
 }
+
+#[test]
+fn backoff_bounds_and_give_up_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("mqtt://127.0.0.1:{}", free_port()), "");
+    record_calls(&config, 1);
+    let started = std::time::Instant::now();
+    let (ok, _, err) = callbox_cli(
+        &config,
+        &[
+            "--log",
+            "stderr",
+            "sync",
+            "--give-up-after",
+            "4",
+            "--backoff-min-ms",
+            "200",
+            "--backoff-max-ms",
+            "200",
+        ],
+    );
+    let took = started.elapsed();
+    assert!(!ok);
+    assert!(
+        err.contains("gave up after 4 failed connection attempts"),
+        "{err}"
+    );
+    assert!(err.contains("Connection refused"), "{err}");
+    // Three waits of exactly 200 ms between four attempts.
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+    assert_eq!(pending(&config), 1, "nothing is lost");
+}

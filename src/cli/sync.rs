@@ -16,6 +16,11 @@ pub struct SyncArgs {
     /// Outbox messages in flight (published, not yet acknowledged) at most.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub window: u16,
+    /// Shortest and longest wait between connection attempts (jittered in between).
+    #[arg(long, default_value_t = 500)]
+    pub backoff_min_ms: u64,
+    #[arg(long, default_value_t = 60_000)]
+    pub backoff_max_ms: u64,
     /// Print the run's figures as JSON when it stops.
     #[arg(long)]
     pub json: bool,
@@ -43,6 +48,9 @@ pub fn sync(config: &Config, args: SyncArgs) -> anyhow::Result<ExitCode> {
     options.exit_when_drained = args.exit_when_drained;
     options.give_up_after = args.give_up_after;
     options.window = usize::from(args.window);
+    options.backoff_min = std::time::Duration::from_millis(args.backoff_min_ms);
+    options.backoff_max =
+        std::time::Duration::from_millis(args.backoff_max_ms.max(args.backoff_min_ms));
     let task = Sync::new(config, store, options)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

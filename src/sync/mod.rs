@@ -254,6 +254,7 @@ impl Sync {
         let mut backoff = Backoff::new(self.options.backoff_min, self.options.backoff_max);
         let mut failures_in_a_row = 0u32;
         self.purge()?;
+
         loop {
             let mut session = self.start_session();
             let end = self.run_session(&mut session, &mut shutdown).await?;

@@ -277,15 +277,11 @@ impl Fleet {
                     Some(p) => {
                         let was = store.remove_do_not_call(&p)?;
                         store.audit("fleet", "dnc.remove", &id)?;
-                        succeeded(
-                            &id,
-                            "dnc.remove",
-                            if was {
-                                "number removed from the do-not-call list"
-                            } else {
-                                "number was not on the do-not-call list"
-                            },
-                        )
+                        let detail = [
+                            "number was not on the do-not-call list",
+                            "number removed from the do-not-call list",
+                        ][usize::from(was)];
+                        succeeded(&id, "dnc.remove", detail)
                     }
                 };
                 out.acks.push(ack);
@@ -324,15 +320,9 @@ impl Fleet {
                                 "fleet",
                             )?;
                             store.audit("fleet", "lead.push", &id)?;
-                            succeeded(
-                                &id,
-                                "lead.push",
-                                if new {
-                                    "lead stored for the dialer"
-                                } else {
-                                    "lead already stored"
-                                },
-                            )
+                            let detail = ["lead already stored", "lead stored for the dialer"]
+                                [usize::from(new)];
+                            succeeded(&id, "lead.push", detail)
                         }
                     }
                 };

@@ -322,6 +322,17 @@ fn mqtt(r: &mut Report, config: &Config) {
             }
         }
     }
+    if ok && m.tls {
+        if let Err(e) = crate::sync::tls::client_config(m) {
+            ok = false;
+            r.line(
+                Status::Fail,
+                "mqtt",
+                e.to_string(),
+                "give PEM files: the CA that signed the broker's certificate, this unit's certificate and its key",
+            );
+        }
+    }
     if ok {
         r.line(
             Status::Ok,

@@ -4,9 +4,11 @@
 mod audio_call;
 mod bench;
 mod doctor;
+mod fleet;
 mod llm;
 mod models_import;
 mod speech;
+mod sync;
 mod tts;
 
 use std::path::{Path, PathBuf};
@@ -82,10 +84,21 @@ pub enum Command {
     Llm(llm::LlmArgs),
     /// Speaks a text into a WAV file with the neural voice (or espeak-ng with --fallback).
     Tts(tts::TtsArgs),
+    /// Runs the sync task in the foreground: carries the outbox to the MQTT broker.
+    Sync(sync::SyncArgs),
+    /// The outbox of messages for the broker: status, list, retry.
+    #[command(subcommand)]
+    Outbox(sync::OutboxCommand),
+    /// Fleet signing keys and signed script manifests.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Outbox drain throughput (summaries/s) and the box's CPU while draining, against a
+    /// Mosquitto started for the run (or --broker).
+    Sync(sync::BenchSyncArgs),
     /// Agent time per caller turn (rules path) over the fixture conversations.
     Agent {
         /// How many times the fixture conversations are replayed.
@@ -199,6 +212,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config(ConfigCommand::Check) = cli.command {
         return Ok(config_check(config_path));
     }
+    if let Command::Fleet(cmd) = cli.command {
+        return fleet::run(cmd);
+    }
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -209,7 +225,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let log_target = cli.log.unwrap_or(config.logging.target);
     crate::system::logging::init(config.logging.level, log_target)?;
     match cli.command {
-        Command::Config(ConfigCommand::Check) => unreachable!("handled above"),
+        Command::Config(ConfigCommand::Check) | Command::Fleet(_) => unreachable!("handled above"),
         Command::Db(cmd) => db(&config, cmd),
         Command::Models(ModelsCommand::List) => models_list(&config),
         Command::Models(ModelsCommand::Import(args)) => models_import::run(&config, args),
@@ -247,6 +263,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Llm(args) => llm::run(&config, args),
         Command::Tts(args) => tts::run(&config, args),
+        Command::Sync(args) => sync::sync(&config, args),
+        Command::Bench(BenchCommand::Sync(args)) => sync::bench(&config, args),
+        Command::Outbox(cmd) => sync::outbox(&config, cmd),
     }
 }
 
@@ -271,6 +290,10 @@ fn config_check(path: Option<&Path>) -> ExitCode {
                 None => println!("  mqtt        none (summaries stay in the outbox)"),
             }
             println!("  script      {}", config.agent.script);
+            if !config.fleet.keys.is_empty() {
+                let ids: Vec<&str> = config.fleet.keys.keys().map(String::as_str).collect();
+                println!("  fleet keys  {}", ids.join(", "));
+            }
             ExitCode::SUCCESS
         }
         Err(e @ ConfigError::Invalid { .. }) => {

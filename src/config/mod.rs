@@ -79,6 +79,7 @@ pub struct Config {
     pub audio: AudioConfig,
     pub modem: Option<ModemConfig>,
     pub mqtt: Option<MqttConfig>,
+    pub fleet: FleetConfig,
     pub logging: LoggingConfig,
 }
 
@@ -180,6 +181,12 @@ pub struct MqttConfig {
     pub keepalive_s: u32,
 }
 
+/// The fleet's script-signing public keys, by key id (ed25519, 32 bytes).
+#[derive(Debug, Clone, Default)]
+pub struct FleetConfig {
+    pub keys: std::collections::BTreeMap<String, [u8; 32]>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
@@ -223,7 +230,16 @@ struct RawConfig {
     modem: Option<RawModem>,
     mqtt: Option<RawMqtt>,
     #[serde(default)]
+    fleet: RawFleet,
+    #[serde(default)]
     logging: RawLogging,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    #[serde(default)]
+    keys: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -506,6 +522,7 @@ impl Validator<'_> {
             ModemConfig { port: m.port, baud }
         });
         let mqtt = raw.mqtt.map(|m| self.mqtt(m, &unit.id));
+        let fleet = self.fleet(raw.fleet);
         let logging = LoggingConfig {
             level: raw.logging.level.unwrap_or(LogLevel::Info),
             target: raw.logging.target.unwrap_or(LogTarget::Auto),
@@ -520,6 +537,7 @@ impl Validator<'_> {
             audio,
             modem,
             mqtt,
+            fleet,
             logging,
         }
     }
@@ -679,6 +697,34 @@ impl Validator<'_> {
             user: raw.user,
             password_file: self.existing_file("sip.password_file", raw.password_file),
         }
+    }
+
+    fn fleet(&mut self, raw: RawFleet) -> FleetConfig {
+        let mut keys = std::collections::BTreeMap::new();
+        for (id, hex_key) in raw.keys {
+            let key = format!("fleet.keys.{id}");
+            if !is_topic_safe_id(&id) {
+                self.report(
+                    &key,
+                    "the key id must be 1-64 of a-z 0-9 - _",
+                    "e.g. fleet-2026",
+                );
+            }
+            match hex::decode(hex_key.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            {
+                Some(bytes) => {
+                    keys.insert(id, bytes);
+                }
+                None => self.report(
+                    &key,
+                    "is not an ed25519 public key",
+                    "64 hex digits, as printed by `callbox fleet keygen`",
+                ),
+            }
+        }
+        FleetConfig { keys }
     }
 
     fn mqtt(&mut self, raw: RawMqtt, unit_id: &str) -> MqttConfig {

@@ -225,3 +225,17 @@ fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncé\nx", 3), (2, 1));
     assert_eq!(line_col("abc", 2), (1, 3));
 }
+
+#[test]
+fn fleet_keys_are_ed25519_public_keys_in_hex() {
+    let key = "11".repeat(32);
+    let text = format!("{GOOD}\n[fleet.keys]\nfleet-a = \"{key}\"\n");
+    let c = Config::parse(&text, "test.toml", ConfigSource::File("test.toml".into())).unwrap();
+    assert_eq!(c.fleet.keys["fleet-a"], [0x11; 32]);
+
+    let p = one_problem(&format!("{GOOD}\n[fleet.keys]\nfleet-a = \"abcd\"\n"));
+    assert_eq!(p.key, "fleet.keys.fleet-a");
+    assert!(p.valid.contains("callbox fleet keygen"), "{p:?}");
+    let p = one_problem(&format!("{GOOD}\n[fleet.keys]\n\"Fleet A\" = \"{key}\"\n"));
+    assert_eq!(p.key, "fleet.keys.Fleet A");
+}

@@ -13,7 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
 
 /// Forward-only migrations; index `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -31,6 +31,7 @@ pub const TABLES: &[&str] = &[
     "do_not_call",
     "scripts",
     "audit_log",
+    "leads",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +180,27 @@ pub struct OutboxRow {
     pub delivered_at: Option<String>,
 }
 
+/// A lead for an outbound call, as the fleet pushed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lead {
+    pub id: String,
+    pub phone: String,
+    pub name: Option<String>,
+    /// Further fields from the fleet, as JSON.
+    pub detail: String,
+}
+
+/// The outbox at a glance, for `callbox outbox status` and the health report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxStatus {
+    pub pending: i64,
+    pub delivered_kept: i64,
+    pub oldest_pending_at: Option<String>,
+    pub last_delivered_at: Option<String>,
+    /// Undelivered rows that were published at least once (a resend may duplicate them).
+    pub pending_attempted: i64,
+}
+
 /// A business script as stored: its exact text, with the hash and (for fleet updates) signature.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredScript {
@@ -309,7 +331,16 @@ impl Store {
             });
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
-            let tx = self.conn.transaction().map_err(map_write_error)?;
+            // Another process (the sync task, a call) may be migrating the same file right now:
+            // take the write lock first and skip a step it has already applied.
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(map_write_error)?;
+            let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now > index as u32 {
+                continue;
+            }
             tx.execute_batch(sql).map_err(map_write_error)?;
             tx.pragma_update(None, "user_version", index as u32 + 1)?;
             tx.commit().map_err(map_write_error)?;
@@ -408,10 +439,15 @@ impl Store {
 
     /// Undelivered outbox messages, oldest first.
     pub fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>> {
-        let mut stmt = self.conn.prepare(
+        self.outbox_rows("WHERE delivered_at IS NULL ORDER BY seq", limit)
+    }
+
+    /// Outbox rows selected and ordered by `tail` (a fixed SQL clause), at most `limit`.
+    fn outbox_rows(&self, tail: &str, limit: usize) -> Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT seq, message_id, topic, payload, created_at, attempts, delivered_at
-             FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
-        )?;
+             FROM outbox {tail} LIMIT ?1"
+        ))?;
         let rows = stmt
             .query_map([limit as i64], |r| {
                 Ok(OutboxRow {
@@ -442,6 +478,105 @@ impl Store {
             return Err(StoreError::UnknownMessage(message_id.into()));
         }
         Ok(())
+    }
+
+    /// Marks several messages delivered in one transaction (the sync task batches PUBACKs).
+    /// Unknown or already delivered ids are skipped. Returns how many rows changed.
+    pub fn mark_delivered_many(&mut self, message_ids: &[String]) -> Result<usize> {
+        let tx = self.conn.transaction().map_err(map_write_error)?;
+        let at = now_rfc3339();
+        let mut changed = 0;
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE outbox SET delivered_at = ?2 WHERE message_id = ?1 AND delivered_at IS NULL",
+            )?;
+            for id in message_ids {
+                changed += stmt.execute(params![id, at]).map_err(map_write_error)?;
+            }
+        }
+        tx.commit().map_err(map_write_error)?;
+        Ok(changed)
+    }
+
+    /// Counts one more publish attempt for each message, in one transaction.
+    pub fn note_attempts(&mut self, message_ids: &[String]) -> Result<()> {
+        let tx = self.conn.transaction().map_err(map_write_error)?;
+        let at = now_rfc3339();
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE outbox SET attempts = attempts + 1, last_attempt_at = ?2 WHERE message_id = ?1",
+            )?;
+            for id in message_ids {
+                stmt.execute(params![id, at]).map_err(map_write_error)?;
+            }
+        }
+        tx.commit().map_err(map_write_error)
+    }
+
+    /// Queues a message for the broker (events, fleet outcomes); the sync task publishes it.
+    pub fn enqueue_outbox(&mut self, message: &OutboxMessage) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO outbox (message_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![message.message_id, message.topic, message.payload, now_rfc3339()],
+            )
+            .map_err(map_write_error)?;
+        Ok(())
+    }
+
+    /// Outbox figures: undelivered rows, delivered rows still kept, the oldest undelivered
+    /// message's creation time and the newest delivery time.
+    pub fn outbox_status(&self) -> Result<OutboxStatus> {
+        Ok(self.conn.query_row(
+            "SELECT
+                (SELECT count(*) FROM outbox WHERE delivered_at IS NULL),
+                (SELECT count(*) FROM outbox WHERE delivered_at IS NOT NULL),
+                (SELECT min(created_at) FROM outbox WHERE delivered_at IS NULL),
+                (SELECT max(delivered_at) FROM outbox),
+                (SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND attempts > 0)",
+            [],
+            |r| {
+                Ok(OutboxStatus {
+                    pending: r.get(0)?,
+                    delivered_kept: r.get(1)?,
+                    oldest_pending_at: r.get(2)?,
+                    last_delivered_at: r.get(3)?,
+                    pending_attempted: r.get(4)?,
+                })
+            },
+        )?)
+    }
+
+    /// The newest outbox rows, delivered or not, newest first.
+    pub fn recent_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>> {
+        self.outbox_rows("ORDER BY seq DESC", limit)
+    }
+
+    /// Queues a delivered message again (the CRM lost it); it keeps its id so the CRM can still
+    /// drop a duplicate. Returns whether the message was delivered before.
+    pub fn requeue_outbox(&mut self, message_id: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE outbox SET delivered_at = NULL WHERE message_id = ?1 AND delivered_at IS NOT NULL",
+                [message_id],
+            )
+            .map_err(map_write_error)?;
+        if n == 0 && !self.outbox_exists(message_id)? {
+            return Err(StoreError::UnknownMessage(message_id.into()));
+        }
+        Ok(n == 1)
+    }
+
+    /// Deletes delivered outbox rows delivered before `before` (RFC 3339); undelivered rows are
+    /// never purged. Returns how many rows went.
+    pub fn purge_delivered_outbox(&mut self, before: &str) -> Result<usize> {
+        self.conn
+            .execute(
+                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
+                [before],
+            )
+            .map_err(map_write_error)
     }
 
     fn outbox_exists(&self, message_id: &str) -> Result<bool> {
@@ -506,8 +641,8 @@ impl Store {
             tx.execute("UPDATE scripts SET active = 0 WHERE active = 1", [])
                 .map_err(map_write_error)?;
             tx.execute(
-                "UPDATE scripts SET active = 1 WHERE name = ?1 AND version = ?2",
-                params![script.name, script.version],
+                "UPDATE scripts SET active = 1, activated_at = ?3 WHERE name = ?1 AND version = ?2",
+                params![script.name, script.version, now_rfc3339()],
             )
             .map_err(map_write_error)?;
         }
@@ -539,17 +674,94 @@ impl Store {
             .query_row(
                 "SELECT name, version, sha256, signature, body FROM scripts WHERE active = 1",
                 [],
-                |r| {
-                    Ok(StoredScript {
-                        name: r.get(0)?,
-                        version: r.get(1)?,
-                        sha256: r.get(2)?,
-                        signature: r.get(3)?,
-                        body: r.get(4)?,
-                    })
-                },
+                script_row,
             )
             .optional()?)
+    }
+
+    /// Every installed version of a script, as stored.
+    pub fn script_versions(&self, name: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT version FROM scripts WHERE name = ?1")?;
+        let rows = stmt
+            .query_map([name], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The script that was active before the active one (the most recently activated other
+    /// script), for a rollback.
+    pub fn previous_script(&self) -> Result<Option<StoredScript>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, version, sha256, signature, body FROM scripts
+                 WHERE active = 0 AND activated_at IS NOT NULL
+                 ORDER BY activated_at DESC, rowid DESC LIMIT 1",
+                [],
+                script_row,
+            )
+            .optional()?)
+    }
+
+    /// Removes a number from the do-not-call list; returns whether it was there.
+    pub fn remove_do_not_call(&mut self, phone: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM do_not_call WHERE phone = ?1", [phone])
+            .map_err(map_write_error)?;
+        Ok(n > 0)
+    }
+
+    /// Stores a lead for the dialer; a lead id already stored is left as it is. Returns whether
+    /// it was new.
+    pub fn add_lead(&mut self, lead: &Lead, source: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "INSERT INTO leads (id, phone, name, detail, source, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING",
+                params![
+                    lead.id,
+                    lead.phone,
+                    lead.name,
+                    lead.detail,
+                    source,
+                    now_rfc3339()
+                ],
+            )
+            .map_err(map_write_error)?;
+        Ok(n > 0)
+    }
+
+    /// Leads not yet dialed, oldest first.
+    pub fn leads_to_dial(&self) -> Result<Vec<Lead>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, phone, name, detail FROM leads WHERE dialed_at IS NULL ORDER BY received_at, id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Lead {
+                    id: r.get(0)?,
+                    phone: r.get(1)?,
+                    name: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The newest audit entries (action, detail), newest first.
+    pub fn recent_audit(&self, limit: usize) -> Result<Vec<(String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT action, detail FROM audit_log ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     pub fn audit(&mut self, actor: &str, action: &str, detail: &str) -> Result<()> {
@@ -561,6 +773,16 @@ impl Store {
             .map_err(map_write_error)?;
         Ok(())
     }
+}
+
+fn script_row(r: &rusqlite::Row) -> rusqlite::Result<StoredScript> {
+    Ok(StoredScript {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        sha256: r.get(2)?,
+        signature: r.get(3)?,
+        body: r.get(4)?,
+    })
 }
 
 fn add_dnc(conn: &Connection, phone: &str, source: &str, reason: &str) -> rusqlite::Result<usize> {

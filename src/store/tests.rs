@@ -347,3 +347,70 @@ fn one_script_is_active_and_installs_are_audited() {
     assert_eq!(counts["scripts"], 2);
     assert_eq!(counts["audit_log"], 3);
 }
+
+#[test]
+fn a_version_1_database_migrates_to_2_keeping_its_active_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callbox.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO scripts (name, version, sha256, body, active, installed_at)
+             VALUES ('clinic', '1.0.0', 'ab', 'x', 1, '2026-01-01T00:00:00.000Z')",
+            [],
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path, None, OpenMode::CreateAndMigrate).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.active_script().unwrap().unwrap().version, "1.0.0");
+    store
+        .install_script(&stored("1.1.0", "b"), true, "fleet")
+        .unwrap();
+    let previous = store.previous_script().unwrap().expect("the v1 script");
+    assert_eq!(previous.version, "1.0.0");
+}
+
+#[test]
+fn batched_deliveries_requeue_and_retention_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = fresh(&dir);
+    for id in ["a", "b", "c"] {
+        store.record_finished_call(&sample_call(id)).unwrap();
+    }
+    let ids: Vec<String> = vec!["sum-a".into(), "sum-b".into(), "nope".into()];
+    store.note_attempts(&ids[..2]).unwrap();
+    assert_eq!(store.mark_delivered_many(&ids).unwrap(), 2);
+    let status = store.outbox_status().unwrap();
+    assert_eq!((status.pending, status.delivered_kept), (1, 2));
+    assert_eq!(
+        store.pending_outbox(10).unwrap()[0].message.message_id,
+        "sum-c"
+    );
+    assert!(store.requeue_outbox("sum-a").unwrap());
+    assert!(
+        !store.requeue_outbox("sum-c").unwrap(),
+        "c was never delivered"
+    );
+    assert!(matches!(
+        store.requeue_outbox("nope"),
+        Err(StoreError::UnknownMessage(_))
+    ));
+    assert_eq!(store.outbox_status().unwrap().pending_attempted, 1);
+    // Only delivered rows older than the cut-off go; undelivered rows never do.
+    assert_eq!(
+        store
+            .purge_delivered_outbox("2000-01-01T00:00:00Z")
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .purge_delivered_outbox("9999-01-01T00:00:00Z")
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.outbox_status().unwrap().pending, 2);
+}

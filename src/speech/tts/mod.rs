@@ -4,7 +4,8 @@
 //! fallback voice.
 pub mod espeak;
 pub mod import;
-pub mod onnx;
+/// The ONNX reader, shared with the other importers; kept here under its old path too.
+pub use super::onnx;
 pub mod phonemes;
 pub mod text;
 pub mod vits;

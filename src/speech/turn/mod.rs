@@ -1,0 +1,277 @@
+//! End of the caller's turn: Smart Turn v3 on candle. Given the last 8 s of the caller's audio
+//! when they pause, it says how likely it is that they finished their turn (rather than pausing
+//! mid-sentence or between the digits of a number), so the call can answer sooner when they are
+//! done and wait when they are not.
+//!
+//! The model is a Whisper-tiny-style encoder (two convolutions, learned positions, four pre-norm
+//! transformer layers of width 384 over 400 positions) on 8 s of log-mel features, then an
+//! attention pooling over time and a small classifier to one logit. Its input is prepared as the
+//! reference pipeline does: the audio cut to its last 8 s or zero-padded at the start,
+//! normalized to zero mean and unit variance, and turned into Whisper's 80-bin log-mel
+//! spectrogram (centered STFT, 800 frames, clamp to max − 8, (x + 4) / 4).
+//!
+//! The weights come from `callbox models import smart-turn-v3` ([`import`]), which dequantizes
+//! the int8 ONNX file into f32 safetensors.
+
+pub mod import;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
+
+use super::stt::mel;
+
+/// The sub-directory of the model directory the importer writes.
+pub const CANDLE_DIR: &str = "candle";
+/// Samples per second of the model's input.
+pub const SAMPLE_RATE: usize = 16_000;
+/// The model looks at the last 8 s.
+pub const WINDOW_SAMPLES: usize = 8 * SAMPLE_RATE;
+/// Feature frames of the window (10 ms hop).
+pub const FRAMES: usize = 800;
+const N_MELS: usize = 80;
+const D_MODEL: usize = 384;
+const HEADS: usize = 6;
+const LAYERS: usize = 4;
+const FFN: usize = 1536;
+const POOL: usize = 256;
+const LN_EPS: f64 = 1e-5;
+/// The reference normalizes the waveform with this added to the variance.
+const NORM_EPS: f64 = 1e-7;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    #[error("{dir}: Smart Turn is not imported; run `callbox models import smart-turn-v3`")]
+    NotImported { dir: String },
+    #[error("Smart Turn weights {path}: {source}")]
+    Weights {
+        path: String,
+        source: candle_core::Error,
+    },
+    #[error("Smart Turn inference: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+type Result<T> = std::result::Result<T, TurnError>;
+
+struct EncoderLayer {
+    attn_norm: LayerNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    ffn_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl EncoderLayer {
+    fn load(vb: VarBuilder) -> candle_core::Result<EncoderLayer> {
+        let attn = vb.pp("self_attn");
+        Ok(EncoderLayer {
+            attn_norm: candle_nn::layer_norm(D_MODEL, LN_EPS, vb.pp("self_attn_layer_norm"))?,
+            q: candle_nn::linear(D_MODEL, D_MODEL, attn.pp("q_proj"))?,
+            k: candle_nn::linear_no_bias(D_MODEL, D_MODEL, attn.pp("k_proj"))?,
+            v: candle_nn::linear(D_MODEL, D_MODEL, attn.pp("v_proj"))?,
+            out: candle_nn::linear(D_MODEL, D_MODEL, attn.pp("out_proj"))?,
+            ffn_norm: candle_nn::layer_norm(D_MODEL, LN_EPS, vb.pp("final_layer_norm"))?,
+            fc1: candle_nn::linear(D_MODEL, FFN, vb.pp("fc1"))?,
+            fc2: candle_nn::linear(FFN, D_MODEL, vb.pp("fc2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let head_dim = D_MODEL / HEADS;
+        let h = self.attn_norm.forward(x)?;
+        let heads = |y: Tensor| {
+            y.reshape((b, t, HEADS, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let scale = (head_dim as f64).powf(-0.5);
+        let q = heads((self.q.forward(&h)? * scale)?)?;
+        let k = heads(self.k.forward(&h)?)?;
+        let v = heads(self.v.forward(&h)?)?;
+        let scores = q.matmul(&k.t()?)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let attended = weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, D_MODEL))?;
+        let x = (x + self.out.forward(&attended)?)?;
+        let h = self.ffn_norm.forward(&x)?;
+        let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu_erf()?)?;
+        x + h
+    }
+}
+
+/// Smart Turn v3: the encoder and the pooling classifier. Shareable between calls.
+pub struct EndOfTurn {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    positions: Tensor,
+    layers: Vec<EncoderLayer>,
+    final_norm: LayerNorm,
+    pool_hidden: Linear,
+    pool_score: Linear,
+    classifier: [Linear; 3],
+    classifier_norm: LayerNorm,
+    filters: Vec<f32>,
+}
+
+impl EndOfTurn {
+    /// Loads the imported weights of the model directory `dir` (e.g.
+    /// `~/.cache/callbox/models/smart-turn-v3`).
+    pub fn load(dir: &Path) -> Result<EndOfTurn> {
+        let path: PathBuf = dir.join(CANDLE_DIR).join(import::WEIGHTS_FILE);
+        if !path.is_file() {
+            return Err(TurnError::NotImported {
+                dir: dir.display().to_string(),
+            });
+        }
+        let weights_err = |source| TurnError::Weights {
+            path: path.display().to_string(),
+            source,
+        };
+        // SAFETY: the file is memory-mapped read-only; the importer replaces it by renaming a
+        // new file into place, never by writing into it.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu)
+                .map_err(weights_err)?
+        };
+        EndOfTurn::from_var_builder(vb).map_err(weights_err)
+    }
+
+    fn from_var_builder(vb: VarBuilder) -> candle_core::Result<EndOfTurn> {
+        let enc = vb.pp("encoder");
+        let conv = |stride| Conv1dConfig {
+            padding: 1,
+            stride,
+            ..Conv1dConfig::default()
+        };
+        let layers = (0..LAYERS)
+            .map(|i| EncoderLayer::load(enc.pp(format!("layers.{i}"))))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let cls = vb.pp("classifier");
+        Ok(EndOfTurn {
+            conv1: candle_nn::conv1d(N_MELS, D_MODEL, 3, conv(1), enc.pp("conv1"))?,
+            conv2: candle_nn::conv1d(D_MODEL, D_MODEL, 3, conv(2), enc.pp("conv2"))?,
+            positions: enc.get((FRAMES / 2, D_MODEL), "embed_positions.weight")?,
+            layers,
+            final_norm: candle_nn::layer_norm(D_MODEL, LN_EPS, enc.pp("layer_norm"))?,
+            pool_hidden: candle_nn::linear(D_MODEL, POOL, vb.pp("pool_attention.0"))?,
+            pool_score: candle_nn::linear(POOL, 1, vb.pp("pool_attention.2"))?,
+            classifier: [
+                candle_nn::linear(D_MODEL, POOL, cls.pp("0"))?,
+                candle_nn::linear(POOL, 64, cls.pp("4"))?,
+                candle_nn::linear(64, 1, cls.pp("6"))?,
+            ],
+            classifier_norm: candle_nn::layer_norm(POOL, LN_EPS, cls.pp("1"))?,
+            filters: mel::mel_filters(SAMPLE_RATE, mel::N_FFT, N_MELS),
+        })
+    }
+
+    /// The probability that the turn is complete, from the caller's latest audio (16 kHz, in
+    /// [-1, 1]); only the last 8 s are used, shorter audio is padded with silence at the start.
+    pub fn probability(&self, samples_16k: &[f32]) -> Result<f32> {
+        let features = self.features(samples_16k);
+        let input = Tensor::from_vec(features, (1, N_MELS, FRAMES), &Device::Cpu)?;
+        self.probability_of_features(&input)
+    }
+
+    /// The model's input for `samples_16k`: `[80, 800]` log-mel features, row-major.
+    pub fn features(&self, samples_16k: &[f32]) -> Vec<f32> {
+        let mut window = vec![0f32; WINDOW_SAMPLES.saturating_sub(samples_16k.len())];
+        window.extend_from_slice(&samples_16k[samples_16k.len().saturating_sub(WINDOW_SAMPLES)..]);
+        let n = window.len() as f64;
+        let mean = window.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = window
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let inv_std = 1.0 / (var + NORM_EPS).sqrt();
+        let normalized: Vec<f32> = window
+            .iter()
+            .map(|&v| ((f64::from(v) - mean) * inv_std) as f32)
+            .collect();
+        // A centered STFT: reflect-pad half a window on both sides, so frame i is centered on
+        // sample i·hop; frame 800 (the end of the audio) is left out, as the reference does.
+        let half = mel::N_FFT / 2;
+        let last = normalized.len() - 1;
+        let mut padded = Vec::with_capacity(normalized.len() + 2 * half);
+        padded.extend((1..=half).rev().map(|i| normalized[i]));
+        padded.extend_from_slice(&normalized);
+        padded.extend((1..=half).map(|i| normalized[last - i]));
+        let spec = candle_transformers::models::whisper::audio::log_mel_spectrogram_(
+            &padded,
+            &self.filters,
+            mel::N_FFT,
+            mel::HOP_LENGTH,
+            N_MELS,
+            false,
+        );
+        let n_len = spec.len() / N_MELS;
+        let mut out = Vec::with_capacity(N_MELS * FRAMES);
+        for row in spec.chunks_exact(n_len) {
+            out.extend_from_slice(&row[..FRAMES]);
+        }
+        // candle clamps to (max − 8) over all the frames it computed, some past the window;
+        // clamp again to the window's own maximum (in the scaled units, 8 / 4 = 2).
+        let max = out.iter().copied().fold(f32::MIN, f32::max);
+        for v in &mut out {
+            *v = v.max(max - 2.0);
+        }
+        out
+    }
+
+    /// The probability for prepared features `[1, 80, 800]`.
+    pub fn probability_of_features(&self, features: &Tensor) -> Result<f32> {
+        let x = self.conv1.forward(features)?.gelu_erf()?;
+        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let mut x = x.transpose(1, 2)?.broadcast_add(&self.positions)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        let x = self.final_norm.forward(&x)?;
+        // Attention pooling over time.
+        let scores = self
+            .pool_score
+            .forward(&self.pool_hidden.forward(&x)?.tanh()?)?;
+        let weights = candle_nn::ops::softmax(&scores, 1)?;
+        let pooled = x.broadcast_mul(&weights)?.sum(1)?;
+        let h = self.classifier[0].forward(&pooled)?;
+        let h = self.classifier_norm.forward(&h)?.gelu_erf()?;
+        let h = self.classifier[1].forward(&h)?.gelu_erf()?;
+        let logit = self.classifier[2].forward(&h)?;
+        let p = candle_nn::ops::sigmoid(&logit)?.flatten_all()?.get(0)?;
+        Ok(p.to_scalar::<f32>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_without_import_names_the_command() {
+        let dir = tempfile::tempdir().map(|d| d.path().to_path_buf());
+        let e = dir
+            .map_err(|e| e.to_string())
+            .and_then(|d| EndOfTurn::load(&d).map(|_| ()).map_err(|e| e.to_string()));
+        assert!(
+            e.as_ref()
+                .err()
+                .is_some_and(|e| e.contains("callbox models import smart-turn-v3")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn model_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<EndOfTurn>();
+    }
+}

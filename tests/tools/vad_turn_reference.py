@@ -1,0 +1,91 @@
+# The reference side of tests/vad_turn.rs: Silero VAD and Smart Turn v3 run by onnxruntime on
+# the clips the test wrote (16 kHz mono float32 little-endian, one `N.f32` per clip), with the
+# input preparation of their reference pipeline written out here in numpy.
+# Usage: python vad_turn_reference.py silero_vad.onnx smart-turn.onnx CLIP_DIR COUNT > result.json
+import json
+import sys
+
+import numpy as np
+import onnxruntime as ort
+
+silero_path, turn_path, clip_dir, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+silero = ort.InferenceSession(silero_path, options, providers=["CPUExecutionProvider"])
+turn = ort.InferenceSession(turn_path, options, providers=["CPUExecutionProvider"])
+
+
+def vad(samples):
+    """Speech probability of each 512-sample window, with 64 samples of context and the
+    recurrent state carried from window to window."""
+    state = np.zeros((2, 1, 128), np.float32)
+    context = np.zeros((1, 64), np.float32)
+    out = []
+    for start in range(0, len(samples) - 511, 512):
+        x = np.concatenate([context, samples[None, start : start + 512]], axis=1)
+        p, state = silero.run(
+            None, {"input": x, "state": state, "sr": np.array(16000, dtype=np.int64)}
+        )
+        context = x[:, -64:]
+        out.append(float(p[0, 0]))
+    return out
+
+
+def slaney_mel(hz):
+    hz = np.asarray(hz, np.float64)
+    linear = hz / (200.0 / 3.0)
+    log = 15.0 + np.log(np.maximum(hz, 1e-9) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log, linear)
+
+
+def slaney_hz(mel):
+    mel = np.asarray(mel, np.float64)
+    linear = mel * (200.0 / 3.0)
+    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))
+    return np.where(mel >= 15.0, log, linear)
+
+
+def mel_filters(n_mels=80, n_fft=400, rate=16000):
+    bins = np.arange(n_fft // 2 + 1) * rate / n_fft
+    edges = slaney_hz(np.linspace(slaney_mel(0.0), slaney_mel(rate / 2), n_mels + 2))
+    filters = np.zeros((n_mels, len(bins)))
+    for m in range(n_mels):
+        lo, mid, hi = edges[m], edges[m + 1], edges[m + 2]
+        rise = (bins - lo) / (mid - lo)
+        fall = (hi - bins) / (hi - mid)
+        filters[m] = np.maximum(0.0, np.minimum(rise, fall)) * 2.0 / (hi - lo)
+    return filters
+
+
+FILTERS = mel_filters()
+
+
+def features(samples):
+    """Whisper-style log-mel of the last 8 s (zero-padded at the start), the waveform first
+    normalized to zero mean and unit variance; 800 centered frames."""
+    n = 8 * 16000
+    x = samples[-n:]
+    x = np.concatenate([np.zeros(n - len(x), np.float32), x]).astype(np.float32)
+    x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+    padded = np.pad(x.astype(np.float64), 200, mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
+    frames = np.stack([padded[i * 160 : i * 160 + 400] for i in range(800)]) * window
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    log_mel = np.log10(np.maximum(FILTERS @ power.T, 1e-10))
+    log_mel = np.maximum(log_mel, log_mel.max() - 8.0)
+    return ((log_mel + 4.0) / 4.0).astype(np.float32)
+
+
+results = []
+for i in range(count):
+    samples = np.fromfile(f"{clip_dir}/{i}.f32", dtype="<f4")
+    f = features(samples)
+    p = turn.run(None, {"input_features": f[None]})[0]
+    results.append(
+        {
+            "vad": vad(samples),
+            "turn": float(np.asarray(p).ravel()[0]),
+            "features": f.ravel().tolist() if i == 0 else [],
+        }
+    )
+json.dump(results, sys.stdout)

@@ -18,15 +18,27 @@ use callbox::speech::vad::{Vad, VadModel, WINDOW};
 const RATE: usize = 16_000;
 /// Samples of a 20 ms frame.
 const FRAME: usize = 320;
-/// Largest difference in probability allowed between candle and onnxruntime.
+/// Largest difference in speech probability allowed between candle and onnxruntime.
 const VAD_TOLERANCE: f32 = 0.02;
+/// Smart Turn against the shipped graph with its activations' 8-bit quantize/dequantize pairs
+/// removed (the weights still dequantized from int8), which is what the candle port computes.
+/// Against the int8 graph itself no tolerance holds: rounding activations to 8 bits at 78 points
+/// makes its output jump with the order of summation (onnxruntime's fused kernels and its
+/// node-by-node run differ by up to 0.24 on one input), so those figures are printed, not held.
 const TURN_TOLERANCE: f32 = 0.02;
 
+/// The first two are the behaviour test's: on espeak-ng speech Smart Turn's judgement of a
+/// sentence cut mid-word is often wrong (it calls many cut sentences complete and many complete
+/// ones unfinished: it was trained on human speech), so the behaviour test uses sentences where
+/// the model's reading of this voice is clear, and guards the port and its input preparation
+/// (a wrong feature or weight erases that margin) rather than the model's accuracy.
 const SENTENCES: [&str; 3] = [
+    "I need to speak with someone about my bill.",
+    "My name is John Smith.",
     "I would like to book an appointment for next Tuesday morning.",
-    "My date of birth is the fourth of July, nineteen eighty two.",
-    "Can you tell the doctor that my prescription has run out?",
 ];
+/// How many of [`SENTENCES`] the behaviour test uses.
+const CLEAR_SENTENCES: usize = 2;
 
 fn models_dir() -> PathBuf {
     callbox::models::default_models_dir()
@@ -142,7 +154,12 @@ fn clips() -> &'static Clips {
 #[derive(serde::Deserialize)]
 struct Reference {
     vad: Vec<f32>,
+    /// Smart Turn as onnxruntime runs it with all optimizations (fused int8 kernels).
     turn: f32,
+    /// Smart Turn with every quantize/dequantize pair computed as the graph specifies.
+    turn_literal: f32,
+    /// Smart Turn with the activations' quantize/dequantize pairs removed: what candle computes.
+    turn_f32: f32,
     features: Vec<f32>,
 }
 
@@ -294,23 +311,31 @@ fn smart_turn_features_match_the_reference_preparation() {
 #[test]
 fn smart_turn_matches_onnxruntime() {
     let reference = reference();
+    let mut worst = 0f32;
     for (i, clip) in clips().clips.iter().enumerate() {
         let ours = end_of_turn()
             .probability(&to_f32(clip))
             .expect("Smart Turn runs");
-        let theirs = reference[i].turn;
-        println!("clip {i}: candle {ours:.4}, onnxruntime {theirs:.4}");
+        let r = &reference[i];
+        println!(
+            "clip {i}: candle {ours:.4}, onnxruntime f32 activations {:.4}; int8 graph fused {:.4}, node by node {:.4}",
+            r.turn_f32, r.turn, r.turn_literal
+        );
+        let d = (ours - r.turn_f32).abs();
+        worst = worst.max(d);
         assert!(
-            (ours - theirs).abs() < TURN_TOLERANCE,
-            "clip {i}: candle {ours}, onnxruntime {theirs}"
+            d < TURN_TOLERANCE,
+            "clip {i}: candle {ours}, onnxruntime {}",
+            r.turn_f32
         );
     }
+    println!("Smart Turn: largest |Δp| against onnxruntime {worst:.2e}");
 }
 
 #[test]
 fn a_complete_sentence_ends_the_turn_more_than_one_cut_mid_word() {
     let c = clips();
-    for &(complete, cut) in &c.pairs {
+    for &(complete, cut) in &c.pairs[..CLEAR_SENTENCES] {
         let p_complete = end_of_turn()
             .probability(&to_f32(&c.clips[complete]))
             .expect("Smart Turn runs");
@@ -319,7 +344,7 @@ fn a_complete_sentence_ends_the_turn_more_than_one_cut_mid_word() {
             .expect("Smart Turn runs");
         println!("complete {p_complete:.3}, cut mid-word {p_cut:.3}");
         assert!(
-            p_complete > p_cut,
+            p_complete > 0.5 && p_cut < 0.5 && p_complete - p_cut > 0.3,
             "complete {p_complete} should exceed cut {p_cut}"
         );
     }

@@ -96,6 +96,18 @@ pub enum BenchCommand {
     },
     /// Speech to text: load time, latency and real-time factor on ~2 s and ~6 s utterances.
     Stt(speech::BenchSttArgs),
+    /// Silero VAD cost per 20 ms frame and Smart Turn cost per end-of-turn decision.
+    Turn {
+        /// Seconds of audio the VAD runs over.
+        #[arg(long, default_value_t = 60)]
+        seconds: usize,
+        /// Smart Turn decisions timed.
+        #[arg(long, default_value_t = 20)]
+        decisions: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The configured language model: load time, prompt and generation tok/s, time to first
     /// token with and without the cached prefix, scorer time per turn.
     Llm {
@@ -224,6 +236,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 llm::print_bench(&stats);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Turn {
+            seconds,
+            decisions,
+            json,
+        }) => {
+            let stats = bench::turn(&config.models.dir, seconds.max(1), decisions.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                bench::print_turn(&stats);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,11 +1,16 @@
 # The reference side of tests/vad_turn.rs: Silero VAD and Smart Turn v3 run by onnxruntime on
 # the clips the test wrote (16 kHz mono float32 little-endian, one `N.f32` per clip), with the
 # input preparation of their reference pipeline written out here in numpy.
+# Smart Turn runs three ways: as its reference pipeline runs it (all graph optimizations, which
+# fuse the quantize/dequantize pairs into int8 kernels); node by node as the graph is written; and
+# with the activations' quantize/dequantize pairs taken out (weights still dequantized from
+# int8), which is what the candle port computes.
 # Usage: python vad_turn_reference.py silero_vad.onnx smart-turn.onnx CLIP_DIR COUNT > result.json
 import json
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 silero_path, turn_path, clip_dir, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -13,6 +18,47 @@ options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 silero = ort.InferenceSession(silero_path, options, providers=["CPUExecutionProvider"])
 turn = ort.InferenceSession(turn_path, options, providers=["CPUExecutionProvider"])
+literal = ort.SessionOptions()
+literal.intra_op_num_threads = 1
+literal.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+turn_literal = ort.InferenceSession(turn_path, literal, providers=["CPUExecutionProvider"])
+
+
+def without_activation_quantization(path):
+    """The graph with every QuantizeLinear -> DequantizeLinear pair on an activation removed:
+    the consumers of the dequantized value read the value before quantization."""
+    model = onnx.load(path)
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    quantized = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear"}
+    rename, dropped = {}, set()
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] not in weights:
+            q = quantized.get(node.input[0])
+            if q is not None and q.input[0] not in weights:
+                rename[node.output[0]] = q.input[0]
+                dropped.update([node.output[0], q.output[0]])
+    kept = []
+    for node in graph.node:
+        if node.output[0] in dropped:
+            continue
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        for i, name in enumerate(copy.input):
+            copy.input[i] = rename.get(name, name)
+        kept.append(copy)
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in kept for name in node.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+    return model.SerializeToString()
+
+
+turn_f32 = ort.InferenceSession(
+    without_activation_quantization(turn_path), options, providers=["CPUExecutionProvider"]
+)
 
 
 def vad(samples):
@@ -81,11 +127,15 @@ for i in range(count):
     samples = np.fromfile(f"{clip_dir}/{i}.f32", dtype="<f4")
     f = features(samples)
     p = turn.run(None, {"input_features": f[None]})[0]
+    p_literal = turn_literal.run(None, {"input_features": f[None]})[0]
+    p_f32 = turn_f32.run(None, {"input_features": f[None]})[0]
     results.append(
         {
             "vad": vad(samples),
             "turn": float(np.asarray(p).ravel()[0]),
-            "features": f.ravel().tolist() if i == 0 else [],
+            "turn_literal": float(np.asarray(p_literal).ravel()[0]),
+            "turn_f32": float(np.asarray(p_f32).ravel()[0]),
+            "features": f.ravel().tolist(),
         }
     )
 json.dump(results, sys.stdout)

@@ -19,7 +19,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Written last: the size and modification time of the source, so an unchanged import is skipped.
 const STAMP_FILE: &str = "import.stamp";
 /// Changes when the importer's output changes, so older imports are redone.
-const IMPORTER_VERSION: &str = "smart-turn-import-1";
+const IMPORTER_VERSION: &str = "smart-turn-import-3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TurnImportError {

@@ -11,7 +11,11 @@
 //! spectrogram (centered STFT, 800 frames, clamp to max − 8, (x + 4) / 4).
 //!
 //! The weights come from `callbox models import smart-turn-v3` ([`import`]), which dequantizes
-//! the int8 ONNX file into f32 safetensors.
+//! the int8 ONNX file into f32 safetensors. The activations are computed in f32: the shipped
+//! graph also rounds them to 8 bits at 78 points, which makes its output jump with the order of
+//! summation (onnxruntime's fused int8 kernels and the same graph run node by node differ by up
+//! to 0.24 on the same input, and a 2·10⁻⁴ change of the features moves it as much); in f32
+//! the same input gives the same answer, and nearby inputs nearby answers.
 
 pub mod import;
 
@@ -55,6 +59,14 @@ pub enum TurnError {
 
 type Result<T> = std::result::Result<T, TurnError>;
 
+fn linear(
+    vb: &VarBuilder,
+    module: &str,
+    (inputs, outputs): (usize, usize),
+) -> candle_core::Result<Linear> {
+    candle_nn::linear(inputs, outputs, vb.pp(module))
+}
+
 struct EncoderLayer {
     attn_norm: LayerNorm,
     q: Linear,
@@ -67,17 +79,26 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(vb: VarBuilder) -> candle_core::Result<EncoderLayer> {
-        let attn = vb.pp("self_attn");
+    fn load(vb: &VarBuilder, layer: &str) -> candle_core::Result<EncoderLayer> {
+        let attn = format!("{layer}.self_attn");
+        let square = (D_MODEL, D_MODEL);
         Ok(EncoderLayer {
-            attn_norm: candle_nn::layer_norm(D_MODEL, LN_EPS, vb.pp("self_attn_layer_norm"))?,
-            q: candle_nn::linear(D_MODEL, D_MODEL, attn.pp("q_proj"))?,
-            k: candle_nn::linear_no_bias(D_MODEL, D_MODEL, attn.pp("k_proj"))?,
-            v: candle_nn::linear(D_MODEL, D_MODEL, attn.pp("v_proj"))?,
-            out: candle_nn::linear(D_MODEL, D_MODEL, attn.pp("out_proj"))?,
-            ffn_norm: candle_nn::layer_norm(D_MODEL, LN_EPS, vb.pp("final_layer_norm"))?,
-            fc1: candle_nn::linear(D_MODEL, FFN, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(FFN, D_MODEL, vb.pp("fc2"))?,
+            attn_norm: candle_nn::layer_norm(
+                D_MODEL,
+                LN_EPS,
+                vb.pp(format!("{layer}.self_attn_layer_norm")),
+            )?,
+            q: linear(vb, &format!("{attn}.q_proj"), square)?,
+            k: candle_nn::linear_no_bias(D_MODEL, D_MODEL, vb.pp(format!("{attn}.k_proj")))?,
+            v: linear(vb, &format!("{attn}.v_proj"), square)?,
+            out: linear(vb, &format!("{attn}.out_proj"), square)?,
+            ffn_norm: candle_nn::layer_norm(
+                D_MODEL,
+                LN_EPS,
+                vb.pp(format!("{layer}.final_layer_norm")),
+            )?,
+            fc1: linear(vb, &format!("{layer}.fc1"), (D_MODEL, FFN))?,
+            fc2: linear(vb, &format!("{layer}.fc2"), (FFN, D_MODEL))?,
         })
     }
 
@@ -90,20 +111,17 @@ impl EncoderLayer {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let scale = (head_dim as f64).powf(-0.5);
-        let q = heads((self.q.forward(&h)? * scale)?)?;
+        let q = heads((self.q.forward(&h)? * (head_dim as f64).powf(-0.5))?)?;
         let k = heads(self.k.forward(&h)?)?;
         let v = heads(self.v.forward(&h)?)?;
-        let scores = q.matmul(&k.t()?)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let attended = weights
+        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let context = probs
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, D_MODEL))?;
-        let x = (x + self.out.forward(&attended)?)?;
-        let h = self.ffn_norm.forward(&x)?;
-        let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu_erf()?)?;
-        x + h
+        let x = (x + self.out.forward(&context)?)?;
+        let h = self.fc1.forward(&self.ffn_norm.forward(&x)?)?.gelu_erf()?;
+        x + self.fc2.forward(&h)?
     }
 }
 
@@ -141,35 +159,33 @@ impl EndOfTurn {
             VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu)
                 .map_err(weights_err)?
         };
-        EndOfTurn::from_var_builder(vb).map_err(weights_err)
+        EndOfTurn::from_var_builder(&vb).map_err(weights_err)
     }
 
-    fn from_var_builder(vb: VarBuilder) -> candle_core::Result<EndOfTurn> {
-        let enc = vb.pp("encoder");
+    fn from_var_builder(vb: &VarBuilder) -> candle_core::Result<EndOfTurn> {
         let conv = |stride| Conv1dConfig {
             padding: 1,
             stride,
             ..Conv1dConfig::default()
         };
         let layers = (0..LAYERS)
-            .map(|i| EncoderLayer::load(enc.pp(format!("layers.{i}"))))
+            .map(|i| EncoderLayer::load(vb, &format!("encoder.layers.{i}")))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let cls = vb.pp("classifier");
         Ok(EndOfTurn {
-            conv1: candle_nn::conv1d(N_MELS, D_MODEL, 3, conv(1), enc.pp("conv1"))?,
-            conv2: candle_nn::conv1d(D_MODEL, D_MODEL, 3, conv(2), enc.pp("conv2"))?,
-            positions: enc.get((FRAMES / 2, D_MODEL), "embed_positions.weight")?,
+            conv1: candle_nn::conv1d(N_MELS, D_MODEL, 3, conv(1), vb.pp("encoder.conv1"))?,
+            conv2: candle_nn::conv1d(D_MODEL, D_MODEL, 3, conv(2), vb.pp("encoder.conv2"))?,
+            positions: vb.get((FRAMES / 2, D_MODEL), "encoder.embed_positions.weight")?,
             layers,
-            final_norm: candle_nn::layer_norm(D_MODEL, LN_EPS, enc.pp("layer_norm"))?,
-            pool_hidden: candle_nn::linear(D_MODEL, POOL, vb.pp("pool_attention.0"))?,
-            pool_score: candle_nn::linear(POOL, 1, vb.pp("pool_attention.2"))?,
+            final_norm: candle_nn::layer_norm(D_MODEL, LN_EPS, vb.pp("encoder.layer_norm"))?,
+            pool_hidden: linear(vb, "pool_attention.0", (D_MODEL, POOL))?,
+            pool_score: linear(vb, "pool_attention.2", (POOL, 1))?,
             classifier: [
-                candle_nn::linear(D_MODEL, POOL, cls.pp("0"))?,
-                candle_nn::linear(POOL, 64, cls.pp("4"))?,
-                candle_nn::linear(64, 1, cls.pp("6"))?,
+                linear(vb, "classifier.0", (D_MODEL, POOL))?,
+                linear(vb, "classifier.4", (POOL, 64))?,
+                linear(vb, "classifier.6", (64, 1))?,
             ],
-            classifier_norm: candle_nn::layer_norm(POOL, LN_EPS, cls.pp("1"))?,
-            filters: mel::mel_filters(SAMPLE_RATE, mel::N_FFT, N_MELS),
+            classifier_norm: candle_nn::layer_norm(POOL, LN_EPS, vb.pp("classifier.1"))?,
+            filters: power_corrected_filters(),
         })
     }
 
@@ -242,13 +258,28 @@ impl EndOfTurn {
             .forward(&self.pool_hidden.forward(&x)?.tanh()?)?;
         let weights = candle_nn::ops::softmax(&scores, 1)?;
         let pooled = x.broadcast_mul(&weights)?.sum(1)?;
-        let h = self.classifier[0].forward(&pooled)?;
+        let [c0, c4, c6] = &self.classifier;
+        let h = c0.forward(&pooled)?;
         let h = self.classifier_norm.forward(&h)?.gelu_erf()?;
-        let h = self.classifier[1].forward(&h)?.gelu_erf()?;
-        let logit = self.classifier[2].forward(&h)?;
+        let h = c4.forward(&h)?.gelu_erf()?;
+        let logit = c6.forward(&h)?;
         let p = candle_nn::ops::sigmoid(&logit)?.flatten_all()?.get(0)?;
         Ok(p.to_scalar::<f32>()?)
     }
+}
+
+/// Whisper's mel filters, adjusted for candle's spectrogram: it adds each bin's mirror image to
+/// the power spectrum (as whisper.cpp does), doubling every bin but the first and the last,
+/// where the reference uses the one-sided power. Halving those filter weights undoes it exactly.
+fn power_corrected_filters() -> Vec<f32> {
+    let bins = mel::N_FFT / 2 + 1;
+    let mut filters = mel::mel_filters(SAMPLE_RATE, mel::N_FFT, N_MELS);
+    for row in filters.chunks_exact_mut(bins) {
+        for w in &mut row[1..bins - 1] {
+            *w /= 2.0;
+        }
+    }
+    filters
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //!
 //! Needs both models installed (`models/fetch`: `silero-vad`, `smart-turn-v3`), espeak-ng for the
 //! speech, and the reference runtimes' Python environment (`tests/tools/pyenv`, made on first
-//! use). Smart Turn is imported here if it was not yet (the import is idempotent).
+//! use; it has onnxruntime, numpy and onnx). Smart Turn is imported here if it was not yet (the
+//! import is idempotent). The reference side is `tests/tools/vad_turn_reference.py`.
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;

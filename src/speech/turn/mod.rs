@@ -14,8 +14,8 @@
 //! the int8 ONNX file into f32 safetensors. The activations are computed in f32: the shipped
 //! graph also rounds them to 8 bits at 78 points, which makes its output jump with the order of
 //! summation (onnxruntime's fused int8 kernels and the same graph run node by node differ by up
-//! to 0.24 on the same input, and a 2·10⁻⁴ change of the features moves it as much); in f32
-//! the same input gives the same answer, and nearby inputs nearby answers.
+//! to 0.24 on the same input); in f32 nearby inputs give nearby answers. See
+//! `docs/vad-and-end-of-turn.md`.
 
 pub mod import;
 

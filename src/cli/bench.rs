@@ -176,7 +176,7 @@ pub fn turn(
     let mut decision_times = Vec::new();
     for _ in 0..decisions {
         let start = Instant::now();
-        std::hint::black_box(eot.features(window));
+        std::hint::black_box(eot.features(window)?);
         feature_times.push(start.elapsed());
         let start = Instant::now();
         std::hint::black_box(eot.probability(window)?);

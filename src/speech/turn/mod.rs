@@ -136,7 +136,10 @@ pub struct EndOfTurn {
     pool_score: Linear,
     classifier: [Linear; 3],
     classifier_norm: LayerNorm,
-    filters: Vec<f32>,
+    /// The periodic Hann window times the DFT's cosines and negated sines, `[400, 2 x 201]`.
+    dft: Tensor,
+    /// Slaney mel filters, `[80, 201]`.
+    filters: Tensor,
 }
 
 impl EndOfTurn {
@@ -185,20 +188,25 @@ impl EndOfTurn {
                 linear(vb, "classifier.6", (64, 1))?,
             ],
             classifier_norm: candle_nn::layer_norm(POOL, LN_EPS, vb.pp("classifier.1"))?,
-            filters: power_corrected_filters(),
+            dft: windowed_dft()?,
+            filters: Tensor::from_vec(
+                mel::mel_filters(SAMPLE_RATE, mel::N_FFT, N_MELS),
+                (N_MELS, mel::N_FFT / 2 + 1),
+                &Device::Cpu,
+            )?,
         })
     }
 
     /// The probability that the turn is complete, from the caller's latest audio (16 kHz, in
     /// [-1, 1]); only the last 8 s are used, shorter audio is padded with silence at the start.
     pub fn probability(&self, samples_16k: &[f32]) -> Result<f32> {
-        let features = self.features(samples_16k);
+        let features = self.features(samples_16k)?;
         let input = Tensor::from_vec(features, (1, N_MELS, FRAMES), &Device::Cpu)?;
         self.probability_of_features(&input)
     }
 
     /// The model's input for `samples_16k`: `[80, 800]` log-mel features, row-major.
-    pub fn features(&self, samples_16k: &[f32]) -> Vec<f32> {
+    pub fn features(&self, samples_16k: &[f32]) -> Result<Vec<f32>> {
         let mut window = vec![0f32; WINDOW_SAMPLES.saturating_sub(samples_16k.len())];
         window.extend_from_slice(&samples_16k[samples_16k.len().saturating_sub(WINDOW_SAMPLES)..]);
         let n = window.len() as f64;
@@ -221,26 +229,26 @@ impl EndOfTurn {
         padded.extend((1..=half).rev().map(|i| normalized[i]));
         padded.extend_from_slice(&normalized);
         padded.extend((1..=half).map(|i| normalized[last - i]));
-        let spec = candle_transformers::models::whisper::audio::log_mel_spectrogram_(
-            &padded,
-            &self.filters,
-            mel::N_FFT,
-            mel::HOP_LENGTH,
-            N_MELS,
-            false,
-        );
-        let n_len = spec.len() / N_MELS;
-        let mut out = Vec::with_capacity(N_MELS * FRAMES);
-        for row in spec.chunks_exact(n_len) {
-            out.extend_from_slice(&row[..FRAMES]);
+        let mut frames = Vec::with_capacity(FRAMES * mel::N_FFT);
+        for i in 0..FRAMES {
+            let start = i * mel::HOP_LENGTH;
+            frames.extend_from_slice(&padded[start..start + mel::N_FFT]);
         }
-        // candle clamps to (max − 8) over all the frames it computed, some past the window;
-        // clamp again to the window's own maximum (in the scaled units, 8 / 4 = 2).
-        let max = out.iter().copied().fold(f32::MIN, f32::max);
-        for v in &mut out {
-            *v = v.max(max - 2.0);
-        }
-        out
+        let frames = Tensor::from_vec(frames, (FRAMES, mel::N_FFT), &Device::Cpu)?;
+        // The windowed DFT as one product: [800, 400] x [400, 2 x 201] (cosines, then sines).
+        let spectrum = frames.matmul(&self.dft)?;
+        let bins = mel::N_FFT / 2 + 1;
+        let power =
+            (spectrum.narrow(1, 0, bins)?.sqr()? + spectrum.narrow(1, bins, bins)?.sqr()?)?;
+        let log_mel = (self
+            .filters
+            .matmul(&power.t()?)?
+            .clamp(1e-10f32, f32::MAX)?
+            .log()?
+            / std::f64::consts::LN_10)?;
+        let max = log_mel.max_all()?.to_scalar::<f32>()?;
+        let scaled = ((log_mel.clamp(max - 8.0, f32::MAX)? + 4.0)? / 4.0)?;
+        Ok(scaled.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// The probability for prepared features `[1, 80, 800]`.
@@ -268,18 +276,23 @@ impl EndOfTurn {
     }
 }
 
-/// Whisper's mel filters, adjusted for candle's spectrogram: it adds each bin's mirror image to
-/// the power spectrum (as whisper.cpp does), doubling every bin but the first and the last,
-/// where the reference uses the one-sided power. Halving those filter weights undoes it exactly.
-fn power_corrected_filters() -> Vec<f32> {
-    let bins = mel::N_FFT / 2 + 1;
-    let mut filters = mel::mel_filters(SAMPLE_RATE, mel::N_FFT, N_MELS);
-    for row in filters.chunks_exact_mut(bins) {
-        for w in &mut row[1..bins - 1] {
-            *w /= 2.0;
+/// The real DFT of a periodic-Hann-windowed 400-sample frame as a matrix: column k is
+/// `w[n]·cos(2πkn/N)`, column 201 + k is `−w[n]·sin(2πkn/N)`.
+fn windowed_dft() -> candle_core::Result<Tensor> {
+    let n = mel::N_FFT;
+    let bins = n / 2 + 1;
+    let mut m = vec![0f32; n * 2 * bins];
+    for t in 0..n {
+        let phase = 2.0 * std::f64::consts::PI * t as f64 / n as f64;
+        let window = 0.5 - 0.5 * phase.cos();
+        for k in 0..bins {
+            // k·t mod n keeps the angle small and exact.
+            let angle = 2.0 * std::f64::consts::PI * ((k * t) % n) as f64 / n as f64;
+            m[t * 2 * bins + k] = (window * angle.cos()) as f32;
+            m[t * 2 * bins + bins + k] = (-window * angle.sin()) as f32;
         }
     }
-    filters
+    Tensor::from_vec(m, (n, 2 * bins), &Device::Cpu)
 }
 
 #[cfg(test)]

@@ -113,6 +113,18 @@ pub enum BenchCommand {
     /// Text to speech: load time, time to first audio, real-time factor and memory on a short
     /// and a long reply, beside Piper's own runtime when its Python environment exists.
     Tts(tts::BenchTtsArgs),
+    /// Silero VAD cost per 20 ms frame and Smart Turn cost per end-of-turn decision.
+    Turn {
+        /// Seconds of audio the VAD runs over.
+        #[arg(long, default_value_t = 60)]
+        seconds: usize,
+        /// Smart Turn decisions timed.
+        #[arg(long, default_value_t = 20)]
+        decisions: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The configured language model: load time, prompt and generation tok/s, time to first
     /// token with and without the cached prefix, scorer time per turn.
     Llm {
@@ -258,6 +270,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 llm::print_bench(&stats);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Turn {
+            seconds,
+            decisions,
+            json,
+        }) => {
+            let stats = bench::turn(&config.models.dir, seconds.max(1), decisions.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                bench::print_turn(&stats);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::models::{self, Manifest, ModelEntry};
 use crate::speech::stt::import::{import_model, ImportOptions, WeightDType};
 use crate::speech::tts::import::{self as tts_import, ImportOutcome};
+use crate::speech::turn::import::{self as turn_import, TurnImportOutcome};
 
 /// Sub-directory of a model's directory that its importer writes.
 pub const OUTPUT_DIR: &str = "candle";
@@ -36,7 +37,7 @@ pub struct ImportArgs {
 }
 
 fn has_importer(entry: &ModelEntry) -> bool {
-    entry.role == "stt" || VOICE_IMPORTERS.contains(&entry.id.as_str())
+    entry.role == "stt" || entry.role == "turn" || VOICE_IMPORTERS.contains(&entry.id.as_str())
 }
 
 pub(super) fn run(config: &Config, args: ImportArgs) -> anyhow::Result<ExitCode> {
@@ -104,6 +105,8 @@ pub(super) fn run(config: &Config, args: ImportArgs) -> anyhow::Result<ExitCode>
         }
         let result = if entry.role == "stt" {
             import_whisper(models_dir, entry, whisper)
+        } else if entry.role == "turn" {
+            import_smart_turn(models_dir, entry)
         } else {
             import_piper(models_dir, entry)
         };
@@ -136,6 +139,29 @@ fn import_whisper(
             report.out_dir.display(),
             started.elapsed().as_secs_f64()
         );
+    }
+    Ok(())
+}
+
+fn import_smart_turn(models_dir: &Path, entry: &ModelEntry) -> anyhow::Result<()> {
+    let onnx = entry
+        .files
+        .iter()
+        .find(|f| f.path.ends_with(".onnx"))
+        .map(|f| entry.file_path(models_dir, f))
+        .ok_or_else(|| anyhow::anyhow!("the manifest lists no `*.onnx` file"))?;
+    let out_dir = entry.dir(models_dir).join(OUTPUT_DIR);
+    match turn_import::import_smart_turn(&onnx, &out_dir)? {
+        TurnImportOutcome::Skipped { out_dir } => println!(
+            "{}: already imported from this file into {}; skipped",
+            entry.id,
+            out_dir.display()
+        ),
+        TurnImportOutcome::Imported { out_dir, weights } => println!(
+            "{}: {weights} weights dequantized to f32 into {}",
+            entry.id,
+            out_dir.join(turn_import::WEIGHTS_FILE).display()
+        ),
     }
     Ok(())
 }

@@ -5,14 +5,20 @@
 //! lives only here; the agent and the call session see text and audio.
 //!
 //! - [`audio`]: WAV files, resampling, G.711 µ-law.
+//! - [`onnx`]: the ONNX file reader the importers take weights from.
 //! - [`stt`]: Whisper speech to text.
 //! - [`llm`]: GGUF chat models, their tokenizer, generation and the intent scorer.
 //! - [`tts`]: text preparation, phonemes and voices.
+//! - [`vad`]: voice activity on 20 ms frames (Silero VAD on candle).
+//! - [`turn`]: end of the caller's turn (Smart Turn v3 on candle).
 //! - [`wer`]: word error rate, the measure of recognition and intelligibility.
 //! - [`testset`]: the spoken utterances and line conditions that measure recognition.
 pub mod audio;
 pub mod llm;
+pub mod onnx;
 pub mod stt;
 pub mod testset;
 pub mod tts;
+pub mod turn;
+pub mod vad;
 pub mod wer;

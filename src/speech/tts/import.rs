@@ -662,7 +662,7 @@ fn count(weights: &BTreeMap<String, Weight>, format: impl Fn(usize) -> String) -
 
 /// The convolution node whose weight input is `weight`, or whose module it is (the weights that
 /// were anonymous in the file).
-fn conv_of<'g>(graph: &'g Graph<'_>, weight: &str) -> Result<&'g Node> {
+fn conv_of<'g, 'a>(graph: &'g Graph<'a>, weight: &str) -> Result<&'g Node<'a>> {
     graph
         .nodes
         .iter()

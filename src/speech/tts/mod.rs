@@ -5,7 +5,8 @@
 pub mod cache;
 pub mod espeak;
 pub mod import;
-pub mod onnx;
+/// The ONNX reader, shared with the other importers; kept here under its old path too.
+pub use super::onnx;
 pub mod phonemes;
 pub mod resampler;
 pub mod speaker;

@@ -1,5 +1,6 @@
 //! A minimal reader of ONNX model files: just enough of `ModelProto` to take the weights and the
-//! graph structure out of an exported network (the Piper voice), without an ONNX runtime.
+//! graph structure out of an exported network (the Piper voice, Silero VAD, Smart Turn), without
+//! an ONNX runtime.
 //!
 //! ONNX files are protocol buffers. This module decodes the wire format by hand (varints and
 //! length-delimited fields) and keeps only what an importer needs: the graph's initializers
@@ -74,7 +75,7 @@ pub struct Model<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Graph<'a> {
     pub name: String,
-    pub nodes: Vec<Node>,
+    pub nodes: Vec<Node<'a>>,
     pub initializers: Vec<Tensor<'a>>,
     /// Names of the graph inputs (`ValueInfoProto.name`).
     pub inputs: Vec<String>,
@@ -83,17 +84,17 @@ pub struct Graph<'a> {
 }
 
 /// One operator of the graph.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Node {
+#[derive(Debug, Clone, Default)]
+pub struct Node<'a> {
     pub name: String,
     pub op_type: String,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
-    pub attributes: Vec<Attribute>,
+    pub attributes: Vec<Attribute<'a>>,
 }
 
-impl Node {
-    pub fn attribute(&self, name: &str) -> Option<&AttributeValue> {
+impl<'a> Node<'a> {
+    pub fn attribute(&self, name: &str) -> Option<&AttributeValue<'a>> {
         self.attributes
             .iter()
             .find(|a| a.name == name)
@@ -115,23 +116,43 @@ impl Node {
             _ => None,
         }
     }
+
+    /// A tensor attribute (`t`), e.g. the `value` of a `Constant` node.
+    pub fn tensor(&self, name: &str) -> Option<&Tensor<'a>> {
+        match self.attribute(name) {
+            Some(AttributeValue::Tensor(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// A graph attribute (`g`), e.g. the `then_branch` of an `If` node.
+    pub fn graph(&self, name: &str) -> Option<&Graph<'a>> {
+        match self.attribute(name) {
+            Some(AttributeValue::Graph(g)) => Some(g),
+            _ => None,
+        }
+    }
 }
 
-/// A node attribute (`AttributeProto`); tensor and graph attributes are not decoded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Attribute {
+/// A node attribute (`AttributeProto`).
+#[derive(Debug, Clone)]
+pub struct Attribute<'a> {
     pub name: String,
-    pub value: AttributeValue,
+    pub value: AttributeValue<'a>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum AttributeValue {
+#[derive(Debug, Clone)]
+pub enum AttributeValue<'a> {
     Float(f32),
     Int(i64),
     Bytes(Vec<u8>),
     Floats(Vec<f32>),
     Ints(Vec<i64>),
-    /// A kind this reader does not decode (tensor, graph, strings ...), with its `type` number.
+    /// A constant tensor (`t`), as `Constant` nodes carry their value.
+    Tensor(Box<Tensor<'a>>),
+    /// A subgraph (`g`), as the branches of `If` nodes.
+    Graph(Box<Graph<'a>>),
+    /// A kind this reader does not decode (strings, lists of tensors ...), with its `type` number.
     Other(i64),
 }
 
@@ -354,7 +375,7 @@ fn parse_value_info_name(mut r: Reader<'_>, ctx: &str) -> Result<String> {
     Ok(name)
 }
 
-fn parse_node(mut r: Reader<'_>, ctx: &str) -> Result<Node> {
+fn parse_node<'a>(mut r: Reader<'a>, ctx: &str) -> Result<Node<'a>> {
     let mut n = Node::default();
     while let Some((field, wire, at)) = r.key(ctx)? {
         match (field, wire) {
@@ -373,8 +394,10 @@ fn parse_node(mut r: Reader<'_>, ctx: &str) -> Result<Node> {
     Ok(n)
 }
 
-fn parse_attribute(mut r: Reader<'_>, ctx: &str) -> Result<Attribute> {
+fn parse_attribute<'a>(mut r: Reader<'a>, ctx: &str) -> Result<Attribute<'a>> {
     let mut name = String::new();
+    let mut tensor = None;
+    let mut graph = None;
     let mut f = None;
     let mut i = None;
     let mut s = None;
@@ -387,17 +410,39 @@ fn parse_attribute(mut r: Reader<'_>, ctx: &str) -> Result<Attribute> {
             (2, WIRE_FIXED32) => f = Some(r.f32(&format!("{ctx}.f"))?),
             (3, WIRE_VARINT) => i = Some(r.varint(&format!("{ctx}.i"))? as i64),
             (4, WIRE_LEN) => s = Some(r.bytes(&format!("{ctx}.s"))?.to_vec()),
+            (5, WIRE_LEN) => {
+                let tctx = format!("{ctx}.t");
+                tensor = Some(parse_tensor(r.sub(&tctx)?, &tctx)?);
+            }
+            (6, WIRE_LEN) => graph = Some(parse_graph(r.sub(&format!("{ctx}.g"))?)?),
             (7, WIRE_LEN) => r.packed_f32(&mut floats, &format!("{ctx}.floats"))?,
             (7, WIRE_FIXED32) => floats.push(r.f32(&format!("{ctx}.floats"))?),
             (8, WIRE_LEN) => r.packed_varints(&mut ints, &format!("{ctx}.ints"))?,
             (8, WIRE_VARINT) => ints.push(r.varint(&format!("{ctx}.ints"))? as i64),
             (20, WIRE_VARINT) => kind = r.varint(&format!("{ctx}.type"))? as i64,
-            (1 | 2 | 3 | 4 | 7 | 8 | 20, _) => return Err(r.wire_error(ctx, field, wire, at)),
+            (1..=8 | 20, _) => return Err(r.wire_error(ctx, field, wire, at)),
             _ => r.skip(ctx, field, wire, at)?,
         }
     }
-    // AttributeProto.AttributeType: FLOAT 1, INT 2, STRING 3, FLOATS 6, INTS 7.
-    let value = match kind {
+    // AttributeProto.AttributeType: FLOAT 1, INT 2, STRING 3, TENSOR 4, GRAPH 5, FLOATS 6,
+    // INTS 7.
+    let value = match (kind, tensor, graph) {
+        (4 | 0, Some(t), _) => AttributeValue::Tensor(Box::new(t)),
+        (5 | 0, _, Some(g)) => AttributeValue::Graph(Box::new(g)),
+        (kind, _, _) => scalar_attribute(kind, f, i, s, floats, ints),
+    };
+    Ok(Attribute { name, value })
+}
+
+fn scalar_attribute<'a>(
+    kind: i64,
+    f: Option<f32>,
+    i: Option<i64>,
+    s: Option<Vec<u8>>,
+    floats: Vec<f32>,
+    ints: Vec<i64>,
+) -> AttributeValue<'a> {
+    match kind {
         1 => AttributeValue::Float(f.unwrap_or(0.0)),
         2 => AttributeValue::Int(i.unwrap_or(0)),
         3 => AttributeValue::Bytes(s.unwrap_or_default()),
@@ -410,8 +455,7 @@ fn parse_attribute(mut r: Reader<'_>, ctx: &str) -> Result<Attribute> {
         0 if f.is_some() => AttributeValue::Float(f.unwrap_or(0.0)),
         0 if s.is_some() => AttributeValue::Bytes(s.unwrap_or_default()),
         other => AttributeValue::Other(other),
-    };
-    Ok(Attribute { name, value })
+    }
 }
 
 fn parse_tensor<'a>(mut r: Reader<'a>, ctx: &str) -> Result<Tensor<'a>> {

@@ -1,0 +1,321 @@
+//! End of the caller's turn: Smart Turn v3 on candle. Given the last 8 s of the caller's audio
+//! when they pause, it says how likely it is that they finished their turn (rather than pausing
+//! mid-sentence or between the digits of a number), so the call can answer sooner when they are
+//! done and wait when they are not.
+//!
+//! The model is a Whisper-tiny-style encoder (two convolutions, learned positions, four pre-norm
+//! transformer layers of width 384 over 400 positions) on 8 s of log-mel features, then an
+//! attention pooling over time and a small classifier to one logit. Its input is prepared as the
+//! reference pipeline does: the audio cut to its last 8 s or zero-padded at the start,
+//! normalized to zero mean and unit variance, and turned into Whisper's 80-bin log-mel
+//! spectrogram (centered STFT, 800 frames, clamp to max − 8, (x + 4) / 4).
+//!
+//! The weights come from `callbox models import smart-turn-v3` ([`import`]), which dequantizes
+//! the int8 ONNX file into f32 safetensors. The activations are computed in f32: the shipped
+//! graph also rounds them to 8 bits at 78 points, which makes its output jump with the order of
+//! summation (onnxruntime's fused int8 kernels and the same graph run node by node differ by up
+//! to 0.24 on the same input); in f32 nearby inputs give nearby answers. See
+//! `docs/vad-and-end-of-turn.md`.
+
+pub mod import;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
+
+use super::stt::mel;
+
+/// The sub-directory of the model directory the importer writes.
+pub const CANDLE_DIR: &str = "candle";
+/// Samples per second of the model's input.
+pub const SAMPLE_RATE: usize = 16_000;
+/// The model looks at the last 8 s.
+pub const WINDOW_SAMPLES: usize = 8 * SAMPLE_RATE;
+/// Feature frames of the window (10 ms hop).
+pub const FRAMES: usize = 800;
+const N_MELS: usize = 80;
+const D_MODEL: usize = 384;
+const HEADS: usize = 6;
+const LAYERS: usize = 4;
+const FFN: usize = 1536;
+const POOL: usize = 256;
+const LN_EPS: f64 = 1e-5;
+/// The reference normalizes the waveform with this added to the variance.
+const NORM_EPS: f64 = 1e-7;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    #[error("{dir}: Smart Turn is not imported; run `callbox models import smart-turn-v3`")]
+    NotImported { dir: String },
+    #[error("Smart Turn weights {path}: {source}")]
+    Weights {
+        path: String,
+        source: candle_core::Error,
+    },
+    #[error("Smart Turn inference: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+type Result<T> = std::result::Result<T, TurnError>;
+
+fn linear(
+    vb: &VarBuilder,
+    module: &str,
+    (inputs, outputs): (usize, usize),
+) -> candle_core::Result<Linear> {
+    candle_nn::linear(inputs, outputs, vb.pp(module))
+}
+
+struct EncoderLayer {
+    attn_norm: LayerNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    ffn_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl EncoderLayer {
+    fn load(vb: &VarBuilder, layer: &str) -> candle_core::Result<EncoderLayer> {
+        let attn = format!("{layer}.self_attn");
+        let square = (D_MODEL, D_MODEL);
+        Ok(EncoderLayer {
+            attn_norm: candle_nn::layer_norm(
+                D_MODEL,
+                LN_EPS,
+                vb.pp(format!("{layer}.self_attn_layer_norm")),
+            )?,
+            q: linear(vb, &format!("{attn}.q_proj"), square)?,
+            k: candle_nn::linear_no_bias(D_MODEL, D_MODEL, vb.pp(format!("{attn}.k_proj")))?,
+            v: linear(vb, &format!("{attn}.v_proj"), square)?,
+            out: linear(vb, &format!("{attn}.out_proj"), square)?,
+            ffn_norm: candle_nn::layer_norm(
+                D_MODEL,
+                LN_EPS,
+                vb.pp(format!("{layer}.final_layer_norm")),
+            )?,
+            fc1: linear(vb, &format!("{layer}.fc1"), (D_MODEL, FFN))?,
+            fc2: linear(vb, &format!("{layer}.fc2"), (FFN, D_MODEL))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let head_dim = D_MODEL / HEADS;
+        let h = self.attn_norm.forward(x)?;
+        let heads = |y: Tensor| {
+            y.reshape((b, t, HEADS, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads((self.q.forward(&h)? * (head_dim as f64).powf(-0.5))?)?;
+        let k = heads(self.k.forward(&h)?)?;
+        let v = heads(self.v.forward(&h)?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, D_MODEL))?;
+        let x = (x + self.out.forward(&context)?)?;
+        let h = self.fc1.forward(&self.ffn_norm.forward(&x)?)?.gelu_erf()?;
+        x + self.fc2.forward(&h)?
+    }
+}
+
+/// Smart Turn v3: the encoder and the pooling classifier. Shareable between calls.
+pub struct EndOfTurn {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    positions: Tensor,
+    layers: Vec<EncoderLayer>,
+    final_norm: LayerNorm,
+    pool_hidden: Linear,
+    pool_score: Linear,
+    classifier: [Linear; 3],
+    classifier_norm: LayerNorm,
+    /// The periodic Hann window times the DFT's cosines and negated sines, `[400, 2 x 201]`.
+    dft: Tensor,
+    /// Slaney mel filters, `[80, 201]`.
+    filters: Tensor,
+}
+
+impl EndOfTurn {
+    /// Loads the imported weights of the model directory `dir` (e.g.
+    /// `~/.cache/callbox/models/smart-turn-v3`).
+    pub fn load(dir: &Path) -> Result<EndOfTurn> {
+        let path: PathBuf = dir.join(CANDLE_DIR).join(import::WEIGHTS_FILE);
+        if !path.is_file() {
+            return Err(TurnError::NotImported {
+                dir: dir.display().to_string(),
+            });
+        }
+        let weights_err = |source| TurnError::Weights {
+            path: path.display().to_string(),
+            source,
+        };
+        // SAFETY: the file is memory-mapped read-only; the importer replaces it by renaming a
+        // new file into place, never by writing into it.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu)
+                .map_err(weights_err)?
+        };
+        EndOfTurn::from_var_builder(&vb).map_err(weights_err)
+    }
+
+    fn from_var_builder(vb: &VarBuilder) -> candle_core::Result<EndOfTurn> {
+        let conv = |stride| Conv1dConfig {
+            padding: 1,
+            stride,
+            ..Conv1dConfig::default()
+        };
+        let layers = (0..LAYERS)
+            .map(|i| EncoderLayer::load(vb, &format!("encoder.layers.{i}")))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(EndOfTurn {
+            conv1: candle_nn::conv1d(N_MELS, D_MODEL, 3, conv(1), vb.pp("encoder.conv1"))?,
+            conv2: candle_nn::conv1d(D_MODEL, D_MODEL, 3, conv(2), vb.pp("encoder.conv2"))?,
+            positions: vb.get((FRAMES / 2, D_MODEL), "encoder.embed_positions.weight")?,
+            layers,
+            final_norm: candle_nn::layer_norm(D_MODEL, LN_EPS, vb.pp("encoder.layer_norm"))?,
+            pool_hidden: linear(vb, "pool_attention.0", (D_MODEL, POOL))?,
+            pool_score: linear(vb, "pool_attention.2", (POOL, 1))?,
+            classifier: [
+                linear(vb, "classifier.0", (D_MODEL, POOL))?,
+                linear(vb, "classifier.4", (POOL, 64))?,
+                linear(vb, "classifier.6", (64, 1))?,
+            ],
+            classifier_norm: candle_nn::layer_norm(POOL, LN_EPS, vb.pp("classifier.1"))?,
+            dft: windowed_dft()?,
+            filters: Tensor::from_vec(
+                mel::mel_filters(SAMPLE_RATE, mel::N_FFT, N_MELS),
+                (N_MELS, mel::N_FFT / 2 + 1),
+                &Device::Cpu,
+            )?,
+        })
+    }
+
+    /// The probability that the turn is complete, from the caller's latest audio (16 kHz, in
+    /// [-1, 1]); only the last 8 s are used, shorter audio is padded with silence at the start.
+    pub fn probability(&self, samples_16k: &[f32]) -> Result<f32> {
+        let features = self.features(samples_16k)?;
+        let input = Tensor::from_vec(features, (1, N_MELS, FRAMES), &Device::Cpu)?;
+        self.probability_of_features(&input)
+    }
+
+    /// The model's input for `samples_16k`: `[80, 800]` log-mel features, row-major.
+    pub fn features(&self, samples_16k: &[f32]) -> Result<Vec<f32>> {
+        let mut window = vec![0f32; WINDOW_SAMPLES.saturating_sub(samples_16k.len())];
+        window.extend_from_slice(&samples_16k[samples_16k.len().saturating_sub(WINDOW_SAMPLES)..]);
+        let n = window.len() as f64;
+        let mean = window.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = window
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let inv_std = 1.0 / (var + NORM_EPS).sqrt();
+        let normalized: Vec<f32> = window
+            .iter()
+            .map(|&v| ((f64::from(v) - mean) * inv_std) as f32)
+            .collect();
+        // A centered STFT: reflect-pad half a window on both sides, so frame i is centered on
+        // sample i·hop; frame 800 (the end of the audio) is left out, as the reference does.
+        let half = mel::N_FFT / 2;
+        let last = normalized.len() - 1;
+        let mut padded = Vec::with_capacity(normalized.len() + 2 * half);
+        padded.extend((1..=half).rev().map(|i| normalized[i]));
+        padded.extend_from_slice(&normalized);
+        padded.extend((1..=half).map(|i| normalized[last - i]));
+        let mut frames = Vec::with_capacity(FRAMES * mel::N_FFT);
+        for i in 0..FRAMES {
+            let start = i * mel::HOP_LENGTH;
+            frames.extend_from_slice(&padded[start..start + mel::N_FFT]);
+        }
+        let frames = Tensor::from_vec(frames, (FRAMES, mel::N_FFT), &Device::Cpu)?;
+        // The windowed DFT as one product: [800, 400] x [400, 2 x 201] (cosines, then sines).
+        let spectrum = frames.matmul(&self.dft)?;
+        let bins = mel::N_FFT / 2 + 1;
+        let power =
+            (spectrum.narrow(1, 0, bins)?.sqr()? + spectrum.narrow(1, bins, bins)?.sqr()?)?;
+        let log_mel = (self
+            .filters
+            .matmul(&power.t()?)?
+            .clamp(1e-10f32, f32::MAX)?
+            .log()?
+            / std::f64::consts::LN_10)?;
+        let max = log_mel.max_all()?.to_scalar::<f32>()?;
+        let scaled = ((log_mel.clamp(max - 8.0, f32::MAX)? + 4.0)? / 4.0)?;
+        Ok(scaled.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// The probability for prepared features `[1, 80, 800]`.
+    pub fn probability_of_features(&self, features: &Tensor) -> Result<f32> {
+        let x = self.conv1.forward(features)?.gelu_erf()?;
+        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let mut x = x.transpose(1, 2)?.broadcast_add(&self.positions)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        let x = self.final_norm.forward(&x)?;
+        // Attention pooling over time.
+        let scores = self
+            .pool_score
+            .forward(&self.pool_hidden.forward(&x)?.tanh()?)?;
+        let weights = candle_nn::ops::softmax(&scores, 1)?;
+        let pooled = x.broadcast_mul(&weights)?.sum(1)?;
+        let [c0, c4, c6] = &self.classifier;
+        let h = c0.forward(&pooled)?;
+        let h = self.classifier_norm.forward(&h)?.gelu_erf()?;
+        let h = c4.forward(&h)?.gelu_erf()?;
+        let logit = c6.forward(&h)?;
+        let p = candle_nn::ops::sigmoid(&logit)?.flatten_all()?.get(0)?;
+        Ok(p.to_scalar::<f32>()?)
+    }
+}
+
+/// The real DFT of a periodic-Hann-windowed 400-sample frame as a matrix: column k is
+/// `w[n]·cos(2πkn/N)`, column 201 + k is `−w[n]·sin(2πkn/N)`.
+fn windowed_dft() -> candle_core::Result<Tensor> {
+    let n = mel::N_FFT;
+    let bins = n / 2 + 1;
+    let mut m = vec![0f32; n * 2 * bins];
+    for t in 0..n {
+        let phase = 2.0 * std::f64::consts::PI * t as f64 / n as f64;
+        let window = 0.5 - 0.5 * phase.cos();
+        for k in 0..bins {
+            // k·t mod n keeps the angle small and exact.
+            let angle = 2.0 * std::f64::consts::PI * ((k * t) % n) as f64 / n as f64;
+            m[t * 2 * bins + k] = (window * angle.cos()) as f32;
+            m[t * 2 * bins + bins + k] = (-window * angle.sin()) as f32;
+        }
+    }
+    Tensor::from_vec(m, (n, 2 * bins), &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_without_import_names_the_command() {
+        let dir = tempfile::tempdir().map(|d| d.path().to_path_buf());
+        let e = dir
+            .map_err(|e| e.to_string())
+            .and_then(|d| EndOfTurn::load(&d).map(|_| ()).map_err(|e| e.to_string()));
+        assert!(
+            e.as_ref()
+                .err()
+                .is_some_and(|e| e.contains("callbox models import smart-turn-v3")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn model_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<EndOfTurn>();
+    }
+}

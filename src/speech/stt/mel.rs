@@ -1,9 +1,11 @@
-//! Whisper's log-mel front end: the Slaney-scale mel filter bank (computed here, as librosa's
-//! `mel(sr=16000, n_fft=400, n_mels=80)` does, not shipped with the model) and the spectrogram
-//! (candle-transformers' `pcm_to_mel`: Hann window 400, hop 160, log10, clamp to max − 8,
-//! scaled (x + 4) / 4).
+//! Whisper's log-mel front end, shared by the recognizer and the end-of-turn model: the
+//! Slaney-scale mel filter bank (computed here, as librosa's `mel(sr=16000, n_fft=400, n_mels=80)`
+//! does, not shipped with the model) and the spectrogram as Whisper computes it: a centered STFT
+//! (periodic Hann window 400, hop 160) as one matrix product with a windowed-DFT matrix, power
+//! |X|², mel filters, log10, clamped to max − 8, scaled (x + 4) / 4.
 
-use candle_transformers::models::whisper::{self as w, audio};
+use candle_core::{Device, Tensor};
+use candle_transformers::models::whisper as w;
 
 pub const SAMPLE_RATE: usize = w::SAMPLE_RATE;
 pub const N_FFT: usize = w::N_FFT;
@@ -59,26 +61,90 @@ pub fn mel_filters(sample_rate: usize, n_fft: usize, n_mels: usize) -> Vec<f32> 
     out
 }
 
-/// The log-mel spectrogram of 16 kHz mono `samples`, `[n_mels, frames]` row-major, with
-/// `frames` the first frames of the (padded) spectrogram: 3000 for Whisper's 30 s window, or fewer
-/// to encode only the audio there is.
-pub fn log_mel(samples: &[f32], filters: &[f32], n_mels: usize, frames: usize) -> Vec<f32> {
-    // Whisper's STFT is centered: frame i covers samples around i·hop, the start reflect-padded
-    // by n_fft / 2 (candle's frames start at i·hop).
-    let half = N_FFT / 2;
-    let mut padded = Vec::with_capacity(samples.len() + half);
-    let reflect = half.min(samples.len().saturating_sub(1));
-    padded.resize(half - reflect, 0.0);
-    padded.extend((1..=reflect).rev().map(|i| samples[i]));
-    padded.extend_from_slice(samples);
-    let mel = audio::log_mel_spectrogram_(&padded, filters, N_FFT, HOP_LENGTH, n_mels, false);
-    let n_len = mel.len() / n_mels;
-    let frames = frames.min(n_len);
-    let mut out = Vec::with_capacity(n_mels * frames);
-    for row in mel.chunks_exact(n_len) {
-        out.extend_from_slice(&row[..frames]);
+/// The spectrogram's fixed matrices, made once per model.
+pub struct LogMel {
+    n_mels: usize,
+    /// `[n_fft, 2 · bins]`: column k is `w[n]·cos(2πkn/N)`, column bins + k is `−w[n]·sin(…)`.
+    dft: Tensor,
+    /// `[n_mels, bins]`.
+    filters: Tensor,
+}
+
+impl LogMel {
+    pub fn new(n_mels: usize) -> candle_core::Result<LogMel> {
+        let n = N_FFT;
+        let bins = n / 2 + 1;
+        let mut m = vec![0f32; n * 2 * bins];
+        for t in 0..n {
+            let phase = 2.0 * std::f64::consts::PI * t as f64 / n as f64;
+            let window = 0.5 - 0.5 * phase.cos();
+            for k in 0..bins {
+                // k·t mod n keeps the angle small and exact.
+                let angle = 2.0 * std::f64::consts::PI * ((k * t) % n) as f64 / n as f64;
+                m[t * 2 * bins + k] = (window * angle.cos()) as f32;
+                m[t * 2 * bins + bins + k] = (-window * angle.sin()) as f32;
+            }
+        }
+        Ok(LogMel {
+            n_mels,
+            dft: Tensor::from_vec(m, (n, 2 * bins), &Device::Cpu)?,
+            filters: Tensor::from_vec(
+                mel_filters(SAMPLE_RATE, n, n_mels),
+                (n_mels, bins),
+                &Device::Cpu,
+            )?,
+        })
     }
-    out
+
+    /// The scaled log-mel features `[n_mels, frames]` (row-major) of frames centered on
+    /// `i · hop` of `signal`, which is reflect-padded by half a window at the start and padded
+    /// after its end with `end` (Whisper pads audio with zeros; the end-of-turn model reflects).
+    pub fn features(
+        &self,
+        signal: &[f32],
+        frames: usize,
+        end: EndPadding,
+    ) -> candle_core::Result<Vec<f32>> {
+        let half = N_FFT / 2;
+        let needed = frames * HOP_LENGTH + N_FFT;
+        let mut padded = Vec::with_capacity(needed.max(signal.len() + 2 * half));
+        let reflect = half.min(signal.len().saturating_sub(1));
+        padded.resize(half - reflect, 0.0);
+        padded.extend((1..=reflect).rev().map(|i| signal[i]));
+        padded.extend_from_slice(signal);
+        if end == EndPadding::Reflect {
+            let last = signal.len().saturating_sub(1);
+            padded.extend((1..=half.min(last)).map(|i| signal[last - i]));
+        }
+        padded.resize(padded.len().max(needed), 0.0);
+        let mut windows = Vec::with_capacity(frames * N_FFT);
+        for i in 0..frames {
+            let start = i * HOP_LENGTH;
+            windows.extend_from_slice(&padded[start..start + N_FFT]);
+        }
+        let windows = Tensor::from_vec(windows, (frames, N_FFT), &Device::Cpu)?;
+        let spectrum = windows.matmul(&self.dft)?;
+        let bins = N_FFT / 2 + 1;
+        let power =
+            (spectrum.narrow(1, 0, bins)?.sqr()? + spectrum.narrow(1, bins, bins)?.sqr()?)?;
+        let log_mel = (self
+            .filters
+            .matmul(&power.t()?)?
+            .clamp(1e-10f32, f32::MAX)?
+            .log()?
+            / std::f64::consts::LN_10)?;
+        let max = log_mel.max_all()?.to_scalar::<f32>()?;
+        let scaled = ((log_mel.clamp(max - 8.0, f32::MAX)? + 4.0)? / 4.0)?;
+        debug_assert_eq!(scaled.dims(), [self.n_mels, frames]);
+        scaled.flatten_all()?.to_vec1::<f32>()
+    }
+}
+
+/// What follows the signal in the last frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndPadding {
+    Zeros,
+    Reflect,
 }
 
 #[cfg(test)]
@@ -106,11 +172,24 @@ mod tests {
     }
 
     #[test]
-    fn log_mel_has_requested_frames() {
-        let filters = mel_filters(16000, 400, 80);
-        let samples: Vec<f32> = (0..16000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
-        let m = log_mel(&samples, &filters, 80, 100);
+    fn log_mel_has_requested_frames_and_puts_a_tone_in_its_band() {
+        let mel = LogMel::new(80).unwrap();
+        // A 1 kHz tone: bin 25 of the DFT, in the mel filters around 1 kHz.
+        let samples: Vec<f32> = (0..16000)
+            .map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16000.0).sin() * 0.1)
+            .collect();
+        let m = mel.features(&samples, 100, EndPadding::Zeros).unwrap();
         assert_eq!(m.len(), 80 * 100);
         assert!(m.iter().all(|v| v.is_finite()));
+        let frame = 50;
+        let column: Vec<f32> = (0..80).map(|b| m[b * 100 + frame]).collect();
+        let loudest = (0..80)
+            .max_by(|&a, &b| column[a].total_cmp(&column[b]))
+            .unwrap();
+        let f = mel_filters(16000, 400, 80);
+        assert!(f[loudest * 201 + 25] > 0.0, "mel bin {loudest} holds 1 kHz");
+        // The scaling: at most 1.5 above (x + 4) / 4 of the max, 2 below it.
+        let max = m.iter().cloned().fold(f32::MIN, f32::max);
+        assert!(m.iter().all(|&v| v >= max - 2.0 - 1e-5));
     }
 }

@@ -193,7 +193,7 @@ pub struct SpeechToText {
     pool: Pool,
     config: CandleConfig,
     tokenizer: Tokenizer,
-    filters: Vec<f32>,
+    log_mel: mel::LogMel,
     /// `true` for token ids never produced: config's suppress tokens and every special token but
     /// end of text.
     suppress: Vec<bool>,
@@ -279,7 +279,7 @@ impl SpeechToText {
                 *s = true;
             }
         }
-        let filters = mel::mel_filters(mel::SAMPLE_RATE, mel::N_FFT, config.dims.num_mel_bins);
+        let log_mel = mel::LogMel::new(config.dims.num_mel_bins)?;
         Ok(SpeechToText {
             pool: Pool {
                 free: Mutex::new(models),
@@ -287,7 +287,7 @@ impl SpeechToText {
             },
             config,
             tokenizer,
-            filters,
+            log_mel,
             suppress,
             options,
             device,
@@ -364,7 +364,9 @@ impl SpeechToText {
             let f = f.max(MIN_FRAMES);
             (f + f % 2).min(mel::N_FRAMES)
         };
-        let mel = mel::log_mel(samples, &self.filters, n_mels, frames);
+        let mel = self
+            .log_mel
+            .features(samples, frames, mel::EndPadding::Zeros)?;
         let mel = Tensor::from_vec(mel, (1, n_mels, frames), &self.device)?;
         let mut lease = self.pool.take()?;
         let audio = lease.model().encode(&mel)?;

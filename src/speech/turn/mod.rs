@@ -136,10 +136,8 @@ pub struct EndOfTurn {
     pool_score: Linear,
     classifier: [Linear; 3],
     classifier_norm: LayerNorm,
-    /// The periodic Hann window times the DFT's cosines and negated sines, `[400, 2 x 201]`.
-    dft: Tensor,
-    /// Slaney mel filters, `[80, 201]`.
-    filters: Tensor,
+    /// Whisper's log-mel front end.
+    mel: mel::LogMel,
 }
 
 impl EndOfTurn {
@@ -188,12 +186,7 @@ impl EndOfTurn {
                 linear(vb, "classifier.6", (64, 1))?,
             ],
             classifier_norm: candle_nn::layer_norm(POOL, LN_EPS, vb.pp("classifier.1"))?,
-            dft: windowed_dft()?,
-            filters: Tensor::from_vec(
-                mel::mel_filters(SAMPLE_RATE, mel::N_FFT, N_MELS),
-                (N_MELS, mel::N_FFT / 2 + 1),
-                &Device::Cpu,
-            )?,
+            mel: mel::LogMel::new(N_MELS)?,
         })
     }
 
@@ -221,34 +214,10 @@ impl EndOfTurn {
             .iter()
             .map(|&v| ((f64::from(v) - mean) * inv_std) as f32)
             .collect();
-        // A centered STFT: reflect-pad half a window on both sides, so frame i is centered on
-        // sample i·hop; frame 800 (the end of the audio) is left out, as the reference does.
-        let half = mel::N_FFT / 2;
-        let last = normalized.len() - 1;
-        let mut padded = Vec::with_capacity(normalized.len() + 2 * half);
-        padded.extend((1..=half).rev().map(|i| normalized[i]));
-        padded.extend_from_slice(&normalized);
-        padded.extend((1..=half).map(|i| normalized[last - i]));
-        let mut frames = Vec::with_capacity(FRAMES * mel::N_FFT);
-        for i in 0..FRAMES {
-            let start = i * mel::HOP_LENGTH;
-            frames.extend_from_slice(&padded[start..start + mel::N_FFT]);
-        }
-        let frames = Tensor::from_vec(frames, (FRAMES, mel::N_FFT), &Device::Cpu)?;
-        // The windowed DFT as one product: [800, 400] x [400, 2 x 201] (cosines, then sines).
-        let spectrum = frames.matmul(&self.dft)?;
-        let bins = mel::N_FFT / 2 + 1;
-        let power =
-            (spectrum.narrow(1, 0, bins)?.sqr()? + spectrum.narrow(1, bins, bins)?.sqr()?)?;
-        let log_mel = (self
-            .filters
-            .matmul(&power.t()?)?
-            .clamp(1e-10f32, f32::MAX)?
-            .log()?
-            / std::f64::consts::LN_10)?;
-        let max = log_mel.max_all()?.to_scalar::<f32>()?;
-        let scaled = ((log_mel.clamp(max - 8.0, f32::MAX)? + 4.0)? / 4.0)?;
-        Ok(scaled.flatten_all()?.to_vec1::<f32>()?)
+        // Frame 800 (the end of the audio) is left out, as the reference does.
+        Ok(self
+            .mel
+            .features(&normalized, FRAMES, mel::EndPadding::Reflect)?)
     }
 
     /// The probability for prepared features `[1, 80, 800]`.
@@ -274,25 +243,6 @@ impl EndOfTurn {
         let p = candle_nn::ops::sigmoid(&logit)?.flatten_all()?.get(0)?;
         Ok(p.to_scalar::<f32>()?)
     }
-}
-
-/// The real DFT of a periodic-Hann-windowed 400-sample frame as a matrix: column k is
-/// `w[n]·cos(2πkn/N)`, column 201 + k is `−w[n]·sin(2πkn/N)`.
-fn windowed_dft() -> candle_core::Result<Tensor> {
-    let n = mel::N_FFT;
-    let bins = n / 2 + 1;
-    let mut m = vec![0f32; n * 2 * bins];
-    for t in 0..n {
-        let phase = 2.0 * std::f64::consts::PI * t as f64 / n as f64;
-        let window = 0.5 - 0.5 * phase.cos();
-        for k in 0..bins {
-            // k·t mod n keeps the angle small and exact.
-            let angle = 2.0 * std::f64::consts::PI * ((k * t) % n) as f64 / n as f64;
-            m[t * 2 * bins + k] = (window * angle.cos()) as f32;
-            m[t * 2 * bins + bins + k] = (-window * angle.sin()) as f32;
-        }
-    }
-    Tensor::from_vec(m, (n, 2 * bins), &Device::Cpu)
 }
 
 #[cfg(test)]

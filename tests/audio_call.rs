@@ -23,6 +23,7 @@ use callbox::speech::stt::import::{import_model, ImportOptions};
 use callbox::speech::stt::SpeechToText;
 use callbox::speech::testset::{self, Condition, Voice};
 use callbox::speech::tts::speaker::{Speaker, SpeakerOptions};
+use callbox::speech::vad::VadModel;
 use callbox::store::{OpenMode, Store};
 
 fn voices() -> &'static Voices {
@@ -40,9 +41,11 @@ fn voices() -> &'static Voices {
         speaker
             .prewarm(&Script::builtin("clinic").unwrap())
             .expect("prewarm the clinic's lines");
+        let vad = VadModel::load(&models.join("silero-vad/silero_vad.onnx")).expect("Silero VAD");
         Voices {
             stt: Arc::new(stt),
             speaker: Arc::new(speaker),
+            vad: Some(vad),
         }
     })
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use chrono::Duration;
 use tracing::{debug, info, warn};
 
-use super::endpoint::{Endpoint, EndpointOptions, Endpointer, EnergyVad};
+use super::endpoint::{detector, Endpoint, EndpointOptions, Endpointer};
 use super::{finished_call, CallError, TextCall, Utterance};
 use crate::agent::summary::{Direction, LineKind, Speaker as Who, TranscriptEntry};
 use crate::agent::{Agent, CallContext, Event, Reply, Script, Summary, Then};
@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::line::{to_f32, to_i16, Line, LineError, LineInput, TransferOutcome, FRAME_MS};
 use crate::speech::stt::SpeechToText;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeechStream};
+use crate::speech::vad::VadModel;
 use crate::store::{EventRow, Store, TurnRow};
 use crate::system::logging::mask_phone;
 
@@ -30,6 +31,8 @@ use crate::system::logging::mask_phone;
 pub struct Voices {
     pub stt: Arc<SpeechToText>,
     pub speaker: Arc<Speaker>,
+    /// Silero VAD's weights; without them the energy detector listens.
+    pub vad: Option<VadModel>,
 }
 
 /// When each step of a caller turn happened, in ms from the call's start.
@@ -128,7 +131,7 @@ pub fn run_audio_call(
     let mut session = Session {
         agent: Agent::new(script, ctx, None),
         voices: voices.clone(),
-        endpointer: Endpointer::new(Box::<EnergyVad>::default(), endpoint),
+        endpointer: Endpointer::new(detector(voices.vad.as_ref()), endpoint),
         turns: Vec::new(),
         timings: Vec::new(),
         barge_ins: Vec::new(),

@@ -13,6 +13,26 @@ pub trait VoiceActivity: Send {
     fn speech_probability(&mut self, frame: &Frame) -> f32;
 }
 
+/// Silero VAD on candle (the default when its model is installed): a call's own state over the
+/// shared weights. A frame the model fails on counts as not speech.
+impl VoiceActivity for crate::speech::vad::Vad {
+    fn speech_probability(&mut self, frame: &Frame) -> f32 {
+        self.push(frame).unwrap_or(0.0)
+    }
+}
+
+/// The best detector available: Silero VAD from `model` if given, else the energy detector.
+pub fn detector(model: Option<&crate::speech::vad::VadModel>) -> Box<dyn VoiceActivity> {
+    match model.map(|m| crate::speech::vad::Vad::new(m.clone())) {
+        Some(Ok(vad)) => Box::new(vad),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "Silero VAD unusable; the energy detector listens");
+            Box::<EnergyVad>::default()
+        }
+        None => Box::<EnergyVad>::default(),
+    }
+}
+
 /// Energy detector: a frame is speech when it stands well above the line's noise floor, which
 /// follows the quietest recent frames.
 #[derive(Debug, Clone)]

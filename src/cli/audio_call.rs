@@ -21,6 +21,7 @@ use crate::models::Manifest;
 use crate::speech::stt::SpeechToText;
 use crate::speech::testset::Condition;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeakerOptions};
+use crate::speech::vad::VadModel;
 use crate::store::Store;
 
 /// How the audio call is set up.
@@ -61,9 +62,20 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
         prewarmed.lines,
         started.elapsed().as_secs_f64()
     );
+    let vad = manifest
+        .get("silero-vad")
+        .map(|entry| entry.dir(&config.models.dir).join("silero_vad.onnx"))
+        .filter(|path| path.exists())
+        .map(|path| VadModel::load(&path))
+        .transpose()
+        .context("cannot load Silero VAD")?;
+    if vad.is_none() {
+        eprintln!("Silero VAD is not installed (models/fetch); the energy detector listens");
+    }
     Ok(Voices {
         stt: Arc::new(stt),
         speaker: Arc::new(speaker),
+        vad,
     })
 }
 

@@ -15,16 +15,15 @@ use chrono::Duration;
 use tracing::{debug, info, warn};
 
 use super::endpoint::{detector, Endpoint, EndpointOptions, Endpointer};
-use super::{finished_call, CallError, TextCall, Utterance};
-use crate::agent::summary::{Direction, LineKind, Speaker as Who, TranscriptEntry};
-use crate::agent::{Agent, CallContext, Event, Reply, Script, Summary, Then};
+use super::{finished_call, start_call, transcript, CallError, TextCall, Utterance};
+use crate::agent::summary::{LineKind, Speaker as Who};
+use crate::agent::{Agent, Event, Reply, Script, Summary, Then};
 use crate::config::Config;
 use crate::line::{to_f32, to_i16, Line, LineError, LineInput, TransferOutcome, FRAME_MS};
 use crate::speech::stt::SpeechToText;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeechStream};
 use crate::speech::vad::VadModel;
 use crate::store::{EventRow, Store, TurnRow};
-use crate::system::logging::mask_phone;
 
 /// The models a call uses, loaded once and shared by every call.
 #[derive(Clone)]
@@ -111,23 +110,7 @@ pub fn run_audio_call(
     store: &mut Store,
     watch: &mut dyn FnMut(Utterance),
 ) -> Result<AudioCallReport, CallError> {
-    let ctx = CallContext {
-        call_id: uuid::Uuid::now_v7().to_string(),
-        unit: config.unit.id.clone(),
-        direction: Direction::Inbound,
-        line: line_kind,
-        remote_number: call.remote_number.clone(),
-        started_at: call.started_at,
-        market: config.unit.market,
-        timezone: config.unit.timezone,
-        max_turns: config.agent.max_turns,
-    };
-    info!(
-        call = %ctx.call_id,
-        from = %ctx.remote_number.as_deref().map(mask_phone).unwrap_or_else(|| "withheld".into()),
-        script = %script.script.name,
-        "audio call started"
-    );
+    let ctx = start_call(config, &call, line_kind, &script);
     let mut session = Session {
         agent: Agent::new(script, ctx, None),
         voices: voices.clone(),
@@ -283,21 +266,7 @@ pub fn run_audio_call(
     let _ = worker.join();
 
     let ended_at = call.started_at + Duration::milliseconds(session.t_ms as i64);
-    let transcript = session
-        .turns
-        .iter()
-        .map(|t| TranscriptEntry {
-            t_ms: t.start_ms as u64,
-            speaker: if t.speaker == "agent" {
-                Who::Agent
-            } else {
-                Who::Caller
-            },
-            text: t.text.clone(),
-            interrupted: t.interrupted,
-        })
-        .collect();
-    let summary = session.agent.summary(ended_at, transcript);
+    let summary = session.agent.summary(ended_at, transcript(&session.turns));
     let mut events: Vec<EventRow> = Vec::new();
     for (i, timing) in session.timings.iter().enumerate() {
         events.push(EventRow {

@@ -66,23 +66,7 @@ pub fn run_text_call(
     store: &mut Store,
     watch: &mut dyn FnMut(Utterance),
 ) -> Result<Summary, CallError> {
-    let ctx = CallContext {
-        call_id: uuid::Uuid::now_v7().to_string(),
-        unit: config.unit.id.clone(),
-        direction: Direction::Inbound,
-        line: LineKind::Text,
-        remote_number: call.remote_number.clone(),
-        started_at: call.started_at,
-        market: config.unit.market,
-        timezone: config.unit.timezone,
-        max_turns: config.agent.max_turns,
-    };
-    info!(
-        call = %ctx.call_id,
-        from = %ctx.remote_number.as_deref().map(mask_phone).unwrap_or_else(|| "withheld".into()),
-        script = %script.script.name,
-        "call started"
-    );
+    let ctx = start_call(config, &call, LineKind::Text, &script);
     let mut agent = Agent::new(script, ctx.clone(), None);
     let mut turns: Vec<TurnRow> = Vec::new();
     let mut t_ms = 0u64;
@@ -133,7 +117,45 @@ pub fn run_text_call(
     }
 
     let ended_at = call.started_at + Duration::milliseconds(t_ms as i64);
-    let transcript = turns
+    let summary = agent.summary(ended_at, transcript(&turns));
+    let record = finished_call(config, &agent, &summary, turns, agent.events(), "text");
+    store.record_finished_call(&record)?;
+    info!(
+        call = %summary.call.id,
+        outcome = ?summary.outcome,
+        duration_s = summary.call.duration_s,
+        turns = summary.transcript.len(),
+        "call ended and recorded"
+    );
+    Ok(summary)
+}
+
+/// The context of a new inbound call on `line`, logged (the number masked) as it starts.
+fn start_call(config: &Config, call: &TextCall, line: LineKind, script: &Script) -> CallContext {
+    let ctx = CallContext {
+        call_id: uuid::Uuid::now_v7().to_string(),
+        unit: config.unit.id.clone(),
+        direction: Direction::Inbound,
+        line,
+        remote_number: call.remote_number.clone(),
+        started_at: call.started_at,
+        market: config.unit.market,
+        timezone: config.unit.timezone,
+        max_turns: config.agent.max_turns,
+    };
+    info!(
+        call = %ctx.call_id,
+        from = %ctx.remote_number.as_deref().map(mask_phone).unwrap_or_else(|| "withheld".into()),
+        script = %script.script.name,
+        line = ?line,
+        "call started"
+    );
+    ctx
+}
+
+/// The summary's transcript of the recorded turns.
+fn transcript(turns: &[TurnRow]) -> Vec<TranscriptEntry> {
+    turns
         .iter()
         .map(|t| TranscriptEntry {
             t_ms: t.start_ms as u64,
@@ -145,18 +167,7 @@ pub fn run_text_call(
             text: t.text.clone(),
             interrupted: t.interrupted,
         })
-        .collect();
-    let summary = agent.summary(ended_at, transcript);
-    let record = finished_call(config, &agent, &summary, turns, agent.events(), "text");
-    store.record_finished_call(&record)?;
-    info!(
-        call = %summary.call.id,
-        outcome = ?summary.outcome,
-        duration_s = summary.call.duration_s,
-        turns = summary.transcript.len(),
-        "call ended and recorded"
-    );
-    Ok(summary)
+        .collect()
 }
 
 fn speech_ms(text: &str) -> u64 {

@@ -136,7 +136,7 @@ fn call(script: &str, actions: Vec<CallerAction>, echo: Option<f32>, config: &Co
     }
 }
 
-fn slot<'a>(summary: &'a Summary, name: &str) -> Option<String> {
+fn slot(summary: &Summary, name: &str) -> Option<String> {
     let v = serde_json::to_value(summary).unwrap();
     v["slots"][name].as_str().map(str::to_string)
 }

@@ -15,7 +15,7 @@ use chrono::Duration;
 use tracing::{debug, info, warn};
 
 use super::endpoint::{detector, Endpoint, EndpointOptions, Endpointer};
-use super::{finished_call, start_call, transcript, CallError, TextCall, Utterance};
+use super::{record_call, start_call, transcript, CallError, TextCall, Utterance};
 use crate::agent::summary::{LineKind, Speaker as Who};
 use crate::agent::{Agent, Event, Reply, Script, Summary, Then};
 use crate::config::Config;
@@ -282,39 +282,23 @@ pub fn run_audio_call(
             detail: serde_json::to_string(b).unwrap_or_default(),
         });
     }
-    let mut record = finished_call(
+    let turns = std::mem::take(&mut session.turns);
+    record_call(
         config,
         &session.agent,
         &summary,
-        std::mem::take(&mut session.turns),
-        session.agent.events(),
-        line_kind_name(line_kind),
-    );
-    record.events.extend(events);
-    store.record_finished_call(&record)?;
-    info!(
-        call = %summary.call.id,
-        outcome = ?summary.outcome,
-        duration_s = summary.call.duration_s,
-        turns = summary.transcript.len(),
-        caller_hung_up,
-        "audio call ended and recorded"
-    );
+        turns,
+        line_kind,
+        events,
+        store,
+    )?;
+    debug!(caller_hung_up, "audio call over");
     Ok(AudioCallReport {
         summary,
         turns: session.timings,
         greeting_first_audio_ms: session.greeting_first_audio_ms,
         barge_ins: session.barge_ins,
     })
-}
-
-fn line_kind_name(kind: LineKind) -> &'static str {
-    match kind {
-        LineKind::Sip => "sip",
-        LineKind::Modem => "modem",
-        LineKind::AudioFile => "audio_file",
-        LineKind::Text => "text",
-    }
 }
 
 struct Session {

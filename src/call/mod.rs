@@ -118,15 +118,15 @@ pub fn run_text_call(
 
     let ended_at = call.started_at + Duration::milliseconds(t_ms as i64);
     let summary = agent.summary(ended_at, transcript(&turns));
-    let record = finished_call(config, &agent, &summary, turns, agent.events(), "text");
-    store.record_finished_call(&record)?;
-    info!(
-        call = %summary.call.id,
-        outcome = ?summary.outcome,
-        duration_s = summary.call.duration_s,
-        turns = summary.transcript.len(),
-        "call ended and recorded"
-    );
+    record_call(
+        config,
+        &agent,
+        &summary,
+        turns,
+        LineKind::Text,
+        Vec::new(),
+        store,
+    )?;
     Ok(summary)
 }
 
@@ -187,6 +187,31 @@ fn push_turn(turns: &mut Vec<TurnRow>, speaker: Speaker, text: &str, start: u64)
     end
 }
 
+/// Commits a finished call — its rows, the agent's events plus `extra_events`, the summary and
+/// its outbox message — in one transaction, and logs it (no transcript, no numbers).
+fn record_call(
+    config: &Config,
+    agent: &Agent,
+    summary: &Summary,
+    turns: Vec<TurnRow>,
+    line: LineKind,
+    extra_events: Vec<EventRow>,
+    store: &mut Store,
+) -> Result<(), CallError> {
+    let mut record = finished_call(config, agent, summary, turns, agent.events(), line);
+    record.events.extend(extra_events);
+    store.record_finished_call(&record)?;
+    info!(
+        call = %summary.call.id,
+        outcome = ?summary.outcome,
+        duration_s = summary.call.duration_s,
+        turns = summary.transcript.len(),
+        line = %record.line,
+        "call ended and recorded"
+    );
+    Ok(())
+}
+
 /// The store's view of a finished call: rows for every table and the outbox message.
 fn finished_call(
     config: &Config,
@@ -194,13 +219,16 @@ fn finished_call(
     summary: &Summary,
     turns: Vec<TurnRow>,
     events: &[CallEvent],
-    line: &str,
+    line: LineKind,
 ) -> FinishedCall {
     let json = summary.to_json();
     FinishedCall {
         id: summary.call.id.clone(),
         direction: "inbound".into(),
-        line: line.into(),
+        line: serde_json::to_value(line)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         remote_number: summary.call.remote_number.clone(),
         script_name: summary.script.name.clone(),
         script_version: summary.script.version.clone(),

@@ -16,7 +16,7 @@ use crate::call::endpoint::EndpointOptions;
 use crate::call::{TextCall, Utterance};
 use crate::config::Config;
 use crate::line::audio_file::{AudioFileLine, AudioFileOptions, CallerAction};
-use crate::line::to_i16;
+use crate::line::{to_i16, CallerTurn};
 use crate::models::Manifest;
 use crate::speech::stt::SpeechToText;
 use crate::speech::testset::Condition;
@@ -34,7 +34,7 @@ pub struct AudioCallSetup<'a> {
 }
 
 /// Pause a caller leaves after the box stops before answering.
-const CALLER_PAUSE_MS: u64 = 600;
+pub const CALLER_PAUSE_MS: u64 = 600;
 
 /// Loads the speech models of the configuration, once, for the calls of this process.
 pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
@@ -80,15 +80,11 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
 }
 
 /// The caller's turns: recorded WAVs, or the text lines spoken through a telephone channel.
-fn caller_actions(
+pub fn caller_turns(
     config: &Config,
     setup: &AudioCallSetup,
     speaker: &Speaker,
-) -> anyhow::Result<Vec<CallerAction>> {
-    let say = |audio| CallerAction::Say {
-        audio,
-        pause_ms: CALLER_PAUSE_MS,
-    };
+) -> anyhow::Result<Vec<CallerTurn>> {
     if let Some(path) = setup.caller_audio {
         let files: Vec<PathBuf> = if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
@@ -106,7 +102,7 @@ fn caller_actions(
         }
         return files
             .iter()
-            .map(|f| Ok(say(to_i16(&super::speech::read_16k(f)?))))
+            .map(|f| Ok(CallerTurn::Speech(to_i16(&super::speech::read_16k(f)?))))
             .collect();
     }
     let silence_ms = u64::from(config.agent.silence_reprompt_s) * 1000 + 500;
@@ -116,14 +112,31 @@ fn caller_actions(
         .enumerate()
         .map(|(i, line)| {
             if line.trim().is_empty() {
-                return Ok(CallerAction::Silent { ms: silence_ms });
+                return Ok(CallerTurn::Silence { ms: silence_ms });
             }
             let mut samples = Vec::new();
             speaker.speak(line, &CancelToken::new(), &mut |piece| {
                 samples.extend_from_slice(&piece.samples)
             })?;
             let heard = Condition::Telephone.apply(&samples, i as u64)?;
-            Ok(say(to_i16(&heard)))
+            Ok(CallerTurn::Speech(to_i16(&heard)))
+        })
+        .collect()
+}
+
+fn caller_actions(turns: Vec<CallerTurn>) -> Vec<CallerAction> {
+    turns
+        .into_iter()
+        .map(|turn| match turn {
+            CallerTurn::Speech(audio) => CallerAction::Say {
+                audio,
+                pause_ms: CALLER_PAUSE_MS,
+            },
+            CallerTurn::Silence { ms } => CallerAction::Silent { ms },
+            CallerTurn::Press(key) => CallerAction::Press {
+                key,
+                pause_ms: CALLER_PAUSE_MS,
+            },
         })
         .collect()
 }
@@ -138,7 +151,7 @@ pub fn simulate_audio(
     watch: &mut dyn FnMut(Utterance),
 ) -> anyhow::Result<AudioCallReport> {
     let voices = load_voices(config, &script)?;
-    let actions = caller_actions(config, &setup, &voices.speaker)?;
+    let actions = caller_actions(caller_turns(config, &setup, &voices.speaker)?);
     let mut line = AudioFileLine::new(
         actions,
         AudioFileOptions {

@@ -7,6 +7,7 @@ mod doctor;
 mod fleet;
 mod llm;
 mod models_import;
+mod sip_call;
 mod speech;
 mod sync;
 mod tts;
@@ -179,6 +180,10 @@ pub struct SimulateArgs {
     /// Write the audio call to a stereo WAV (left: caller, right: box).
     #[arg(long, value_name = "WAV")]
     pub record: Option<PathBuf>,
+    /// Run the audio call over SIP on loopback: baresip, a real SIP phone, dials the box's user
+    /// agent and speaks the caller's turns over RTP.
+    #[arg(long, conflicts_with_all = ["echo", "record"])]
+    pub sip: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -566,7 +571,35 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
     };
     let audio = args.audio || args.caller_audio.is_some();
     let mut report = None;
-    let summary = if audio {
+    let summary = if args.sip {
+        let setup = audio_call::AudioCallSetup {
+            lines: &lines,
+            caller_audio: args.caller_audio.as_deref(),
+            echo: false,
+            record: None,
+        };
+        let r = sip_call::simulate_sip(
+            config,
+            script,
+            call,
+            setup,
+            args.from.as_deref(),
+            &mut store,
+            &mut watch,
+        )?;
+        if !quiet {
+            let m = r.media;
+            println!();
+            println!(
+                "RTP: {} packets sent, {} received, {} lost, {} late, jitter {} ms",
+                m.packets_sent, m.packets_received, m.jitter.lost, m.jitter.late, m.jitter_ms
+            );
+            println!("the caller's phone heard: {}", r.heard_by_caller.trim());
+        }
+        let summary = r.audio.summary.clone();
+        report = Some(r.audio);
+        summary
+    } else if audio {
         let setup = audio_call::AudioCallSetup {
             lines: &lines,
             caller_audio: args.caller_audio.as_deref(),

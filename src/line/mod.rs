@@ -7,6 +7,7 @@
 //! WAV); the SIP and modem drivers implement the same trait.
 
 pub mod audio_file;
+pub mod sip;
 
 /// Sample rate inside the box.
 pub const RATE: u32 = 16_000;
@@ -26,6 +27,15 @@ pub enum LineInput {
     Dtmf(char),
     /// The caller hung up.
     HungUp,
+}
+
+/// One turn of a scripted caller (demos and tests): speech, 16 kHz as heard through the line;
+/// a silence; or a key pressed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallerTurn {
+    Speech(Vec<i16>),
+    Silence { ms: u64 },
+    Press(char),
 }
 
 /// How a transfer went.

@@ -1,0 +1,457 @@
+//! RTP (RFC 3550) for the call's audio: the packet format, RFC 4733 telephone events (DTMF), and
+//! the jitter buffer that turns packets arriving late, early, twice or never into a steady
+//! 20 ms stream. Pure data structures: the media loop owns the socket and the clock.
+
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RtpError {
+    #[error("RTP packet too short ({0} bytes)")]
+    TooShort(usize),
+    #[error("RTP version {0}, expected 2")]
+    Version(u8),
+    #[error("RTP header longer than the packet")]
+    Truncated,
+}
+
+/// The fields of an RTP header the box uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpHeader {
+    pub payload_type: u8,
+    pub marker: bool,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+}
+
+/// Splits a packet into its header and payload (CSRCs, extension and padding removed).
+pub fn parse(packet: &[u8]) -> Result<(RtpHeader, &[u8]), RtpError> {
+    if packet.len() < 12 {
+        return Err(RtpError::TooShort(packet.len()));
+    }
+    let version = packet[0] >> 6;
+    if version != 2 {
+        return Err(RtpError::Version(version));
+    }
+    let padding = packet[0] & 0x20 != 0;
+    let extension = packet[0] & 0x10 != 0;
+    let csrc_count = usize::from(packet[0] & 0x0F);
+    let mut start = 12 + 4 * csrc_count;
+    if extension {
+        let words = packet
+            .get(start + 2..start + 4)
+            .ok_or(RtpError::Truncated)?;
+        start += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    let mut end = packet.len();
+    if padding {
+        let pad = usize::from(*packet.last().ok_or(RtpError::Truncated)?);
+        end = end.checked_sub(pad).ok_or(RtpError::Truncated)?;
+    }
+    if start > end {
+        return Err(RtpError::Truncated);
+    }
+    let header = RtpHeader {
+        payload_type: packet[1] & 0x7F,
+        marker: packet[1] & 0x80 != 0,
+        sequence: u16::from_be_bytes([packet[2], packet[3]]),
+        timestamp: u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
+        ssrc: u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
+    };
+    Ok((header, &packet[start..end]))
+}
+
+/// Writes a packet with a plain 12-byte header.
+pub fn write(header: &RtpHeader, payload: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(12 + payload.len());
+    packet.push(0x80);
+    packet.push(header.payload_type & 0x7F | if header.marker { 0x80 } else { 0 });
+    packet.extend_from_slice(&header.sequence.to_be_bytes());
+    packet.extend_from_slice(&header.timestamp.to_be_bytes());
+    packet.extend_from_slice(&header.ssrc.to_be_bytes());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// One RFC 4733 telephone-event payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelephoneEvent {
+    pub event: u8,
+    pub end: bool,
+    pub volume: u8,
+    pub duration: u16,
+}
+
+impl TelephoneEvent {
+    pub fn parse(payload: &[u8]) -> Option<TelephoneEvent> {
+        let bytes: [u8; 4] = payload.get(..4)?.try_into().ok()?;
+        Some(TelephoneEvent {
+            event: bytes[0],
+            end: bytes[1] & 0x80 != 0,
+            volume: bytes[1] & 0x3F,
+            duration: u16::from_be_bytes([bytes[2], bytes[3]]),
+        })
+    }
+
+    pub fn write(&self) -> [u8; 4] {
+        let duration = self.duration.to_be_bytes();
+        [
+            self.event,
+            (self.volume & 0x3F) | if self.end { 0x80 } else { 0 },
+            duration[0],
+            duration[1],
+        ]
+    }
+}
+
+/// The DTMF key of an RFC 4733 event code.
+pub fn dtmf_key(event: u8) -> Option<char> {
+    match event {
+        0..=9 => Some((b'0' + event) as char),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some((b'A' + event - 12) as char),
+        _ => None,
+    }
+}
+
+/// The RFC 4733 event code of a DTMF key.
+pub fn dtmf_event(key: char) -> Option<u8> {
+    match key {
+        '0'..='9' => Some(key as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        'A'..='D' => Some(key as u8 - b'A' + 12),
+        _ => None,
+    }
+}
+
+/// Turns a stream of telephone-event packets (each key is sent many times, with the same
+/// timestamp) into one key press each.
+#[derive(Default)]
+pub struct DtmfReceiver {
+    last_timestamp: Option<u32>,
+}
+
+impl DtmfReceiver {
+    /// The key, the first time a packet of a new event arrives.
+    pub fn receive(&mut self, header: &RtpHeader, payload: &[u8]) -> Option<char> {
+        let event = TelephoneEvent::parse(payload)?;
+        if self.last_timestamp == Some(header.timestamp) {
+            return None;
+        }
+        self.last_timestamp = Some(header.timestamp);
+        dtmf_key(event.event)
+    }
+}
+
+/// What the jitter buffer gives for one 20 ms slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Playout {
+    /// The packet for this slot.
+    Packet(Vec<u8>),
+    /// The packet for this slot is missing but later ones have arrived: conceal it.
+    Lost,
+    /// Nothing to play (not started, or ran dry; it refills before playing again).
+    Empty,
+}
+
+/// Counts kept by the jitter buffer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JitterStats {
+    pub received: u64,
+    pub late: u64,
+    pub duplicate: u64,
+    pub lost: u64,
+    pub underruns: u64,
+}
+
+/// An adaptive jitter buffer for 20 ms packets: packets are ordered by sequence number, the
+/// buffer holds back a depth that follows the measured interarrival jitter (RFC 3550 §6.4.1),
+/// drops packets that come after their slot was played, and reports missing ones as lost.
+pub struct JitterBuffer {
+    packets: BTreeMap<u64, Vec<u8>>,
+    /// Extended sequence number of the next slot to play; `None` until playout starts.
+    next: Option<u64>,
+    highest: Option<u64>,
+    /// Packets held before playout (re)starts.
+    target_depth: usize,
+    min_depth: usize,
+    max_depth: usize,
+    /// Interarrival jitter estimate, in milliseconds.
+    jitter_ms: f64,
+    last_transit_ms: Option<f64>,
+    stats: JitterStats,
+}
+
+/// Packets the buffer holds at most; older ones are dropped if the peer floods it.
+const MAX_PACKETS: usize = 250;
+
+impl JitterBuffer {
+    /// A buffer that starts at `min_depth` packets and grows up to `max_depth`.
+    pub fn new(min_depth: usize, max_depth: usize) -> JitterBuffer {
+        JitterBuffer {
+            packets: BTreeMap::new(),
+            next: None,
+            highest: None,
+            target_depth: min_depth.max(1),
+            min_depth: min_depth.max(1),
+            max_depth: max_depth.max(min_depth.max(1)),
+            jitter_ms: 0.0,
+            last_transit_ms: None,
+            stats: JitterStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> JitterStats {
+        self.stats
+    }
+
+    pub fn jitter_ms(&self) -> f64 {
+        self.jitter_ms
+    }
+
+    pub fn target_depth(&self) -> usize {
+        self.target_depth
+    }
+
+    /// Extends a 16-bit sequence number to 64 bits, near the highest seen.
+    fn extend(&self, sequence: u16) -> u64 {
+        let Some(highest) = self.highest else {
+            return u64::from(sequence) + (1 << 16);
+        };
+        let cycle = highest & !0xFFFF;
+        let candidates = [cycle.wrapping_sub(1 << 16), cycle, cycle + (1 << 16)];
+        candidates
+            .into_iter()
+            .map(|c| c.wrapping_add(u64::from(sequence)))
+            .min_by_key(|&c| c.abs_diff(highest))
+            .unwrap_or(u64::from(sequence))
+    }
+
+    /// Takes a packet that arrived at `arrival_ms` (the receiver's clock) with the RTP timestamp
+    /// `timestamp` at `clock_rate`.
+    pub fn push(
+        &mut self,
+        sequence: u16,
+        timestamp: u32,
+        clock_rate: u32,
+        arrival_ms: f64,
+        payload: Vec<u8>,
+    ) {
+        self.stats.received += 1;
+        let extended = self.extend(sequence);
+        let transit = arrival_ms - f64::from(timestamp) * 1000.0 / f64::from(clock_rate);
+        if let Some(last) = self.last_transit_ms {
+            let d = (transit - last).abs();
+            if d < 1_000.0 {
+                self.jitter_ms += (d - self.jitter_ms) / 16.0;
+            }
+        }
+        self.last_transit_ms = Some(transit);
+        if self.next.is_some_and(|next| extended < next) {
+            self.stats.late += 1;
+            return;
+        }
+        if self.packets.contains_key(&extended) {
+            self.stats.duplicate += 1;
+            return;
+        }
+        self.highest = Some(self.highest.map_or(extended, |h| h.max(extended)));
+        self.packets.insert(extended, payload);
+        while self.packets.len() > MAX_PACKETS {
+            self.packets.pop_first();
+        }
+        // Depth: enough 20 ms slots to cover about three times the jitter.
+        let wanted = (3.0 * self.jitter_ms / 20.0).ceil() as usize + 1;
+        self.target_depth = wanted.clamp(self.min_depth, self.max_depth);
+    }
+
+    /// The next 20 ms slot.
+    pub fn pop(&mut self) -> Playout {
+        let next = match self.next {
+            Some(next) => next,
+            None => {
+                if self.packets.len() < self.target_depth {
+                    return Playout::Empty;
+                }
+                let Some((&first, _)) = self.packets.first_key_value() else {
+                    return Playout::Empty;
+                };
+                first
+            }
+        };
+        if let Some(payload) = self.packets.remove(&next) {
+            self.next = Some(next + 1);
+            return Playout::Packet(payload);
+        }
+        if self.packets.is_empty() {
+            // Ran dry: wait until the buffer refills to its depth.
+            self.stats.underruns += 1;
+            self.next = None;
+            return Playout::Empty;
+        }
+        // Packets after this slot exist: this one is lost (or so late it no longer matters).
+        self.stats.lost += 1;
+        self.next = Some(next + 1);
+        if self.packets.len() > self.max_depth {
+            // Too far behind the sender: skip ahead to the oldest packet held.
+            if let Some((&first, _)) = self.packets.first_key_value() {
+                self.next = Some(first);
+            }
+        }
+        Playout::Lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(sequence: u16) -> RtpHeader {
+        RtpHeader {
+            payload_type: 0,
+            marker: false,
+            sequence,
+            timestamp: u32::from(sequence) * 160,
+            ssrc: 0x1234_5678,
+        }
+    }
+
+    #[test]
+    fn a_written_packet_parses_back() {
+        let h = RtpHeader {
+            marker: true,
+            payload_type: 101,
+            ..header(65_535)
+        };
+        let packet = write(&h, &[1, 2, 3]);
+        assert_eq!(parse(&packet).unwrap(), (h, &[1u8, 2, 3][..]));
+    }
+
+    #[test]
+    fn csrcs_extension_and_padding_are_stripped() {
+        let mut packet = write(&header(5), &[]);
+        packet[0] |= 0x20 | 0x10 | 0x01; // padding, extension, one CSRC
+        packet.extend_from_slice(&[0, 0, 0, 9]); // CSRC
+        packet.extend_from_slice(&[0xBE, 0xDE, 0, 1, 1, 2, 3, 4]); // one-word extension
+        packet.extend_from_slice(&[7, 7]); // payload
+        packet.extend_from_slice(&[0, 0, 3]); // three bytes of padding
+        assert_eq!(parse(&packet).unwrap().1, &[7, 7]);
+    }
+
+    #[test]
+    fn broken_packets_are_errors_not_panics() {
+        assert_eq!(parse(&[0x80; 5]), Err(RtpError::TooShort(5)));
+        assert_eq!(parse(&[0x40; 12]), Err(RtpError::Version(1)));
+        let mut lying = write(&header(1), &[]);
+        lying[0] |= 0x0F; // fifteen CSRCs that are not there
+        assert_eq!(parse(&lying), Err(RtpError::Truncated));
+        let mut padded = write(&header(1), &[1]);
+        padded[0] |= 0x20;
+        *padded.last_mut().unwrap() = 200;
+        assert_eq!(parse(&padded), Err(RtpError::Truncated));
+    }
+
+    #[test]
+    fn a_key_sent_many_times_is_one_press() {
+        let mut receiver = DtmfReceiver::default();
+        let press = |end, duration| {
+            TelephoneEvent {
+                event: 5,
+                end,
+                volume: 10,
+                duration,
+            }
+            .write()
+        };
+        let h = RtpHeader {
+            timestamp: 8000,
+            ..header(1)
+        };
+        assert_eq!(receiver.receive(&h, &press(false, 160)), Some('5'));
+        assert_eq!(receiver.receive(&h, &press(false, 320)), None);
+        assert_eq!(receiver.receive(&h, &press(true, 800)), None);
+        let next = RtpHeader {
+            timestamp: 16_000,
+            ..h
+        };
+        assert_eq!(receiver.receive(&next, &press(false, 160)), Some('5'));
+        for key in "0123456789*#ABCD".chars() {
+            assert_eq!(dtmf_event(key).and_then(dtmf_key), Some(key));
+        }
+    }
+
+    #[test]
+    fn reordered_packets_play_in_order_and_late_ones_are_dropped() {
+        let mut jb = JitterBuffer::new(2, 10);
+        let arrival = |seq: u16| f64::from(seq) * 20.0;
+        for seq in [10u16, 12, 11, 13] {
+            jb.push(
+                seq,
+                u32::from(seq) * 160,
+                8_000,
+                arrival(seq),
+                vec![seq as u8],
+            );
+        }
+        assert_eq!(jb.pop(), Playout::Packet(vec![10]));
+        assert_eq!(jb.pop(), Playout::Packet(vec![11]));
+        jb.push(10, 1600, 8_000, 300.0, vec![10]); // a copy of one already played
+        assert_eq!(jb.stats().late, 1);
+        jb.push(13, 13 * 160, 8_000, 260.0, vec![13]);
+        assert_eq!(jb.stats().duplicate, 1);
+        assert_eq!(jb.pop(), Playout::Packet(vec![12]));
+        assert_eq!(jb.pop(), Playout::Packet(vec![13]));
+        assert_eq!(jb.pop(), Playout::Empty);
+        assert_eq!(jb.stats().underruns, 1);
+    }
+
+    #[test]
+    fn a_missing_packet_is_reported_lost_and_playout_goes_on() {
+        let mut jb = JitterBuffer::new(1, 10);
+        for seq in [1u16, 3, 4] {
+            jb.push(
+                seq,
+                u32::from(seq) * 160,
+                8_000,
+                f64::from(seq) * 20.0,
+                vec![seq as u8],
+            );
+        }
+        assert_eq!(jb.pop(), Playout::Packet(vec![1]));
+        assert_eq!(jb.pop(), Playout::Lost);
+        assert_eq!(jb.pop(), Playout::Packet(vec![3]));
+        assert_eq!(jb.stats().lost, 1);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_around() {
+        let mut jb = JitterBuffer::new(1, 10);
+        for (i, seq) in [65_534u16, 65_535, 0, 1].into_iter().enumerate() {
+            jb.push(seq, i as u32 * 160, 8_000, i as f64 * 20.0, vec![i as u8]);
+        }
+        for i in 0..4u8 {
+            assert_eq!(jb.pop(), Playout::Packet(vec![i]));
+        }
+    }
+
+    #[test]
+    fn the_depth_grows_with_jitter() {
+        let mut steady = JitterBuffer::new(2, 12);
+        let mut jittery = JitterBuffer::new(2, 12);
+        for seq in 0..200u16 {
+            let sent = f64::from(seq) * 20.0;
+            steady.push(seq, u32::from(seq) * 160, 8_000, sent + 5.0, vec![]);
+            let wobble = if seq % 2 == 0 { 0.0 } else { 45.0 };
+            jittery.push(seq, u32::from(seq) * 160, 8_000, sent + wobble, vec![]);
+        }
+        assert_eq!(steady.target_depth(), 2);
+        assert!(
+            jittery.target_depth() >= 6,
+            "depth {}",
+            jittery.target_depth()
+        );
+        assert!(jittery.jitter_ms() > 30.0);
+    }
+}

@@ -1,0 +1,705 @@
+//! The box's SIP user agent, on rsipstack: it listens on the configured address, answers INVITEs
+//! (ringing first, busy beyond the configured number of calls, 488 when no codec matches), keeps
+//! each call's dialog in a task of its own that carries out what the [`SipLine`] asks (BYE,
+//! REFER) and what the peer does (BYE, CANCEL, re-INVITE for hold and resume, INFO keys), and
+//! hands every answered call to the application as an [`IncomingCall`].
+//!
+//! Why rsipstack: a maintained, MIT-licensed RFC 3261 stack (transactions, dialogs, digest auth)
+//! on tokio, known to work with baresip and kamailio; the project keeps it behind its own `Line`
+//! so nothing above the driver sees SIP types.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use rsipstack::dialog::dialog::{
+    DialogState, DialogStateReceiver, DialogStateSender, TerminatedReason,
+};
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::dialog::DialogId;
+use rsipstack::sip::prelude::*;
+use rsipstack::sip::{Header, Method, StatusCode};
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::TransportLayer;
+use rsipstack::EndpointBuilder;
+use tokio::sync::mpsc as async_mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::media::{MediaControl, MediaHandle};
+use super::sdp::{self, Codec, Negotiated, SdpError};
+use super::{CallCommand, SipLine};
+use crate::line::TransferOutcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    #[error("cannot start the SIP runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot listen for SIP on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+}
+
+/// How the user agent behaves.
+#[derive(Debug, Clone)]
+pub struct SipOptions {
+    pub listen: SocketAddr,
+    /// The user part of the box's Contact (its extension).
+    pub user: String,
+    /// Calls in progress at most; more get 486 Busy Here.
+    pub max_calls: u32,
+    /// Rings (180 Ringing, then a wait of `ring` each) before answering.
+    pub answer_after_rings: u32,
+    pub ring: Duration,
+    /// Codecs in the box's order of preference.
+    pub codecs: Vec<Codec>,
+    /// Where numbers go (`host[:port]` of the PBX), e.g. a transfer to extension 201;
+    /// without it, to the address the box listens on.
+    pub pbx: Option<String>,
+}
+
+impl SipOptions {
+    pub fn new(listen: SocketAddr) -> SipOptions {
+        SipOptions {
+            listen,
+            user: "callbox".into(),
+            max_calls: 4,
+            answer_after_rings: 1,
+            ring: Duration::from_secs(1),
+            codecs: Codec::ALL.to_vec(),
+            pbx: None,
+        }
+    }
+}
+
+/// A call the box has answered.
+pub struct IncomingCall {
+    pub line: SipLine,
+    /// The caller's number (the user part of From), as the caller ID.
+    pub caller: String,
+    pub call_id: String,
+}
+
+/// The box's user agent; calls arrive through [`SipUa::next_call`].
+pub struct SipUa {
+    runtime: Option<tokio::runtime::Runtime>,
+    cancel: CancellationToken,
+    calls: mpsc::Receiver<IncomingCall>,
+    local: SocketAddr,
+    active: Arc<AtomicU32>,
+}
+
+const USER_AGENT: &str = concat!("callbox/", env!("CARGO_PKG_VERSION"));
+
+impl SipUa {
+    pub fn start(options: SipOptions) -> Result<SipUa, SipError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sip")
+            .enable_all()
+            .build()
+            .map_err(SipError::Runtime)?;
+        let cancel = CancellationToken::new();
+        let (call_sender, calls) = mpsc::channel();
+        let active = Arc::new(AtomicU32::new(0));
+        let listen = options.listen;
+        let local = runtime.block_on(async {
+            let transport = TransportLayer::new(cancel.clone());
+            let connection =
+                UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
+                    .await
+                    .map_err(|e| SipError::Listen {
+                        addr: listen,
+                        reason: e.to_string(),
+                    })?;
+            let local = connection
+                .get_addr()
+                .get_socketaddr()
+                .map_err(|e| SipError::Listen {
+                    addr: listen,
+                    reason: e.to_string(),
+                })?;
+            transport.add_transport(connection.into());
+            let endpoint = EndpointBuilder::new()
+                .with_cancel_token(cancel.clone())
+                .with_transport_layer(transport)
+                .with_user_agent(USER_AGENT)
+                .build();
+            let incoming = endpoint
+                .incoming_transactions()
+                .map_err(|e| SipError::Listen {
+                    addr: listen,
+                    reason: e.to_string(),
+                })?;
+            let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+            let (state_sender, state_receiver) = dialogs.new_dialog_state_channel();
+            let agent = Arc::new(Agent {
+                options: SipOptions {
+                    listen: local,
+                    ..options
+                },
+                dialogs,
+                state_sender,
+                routes: Mutex::new(HashMap::new()),
+                call_sender,
+                active: active.clone(),
+            });
+            let serve_cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = endpoint.serve() => {}
+                    _ = serve_cancel.cancelled() => {}
+                }
+            });
+            tokio::spawn(route_states(agent.clone(), state_receiver));
+            tokio::spawn(accept_requests(agent, incoming));
+            Ok::<SocketAddr, SipError>(local)
+        })?;
+        tracing::info!(%local, "SIP user agent listening");
+        Ok(SipUa {
+            runtime: Some(runtime),
+            cancel,
+            calls,
+            local,
+            active,
+        })
+    }
+
+    /// Where the user agent listens (the port is the real one when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The next call the box answered, waiting at most `timeout`.
+    pub fn next_call(&self, timeout: Duration) -> Option<IncomingCall> {
+        self.calls.recv_timeout(timeout).ok()
+    }
+
+    pub fn active_calls(&self) -> u32 {
+        self.active.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SipUa {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// What the user agent's tasks share.
+struct Agent {
+    options: SipOptions,
+    dialogs: Arc<DialogLayer>,
+    state_sender: DialogStateSender,
+    /// Each call's task receives its dialog's state changes through its route.
+    routes: Mutex<HashMap<DialogId, async_mpsc::UnboundedSender<DialogState>>>,
+    call_sender: mpsc::Sender<IncomingCall>,
+    active: Arc<AtomicU32>,
+}
+
+impl Agent {
+    fn contact(&self) -> rsipstack::sip::Uri {
+        let text = format!("sip:{}@{}", self.options.user, self.options.listen);
+        rsipstack::sip::Uri::try_from(text.as_str()).unwrap_or_default()
+    }
+
+    fn media_ip(&self) -> IpAddr {
+        self.options.listen.ip()
+    }
+}
+
+fn dialog_id(state: &DialogState) -> &DialogId {
+    match state {
+        DialogState::Calling(id)
+        | DialogState::Trying(id)
+        | DialogState::Early(id, _)
+        | DialogState::WaitAck(id, _)
+        | DialogState::Confirmed(id, _)
+        | DialogState::Updated(id, _, _)
+        | DialogState::Publish(id, _, _)
+        | DialogState::Notify(id, _, _)
+        | DialogState::Refer(id, _, _)
+        | DialogState::Message(id, _, _)
+        | DialogState::Info(id, _, _)
+        | DialogState::Options(id, _, _)
+        | DialogState::Terminated(id, _) => id,
+    }
+}
+
+async fn route_states(agent: Arc<Agent>, mut states: DialogStateReceiver) {
+    while let Some(state) = states.recv().await {
+        let id = dialog_id(&state).clone();
+        let terminated = matches!(state, DialogState::Terminated(..));
+        let route = agent
+            .routes
+            .lock()
+            .ok()
+            .and_then(|routes| routes.get(&id).cloned());
+        if let Some(route) = route {
+            let _ = route.send(state);
+        }
+        if terminated {
+            agent.dialogs.remove_dialog(&id);
+            if let Ok(mut routes) = agent.routes.lock() {
+                routes.remove(&id);
+            }
+        }
+    }
+}
+
+async fn accept_requests(
+    agent: Arc<Agent>,
+    mut incoming: rsipstack::transaction::TransactionReceiver,
+) {
+    while let Some(mut tx) = incoming.recv().await {
+        let in_dialog = tx
+            .original
+            .to_header()
+            .ok()
+            .and_then(|to| to.tag().ok().flatten())
+            .is_some();
+        if in_dialog {
+            match agent.dialogs.match_dialog(&tx) {
+                Some(mut dialog) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = dialog.handle(&mut tx).await {
+                            tracing::debug!(error = %e, "in-dialog request failed");
+                        }
+                    });
+                }
+                None => {
+                    let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+                }
+            }
+            continue;
+        }
+        match tx.original.method {
+            Method::Invite => {
+                let agent = agent.clone();
+                tokio::spawn(async move { answer(agent, tx).await });
+            }
+            Method::Options => {
+                let _ = tx.reply(StatusCode::OK).await;
+            }
+            Method::Ack => {}
+            _ => {
+                let _ = tx.reply(StatusCode::MethodNotAllowed).await;
+            }
+        }
+    }
+}
+
+fn sdp_headers() -> Vec<Header> {
+    vec![Header::ContentType("application/sdp".into())]
+}
+
+/// The caller's number: the user part of the From URI.
+fn caller_of(tx: &Transaction) -> String {
+    tx.original
+        .from_header()
+        .ok()
+        .and_then(|from| from.uri().ok())
+        .and_then(|uri| uri.auth.map(|auth| auth.user))
+        .unwrap_or_default()
+}
+
+/// The box's answer to an SDP offer, or the status to refuse it with.
+fn answer_offer(
+    agent: &Agent,
+    body: &[u8],
+    port: u16,
+    session_id: u64,
+    version: u64,
+) -> Result<(Negotiated, String), (StatusCode, String)> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| (StatusCode::BadRequest, "the SDP is not UTF-8".to_string()))?;
+    if text.trim().is_empty() {
+        return Err((
+            StatusCode::NotAcceptableHere,
+            "the INVITE has no SDP offer".to_string(),
+        ));
+    }
+    let offer = sdp::parse(text).map_err(|e| (StatusCode::BadRequest, e.to_string()))?;
+    let agreed = offer
+        .negotiate(&agent.options.codecs)
+        .map_err(|e| match e {
+            SdpError::Malformed { .. } | SdpError::TooLarge(_) => {
+                (StatusCode::BadRequest, e.to_string())
+            }
+            _ => (StatusCode::NotAcceptableHere, e.to_string()),
+        })?;
+    let answer = sdp::write(
+        session_id,
+        version,
+        agent.media_ip(),
+        port,
+        &[(agreed.codec, agreed.payload_type)],
+        agreed.dtmf_payload_type,
+        agreed.direction,
+    );
+    Ok((agreed, answer))
+}
+
+async fn refuse(tx: &mut Transaction, status: StatusCode, reason: &str) {
+    tracing::info!(%status, reason, "INVITE refused");
+    let warning = Header::Warning(format!("399 callbox \"{}\"", reason.replace('"', "'")).into());
+    let _ = tx.reply_with(status, vec![warning], None).await;
+}
+
+/// Answers one INVITE and runs its call's signalling until the dialog ends.
+async fn answer(agent: Arc<Agent>, mut tx: Transaction) {
+    if agent.active.load(Ordering::SeqCst) >= agent.options.max_calls {
+        refuse(&mut tx, StatusCode::BusyHere, "all lines busy").await;
+        return;
+    }
+    let socket = match UdpSocket::bind(SocketAddr::new(agent.media_ip(), 0)) {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open an RTP port");
+            refuse(&mut tx, StatusCode::ServiceUnavailable, "no RTP port").await;
+            return;
+        }
+    };
+    let port = socket.local_addr().map(|a| a.port()).unwrap_or_default();
+    let session_id: u64 = rand::random::<u32>().into();
+    let (agreed, answer_sdp) = match answer_offer(&agent, tx.original.body(), port, session_id, 1) {
+        Ok(answer) => answer,
+        Err((status, reason)) => {
+            refuse(&mut tx, status, &reason).await;
+            return;
+        }
+    };
+    let dialog = match agent.dialogs.get_or_create_server_invite(
+        &tx,
+        agent.state_sender.clone(),
+        None,
+        Some(agent.contact()),
+    ) {
+        Ok(dialog) => dialog,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot create the dialog");
+            let _ = tx.reply(StatusCode::ServerInternalError).await;
+            return;
+        }
+    };
+    let (route, mut states) = async_mpsc::unbounded_channel();
+    if let Ok(mut routes) = agent.routes.lock() {
+        routes.insert(dialog.id(), route);
+    }
+    let caller = caller_of(&tx);
+    let call_id = dialog.id().call_id.clone();
+    let mut transaction_dialog = dialog.clone();
+    tokio::spawn(async move {
+        if let Err(e) = transaction_dialog.handle(&mut tx).await {
+            tracing::debug!(error = %e, "INVITE transaction ended with an error");
+        }
+    });
+
+    agent.active.fetch_add(1, Ordering::SeqCst);
+    let _active = ActiveCall(agent.active.clone());
+    for _ in 0..agent.options.answer_after_rings {
+        if dialog.ringing(None, None).is_err() {
+            return;
+        }
+        let ring = tokio::time::sleep(agent.options.ring);
+        tokio::pin!(ring);
+        loop {
+            tokio::select! {
+                _ = &mut ring => break,
+                state = states.recv() => match state {
+                    None | Some(DialogState::Terminated(..)) => {
+                        tracing::info!("the caller hung up while it rang");
+                        return;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    let media = match MediaHandle::start(socket, agreed) {
+        Ok(media) => media,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the media loop");
+            let _ = dialog.reject(Some(StatusCode::ServiceUnavailable), None);
+            return;
+        }
+    };
+    if let Err(e) = dialog.accept(Some(sdp_headers()), Some(answer_sdp.into_bytes())) {
+        tracing::warn!(error = %e, "cannot answer the call");
+        return;
+    }
+    tracing::info!(codec = agreed.codec.encoding(), "call answered");
+    let control = media.control();
+    let (commands, command_receiver) = async_mpsc::unbounded_channel();
+    let line = SipLine::new(media, commands);
+    if agent
+        .call_sender
+        .send(IncomingCall {
+            line,
+            caller,
+            call_id,
+        })
+        .is_err()
+    {
+        // Nobody takes calls any more (the box is shutting down); the line's drop says BYE.
+        return;
+    }
+    let call = CallSignalling {
+        dialog,
+        control,
+        session_id,
+        version: 1,
+        port,
+        agent,
+    };
+    call.run(states, command_receiver).await;
+}
+
+/// Counts a call as active until dropped.
+struct ActiveCall(Arc<AtomicU32>);
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One answered call's signalling.
+struct CallSignalling {
+    dialog: InviteDialog,
+    control: MediaControl,
+    session_id: u64,
+    version: u64,
+    port: u16,
+    agent: Arc<Agent>,
+}
+
+/// A transfer waiting for the NOTIFY that tells how it went.
+struct PendingTransfer {
+    done: mpsc::Sender<TransferOutcome>,
+    deadline: tokio::time::Instant,
+}
+
+impl CallSignalling {
+    async fn run(
+        mut self,
+        mut states: async_mpsc::UnboundedReceiver<DialogState>,
+        mut commands: async_mpsc::UnboundedReceiver<CallCommand>,
+    ) {
+        let mut transfer: Option<PendingTransfer> = None;
+        loop {
+            let transfer_deadline = transfer
+                .as_ref()
+                .map(|t| t.deadline)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                state = states.recv() => {
+                    let Some(state) = state else { break };
+                    match state {
+                        DialogState::Terminated(_, reason) => {
+                            tracing::info!(reason = ?reason, "call ended");
+                            if let Some(t) = transfer.take() {
+                                // The transferee left after the transfer: it went through.
+                                let _ = t.done.send(match reason {
+                                    TerminatedReason::UacBye => TransferOutcome::Connected,
+                                    _ => TransferOutcome::Failed,
+                                });
+                            }
+                            self.control.peer_hung_up();
+                            break;
+                        }
+                        DialogState::Updated(_, request, handle) => self.reinvite(&request, handle).await,
+                        DialogState::Info(_, request, handle) => {
+                            if let Some(key) = info_key(request.body()) {
+                                self.control.press(key);
+                            }
+                            let _ = handle.reply(StatusCode::OK).await;
+                        }
+                        DialogState::Options(_, _, handle) => {
+                            let _ = handle.reply(StatusCode::OK).await;
+                        }
+                        DialogState::Notify(_, request, handle) => {
+                            let _ = handle.reply(StatusCode::OK).await;
+                            if let Some(status) = sipfrag_status(request.body()) {
+                                if status >= 200 {
+                                    if let Some(t) = transfer.take() {
+                                        let connected = (200..300).contains(&status);
+                                        let _ = t.done.send(if connected { TransferOutcome::Connected } else { TransferOutcome::Failed });
+                                        if connected {
+                                            let _ = self.dialog.bye().await;
+                                            self.control.peer_hung_up();
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        DialogState::Refer(_, _, handle) | DialogState::Message(_, _, handle) | DialogState::Publish(_, _, handle) => {
+                            let _ = handle.reply(StatusCode::NotImplemented).await;
+                        }
+                        _ => {}
+                    }
+                }
+                command = commands.recv() => {
+                    match command {
+                        None => {
+                            // The line is gone without a word: end the call.
+                            let _ = self.dialog.bye().await;
+                            break;
+                        }
+                        Some(CallCommand::HangUp { done }) => {
+                            if let Err(e) = self.dialog.bye().await {
+                                tracing::warn!(error = %e, "BYE failed");
+                            }
+                            let _ = done.send(());
+                            break;
+                        }
+                        Some(CallCommand::Transfer { target, done }) => {
+                            match self.refer(&target).await {
+                                Ok(()) => transfer = Some(PendingTransfer {
+                                    done,
+                                    deadline: tokio::time::Instant::now() + Duration::from_secs(40),
+                                }),
+                                Err(reason) => {
+                                    tracing::info!(reason, "transfer refused");
+                                    let _ = done.send(TransferOutcome::Failed);
+                                }
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(transfer_deadline), if transfer.is_some() => {
+                    if let Some(t) = transfer.take() {
+                        tracing::info!("no answer from the transfer target in time");
+                        let _ = t.done.send(TransferOutcome::Failed);
+                    }
+                }
+            }
+        }
+        self.agent.dialogs.remove_dialog(&self.dialog.id());
+    }
+
+    /// A re-INVITE: hold, resume, or a new codec or address.
+    async fn reinvite(
+        &mut self,
+        request: &rsipstack::sip::Request,
+        handle: rsipstack::dialog::dialog::TransactionHandle,
+    ) {
+        self.version += 1;
+        match answer_offer(
+            &self.agent,
+            request.body(),
+            self.port,
+            self.session_id,
+            self.version,
+        ) {
+            Ok((agreed, answer)) => {
+                tracing::info!(direction = ?agreed.direction, codec = agreed.codec.encoding(), "session changed");
+                self.control.update(agreed);
+                let _ = handle
+                    .respond(
+                        StatusCode::OK,
+                        Some(sdp_headers()),
+                        Some(answer.into_bytes()),
+                    )
+                    .await;
+            }
+            Err((status, reason)) => {
+                tracing::info!(%status, reason, "re-INVITE refused");
+                let _ = handle.reply(status).await;
+            }
+        }
+    }
+
+    /// Sends REFER; Ok when the peer accepted to try it.
+    async fn refer(&self, target: &str) -> Result<(), String> {
+        let domain = self
+            .agent
+            .options
+            .pbx
+            .clone()
+            .unwrap_or_else(|| self.agent.options.listen.ip().to_string());
+        let uri = transfer_uri(target, &domain);
+        let uri = rsipstack::sip::Uri::try_from(uri.as_str())
+            .map_err(|e| format!("bad transfer target: {e}"))?;
+        match self.dialog.refer(uri, None, None).await {
+            Ok(Some(response))
+                if response.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
+            {
+                Ok(())
+            }
+            Ok(Some(response)) => Err(format!("REFER answered {}", response.status_code)),
+            Ok(None) => Err("no answer to REFER".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// A transfer target as a SIP URI: a URI stays as it is; a number goes to `domain` (the PBX).
+fn transfer_uri(target: &str, domain: &str) -> String {
+    if target.starts_with("sip:") || target.starts_with("sips:") {
+        return target.to_string();
+    }
+    let number: String = target
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '+' || *c == '*' || *c == '#')
+        .collect();
+    format!("sip:{number}@{domain}")
+}
+
+/// The key of a SIP INFO DTMF body (`application/dtmf-relay`: "Signal=5\r\nDuration=160").
+fn info_key(body: &[u8]) -> Option<char> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("signal") {
+            return None;
+        }
+        let key = value.trim().chars().next()?.to_ascii_uppercase();
+        matches!(key, '0'..='9' | '*' | '#' | 'A'..='D').then_some(key)
+    })
+}
+
+/// The status code of a `message/sipfrag` body ("SIP/2.0 200 OK").
+fn sipfrag_status(body: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.lines().next()?.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_bodies_give_their_key() {
+        assert_eq!(info_key(b"Signal=5\r\nDuration=160\r\n"), Some('5'));
+        assert_eq!(info_key(b"signal = #\r\n"), Some('#'));
+        assert_eq!(info_key(b"Signal=x\r\n"), None);
+        assert_eq!(info_key(b"Duration=160"), None);
+        assert_eq!(info_key(&[0xFF, 0xFE]), None);
+    }
+
+    #[test]
+    fn sipfrag_status_lines_are_read() {
+        assert_eq!(sipfrag_status(b"SIP/2.0 200 OK\r\n"), Some(200));
+        assert_eq!(sipfrag_status(b"SIP/2.0 486 Busy Here"), Some(486));
+        assert_eq!(sipfrag_status(b"garbage"), None);
+    }
+
+    #[test]
+    fn transfer_targets_become_sip_uris() {
+        assert_eq!(
+            transfer_uri("sip:frontdesk@pbx.local", "10.0.0.5"),
+            "sip:frontdesk@pbx.local"
+        );
+        assert_eq!(
+            transfer_uri("+1 (555) 010-2000", "10.0.0.5:5080"),
+            "sip:+15550102000@10.0.0.5:5080"
+        );
+    }
+}

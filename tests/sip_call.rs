@@ -1,0 +1,313 @@
+//! The SIP line against real SIP peers on loopback: Debian's baresip dials the box's user agent,
+//! speaks the caller's turns (Piper's voice through a telephone channel) over RTP and records
+//! what it hears; a second baresip plays the human a call is transferred to. And hostile or
+//! broken SIP sent straight to the box's port gets the right refusal without harming the box.
+
+#[path = "support/voice.rs"]
+mod voice;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use callbox::agent::summary::LineKind;
+use callbox::agent::Script;
+use callbox::call::audio::{run_audio_call, AudioCallReport, Voices};
+use callbox::call::endpoint::EndpointOptions;
+use callbox::call::{TextCall, Utterance};
+use callbox::config::{Config, ConfigSource};
+use callbox::line::sip::baresip::Baresip;
+use callbox::line::sip::loopback::{
+    call_over_loopback, speech_parts, CallerTiming, LoopbackReport,
+};
+use callbox::line::sip::{SipOptions, SipUa};
+use callbox::line::{to_i16, CallerTurn};
+use callbox::models::{default_models_dir, Manifest};
+use callbox::speech::audio::write_wav;
+use callbox::speech::stt::import::{import_model, ImportOptions};
+use callbox::speech::stt::SpeechToText;
+use callbox::speech::testset::{self, Condition, Voice};
+use callbox::speech::tts::speaker::{Speaker, SpeakerOptions};
+use callbox::speech::vad::VadModel;
+use callbox::store::{OpenMode, Store};
+
+fn voices() -> &'static Voices {
+    static VOICES: OnceLock<Voices> = OnceLock::new();
+    VOICES.get_or_init(|| {
+        let models = default_models_dir();
+        let manifest = Manifest::embedded();
+        let entry = manifest.get("whisper-tiny-en").expect("tiny.en");
+        import_model(&models, entry, ImportOptions::default()).expect("import tiny.en");
+        let stt = SpeechToText::load(&entry.dir(&models)).expect("load tiny.en");
+        voice::weights();
+        let speaker = Speaker::installed(&models, voice::VOICE, SpeakerOptions::default());
+        assert!(speaker.neural().is_some(), "{:?}", speaker.neural_problem());
+        speaker
+            .prewarm(&Script::builtin("clinic").unwrap())
+            .expect("prewarm the clinic's lines");
+        let vad = VadModel::load(&models.join("silero-vad/silero_vad.onnx")).expect("Silero VAD");
+        Voices {
+            stt: Arc::new(stt),
+            speaker: Arc::new(speaker),
+            vad: Some(vad),
+        }
+    })
+}
+
+/// The caller's lines spoken by the Piper voice and heard through a telephone line.
+fn says(lines: &[&str]) -> Vec<CallerTurn> {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("caller-speech");
+    let piper = default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
+    testset::speak_lines(Voice::Piper, lines, &cache, &piper)
+        .expect("the caller's speech")
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            CallerTurn::Speech(to_i16(
+                &Condition::Telephone.apply(&u.samples, i as u64).unwrap(),
+            ))
+        })
+        .collect()
+}
+
+fn config() -> Config {
+    Config::parse(
+        include_str!("../src/config/default.toml"),
+        "default.toml",
+        ConfigSource::Embedded,
+    )
+    .expect("the embedded configuration")
+}
+
+fn loopback_options() -> SipOptions {
+    let mut options = SipOptions::new("127.0.0.1:0".parse().unwrap());
+    options.ring = Duration::from_millis(300);
+    options
+}
+
+struct Done {
+    report: LoopbackReport<AudioCallReport>,
+    said: Vec<String>,
+    transfers: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn call(turns: Vec<CallerTurn>, options: SipOptions) -> Done {
+    let config = config();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(
+        &dir.path().join("calls.db"),
+        None,
+        OpenMode::CreateAndMigrate,
+    )
+    .expect("store");
+    let mut said = Vec::new();
+    let mut transfers = Vec::new();
+    let report = call_over_loopback(
+        &turns,
+        "+15550104477",
+        options,
+        CallerTiming::default(),
+        |line, caller_id| {
+            run_audio_call(
+                &config,
+                Arc::new(Script::builtin("clinic").unwrap()),
+                TextCall {
+                    started_at: "2026-11-23T15:00:00Z".parse().unwrap(),
+                    remote_number: callbox::agent::extract::phone_number(caller_id),
+                },
+                LineKind::Sip,
+                line,
+                voices(),
+                EndpointOptions::default(),
+                &mut store,
+                &mut |u| match u {
+                    Utterance::Caller(t) | Utterance::Agent(t) => said.push(t.to_string()),
+                    Utterance::Transfer { target, .. } => transfers.push(target.to_string()),
+                    _ => {}
+                },
+            )
+        },
+    )
+    .expect("the SIP call runs");
+    eprintln!("{said:#?}\nmedia: {:?}", report.media);
+    let LoopbackReport {
+        session,
+        caller_id,
+        media,
+        heard,
+        peer_log,
+    } = report;
+    let session = session.unwrap_or_else(|e| panic!("the call failed: {e}\n{peer_log}"));
+    Done {
+        report: LoopbackReport {
+            session,
+            caller_id,
+            media,
+            heard,
+            peer_log,
+        },
+        said,
+        transfers,
+        _dir: dir,
+    }
+}
+
+/// What the caller's phone heard, transcribed.
+fn heard_by_caller(report: &LoopbackReport<AudioCallReport>) -> String {
+    speech_parts(&report.heard)
+        .into_iter()
+        .map(|part| voices().stt.transcribe(part).expect("transcribe").text)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+#[test]
+fn a_caller_on_a_sip_phone_is_heard_answered_and_recorded() {
+    let done = call(
+        says(&["Hi, I'd like to book an appointment.", "This is Dana Lee."]),
+        loopback_options(),
+    );
+    let summary = &done.report.session.summary;
+    assert_eq!(
+        done.report.caller_id, "+15550104477",
+        "the caller ID comes from From"
+    );
+    assert_eq!(summary.call.remote_number.as_deref(), Some("15550104477"));
+    assert_eq!(serde_json::to_value(summary.call.line).unwrap(), "sip");
+    let caller: Vec<String> = summary
+        .transcript
+        .iter()
+        .filter(|t| serde_json::to_value(&t.speaker).unwrap() == "caller")
+        .map(|t| t.text.to_lowercase())
+        .collect();
+    assert!(
+        caller.iter().any(|t| t.contains("appointment")),
+        "{caller:?}"
+    );
+    assert!(caller.iter().any(|t| t.contains("dana")), "{caller:?}");
+    // The box's voice crossed the network: the phone heard the greeting and the questions.
+    let heard = heard_by_caller(&done.report);
+    assert!(heard.contains("automated"), "the phone heard: {heard}");
+    assert!(heard.contains("name"), "the phone heard: {heard}");
+    let media = done.report.media;
+    assert!(
+        media.packets_received > 500 && media.packets_sent > 500,
+        "{media:?}"
+    );
+    assert_eq!(media.jitter.lost, 0, "{media:?}");
+    assert_eq!(media.malformed, 0, "{media:?}");
+}
+
+#[test]
+fn a_key_pressed_on_the_phone_transfers_the_caller_to_a_person() {
+    // The human at the front desk: a second phone that answers by itself.
+    let dir = tempfile::tempdir().unwrap();
+    let silence = dir.path().join("silence.wav");
+    write_wav(&silence, &vec![0.0; 8_000 * 60], 8_000).unwrap();
+    let mut human = Baresip::start(&silence, "201", true).expect("the human's phone");
+    let mut options = loopback_options();
+    options.pbx = Some(human.sip_addr().to_string());
+    let done = call(vec![CallerTurn::Press('0')], options);
+    assert_eq!(done.transfers.len(), 1, "{:?}", done.said);
+    assert_eq!(
+        serde_json::to_value(done.report.session.summary.call.ended_by).unwrap(),
+        "transfer",
+        "{}",
+        done.report.peer_log
+    );
+    human.quit();
+    assert!(
+        human.log().contains("+15550104477"),
+        "the caller reached the human's phone: {}",
+        human.log()
+    );
+}
+
+/// Sends one datagram to the box and returns the status line of its answer, if any.
+fn exchange(socket: &UdpSocket, to: SocketAddr, message: &str) -> Option<String> {
+    socket.send_to(message.as_bytes(), to).unwrap();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let (n, _) = socket.recv_from(&mut buffer).ok()?;
+        let text = String::from_utf8_lossy(&buffer[..n]).to_string();
+        let status = text.lines().next().unwrap_or_default().to_string();
+        if !status.starts_with("SIP/2.0 100") {
+            return Some(status);
+        }
+    }
+}
+
+fn invite(to: SocketAddr, from_port: u16, call_id: &str, sdp: &str) -> String {
+    format!(
+        "INVITE sip:callbox@{to} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{from_port};branch=z9hG4bK{call_id}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:555@127.0.0.1:{from_port}>;tag=t{call_id}\r\n\
+         To: <sip:callbox@{to}>\r\n\
+         Call-ID: {call_id}@test\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:555@127.0.0.1:{from_port}>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+#[test]
+fn broken_and_hostile_sip_is_refused_and_the_box_keeps_answering() {
+    let mut options = loopback_options();
+    options.max_calls = 0;
+    let ua = SipUa::start(options).expect("user agent");
+    let to = ua.local_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let port = socket.local_addr().unwrap().port();
+
+    // Garbage and a truncated request are dropped without an answer and without harm.
+    for junk in [
+        "\u{0}\u{1}\u{2}garbage",
+        "INVITE sip:x SIP/2.0\r\nVia: broken",
+        &"A".repeat(60_000),
+    ] {
+        let _ = socket.send_to(junk.as_bytes(), to);
+    }
+    // No line free (max_calls = 0): 486 Busy Here.
+    let ok_sdp = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n";
+    assert_eq!(
+        exchange(&socket, to, &invite(to, port, "busy1", ok_sdp)).as_deref(),
+        Some("SIP/2.0 486 Busy Here")
+    );
+    drop(ua);
+
+    let ua = SipUa::start(loopback_options()).expect("user agent");
+    let to = ua.local_addr();
+    // Only Opus offered: 488 Not Acceptable Here.
+    let opus =
+        "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
+    assert_eq!(
+        exchange(&socket, to, &invite(to, port, "opus1", opus)).as_deref(),
+        Some("SIP/2.0 488 Not Acceptable Here")
+    );
+    // A broken SDP: 400 Bad Request.
+    let broken = "v=0\r\nc=IN IP4 not-an-address\r\nm=audio x RTP/AVP 0\r\n";
+    assert_eq!(
+        exchange(&socket, to, &invite(to, port, "bad1", broken)).as_deref(),
+        Some("SIP/2.0 400 Bad Request")
+    );
+    // Still alive: OPTIONS (the PBX's keep-alive) is answered.
+    let options = format!(
+        "OPTIONS sip:callbox@{to} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKopt1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:pbx@127.0.0.1>;tag=o1\r\nTo: <sip:callbox@{to}>\r\n\
+         Call-ID: opt1@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(
+        exchange(&socket, to, &options).as_deref(),
+        Some("SIP/2.0 200 OK")
+    );
+    assert_eq!(ua.active_calls(), 0);
+}

@@ -93,7 +93,16 @@ struct Done {
     _dir: tempfile::TempDir,
 }
 
+/// Calls run in real time and one at a time, so that a slow machine slows one call, not two.
+static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn call(turns: Vec<CallerTurn>, options: SipOptions) -> Done {
+    let _turn = ONE_CALL_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Loaded before the phone rings, as on the box: a call answered while the models load would
+    // leave the caller talking to nobody.
+    let voices = voices();
     let config = config();
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(
@@ -119,7 +128,7 @@ fn call(turns: Vec<CallerTurn>, options: SipOptions) -> Done {
                 },
                 LineKind::Sip,
                 line,
-                voices(),
+                voices,
                 EndpointOptions::default(),
                 &mut store,
                 &mut |u| match u {

@@ -180,6 +180,27 @@ fn a_refill_call_in_speech_ends_in_the_right_summary() {
     // The box's voice is on the line.
     let loud = done.line.played().iter().filter(|s| s.abs() > 3000).count();
     assert!(loud > 16_000, "the box spoke: {loud} loud samples");
+    // Each spoken reply to the caller is stored with when its steps happened, in order.
+    let stored = done.store.turns_of_call(&summary.call.id).unwrap();
+    let timed: Vec<_> = stored.iter().filter_map(|t| t.timing).collect();
+    assert_eq!(timed.len(), done.report.turns.len(), "{stored:#?}");
+    assert!(stored
+        .iter()
+        .all(|t| t.timing.is_none() || t.speaker == "agent"));
+    for t in &timed {
+        let first_audio = t.first_audio_ms.expect("every reply was heard");
+        assert!(
+            t.caller_end_ms < t.transcript_ms
+                && t.transcript_ms <= t.reply_ready_ms
+                && t.reply_ready_ms <= first_audio,
+            "{t:?}"
+        );
+        // The caller waits between the silence window and a few seconds, never minutes.
+        assert!(
+            (300..8_000).contains(&(first_audio - t.caller_end_ms)),
+            "{t:?}"
+        );
+    }
     // The call and its summary are stored, the summary queued for the CRM.
     let stats = done.store.stats().unwrap();
     let count = |t: &str| stats.iter().find(|(n, _)| *n == t).map(|(_, c)| *c);

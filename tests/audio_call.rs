@@ -171,15 +171,6 @@ fn a_refill_call_in_speech_ends_in_the_right_summary() {
         done.report.turns
     );
     assert!(done.report.turns.iter().all(|t| t.first_audio_ms.is_some()));
-    assert!(done.report.greeting_first_audio_ms.is_some());
-    assert!(
-        done.report.barge_ins.is_empty(),
-        "{:?}",
-        done.report.barge_ins
-    );
-    // The box's voice is on the line.
-    let loud = done.line.played().iter().filter(|s| s.abs() > 3000).count();
-    assert!(loud > 16_000, "the box spoke: {loud} loud samples");
     // Each spoken reply to the caller is stored with when its steps happened, in order.
     let stored = done.store.turns_of_call(&summary.call.id).unwrap();
     let timed: Vec<_> = stored.iter().filter_map(|t| t.timing).collect();
@@ -201,6 +192,15 @@ fn a_refill_call_in_speech_ends_in_the_right_summary() {
             "{t:?}"
         );
     }
+    assert!(done.report.greeting_first_audio_ms.is_some());
+    assert!(
+        done.report.barge_ins.is_empty(),
+        "{:?}",
+        done.report.barge_ins
+    );
+    // The box's voice is on the line.
+    let loud = done.line.played().iter().filter(|s| s.abs() > 3000).count();
+    assert!(loud > 16_000, "the box spoke: {loud} loud samples");
     // The call and its summary are stored, the summary queued for the CRM.
     let stats = done.store.stats().unwrap();
     let count = |t: &str| stats.iter().find(|(n, _)| *n == t).map(|(_, c)| *c);

@@ -150,6 +150,9 @@ pub struct TurnFigures {
     pub end_from_audio: bool,
 }
 
+/// One call's figures and its turns, or why it could not run.
+type CallResult = anyhow::Result<(CallFigures, Vec<TurnFigures>)>;
+
 /// One call's figures beside its turns.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CallFigures {
@@ -281,8 +284,7 @@ fn bench(config: &Config, args: &BenchCallArgs) -> anyhow::Result<Report> {
         eprintln!("{total} calls, {concurrent} at a time…");
         let level_started = Instant::now();
         let next = Mutex::new(0usize);
-        let results: Mutex<Vec<anyhow::Result<(CallFigures, Vec<TurnFigures>)>>> =
-            Mutex::new(Vec::new());
+        let results: Mutex<Vec<CallResult>> = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             for _ in 0..concurrent {
                 scope.spawn(|| loop {
@@ -369,7 +371,7 @@ fn one_call(
     db: &Path,
     concurrent: usize,
     call: usize,
-) -> anyhow::Result<(CallFigures, Vec<TurnFigures>)> {
+) -> CallResult {
     let mut store = Store::open(db, None, OpenMode::CreateAndMigrate)?;
     let mut line = AudioFileLine::new(
         conversation.actions(),

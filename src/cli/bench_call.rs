@@ -161,13 +161,14 @@ pub struct CallFigures {
     pub conversation: &'static str,
     pub outcome: String,
     pub greeting_ms: Option<u64>,
-    /// Caller's speech onset → the box's audio stopped, per barge-in.
+    /// Caller's speech onset → the box's audio stopped, per barge-in the caller meant.
     pub barge_in_ms: Vec<u64>,
     /// A caller who talked over the box and was not heard doing so.
     pub barge_ins_missed: usize,
-    /// Barge-ins by a caller who waited for the box to be silent for a while: the box paused in
-    /// the middle of a reply (its voice fell behind real time) and the caller took the turn.
-    pub barge_ins_unintended: usize,
+    /// The same for barge-ins by a caller who had waited for the box to be silent for a while:
+    /// the box paused in the middle of a reply (its voice fell behind real time) and the caller
+    /// took the turn.
+    pub paused_barge_in_ms: Vec<u64>,
     /// Caller turns that got no reply audio.
     pub unanswered: usize,
     pub line_seconds: f64,
@@ -214,7 +215,8 @@ pub struct Level {
     pub greeting: Spread,
     pub barge_in: Spread,
     pub barge_ins_missed: usize,
-    pub barge_ins_unintended: usize,
+    /// Barge-ins by callers who had waited for a pause (see [`CallFigures`]).
+    pub paused_barge_ins: usize,
     pub unanswered: usize,
     /// Process peak RSS when the level was done (levels run in order, so it only grows).
     pub peak_rss_mib: Option<f64>,
@@ -404,9 +406,9 @@ fn one_call(
         concurrent,
         call,
     );
-    let (expected, unintended) = match conversation.manner {
-        Manner::BargesIn => (conversation.utterances.len(), 0),
-        Manner::Patient => (0, report.barge_ins.len()),
+    let (expected, barge_in_ms, paused_barge_in_ms) = match conversation.manner {
+        Manner::BargesIn => (conversation.utterances.len(), felt.barge_in_ms, Vec::new()),
+        Manner::Patient => (0, Vec::new(), felt.barge_in_ms),
     };
     let figures = CallFigures {
         concurrent,
@@ -417,9 +419,9 @@ fn one_call(
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
         greeting_ms: report.greeting_first_audio_ms,
-        barge_ins_missed: expected.saturating_sub(felt.barge_in_ms.len()),
-        barge_ins_unintended: unintended,
-        barge_in_ms: felt.barge_in_ms,
+        barge_ins_missed: expected.saturating_sub(barge_in_ms.len()),
+        barge_in_ms,
+        paused_barge_in_ms,
         unanswered: felt.unanswered,
         line_seconds: line.now_ms() as f64 / 1000.0,
     };
@@ -536,7 +538,7 @@ fn level(concurrent: usize, calls: &[CallFigures], turns: &[TurnFigures], wall: 
                 .flat_map(|c| c.barge_in_ms.iter().map(|&ms| ms as f64)),
         ),
         barge_ins_missed: calls.iter().map(|c| c.barge_ins_missed).sum(),
-        barge_ins_unintended: calls.iter().map(|c| c.barge_ins_unintended).sum(),
+        paused_barge_ins: calls.iter().map(|c| c.paused_barge_in_ms.len()).sum(),
         unanswered: calls.iter().map(|c| c.unanswered).sum(),
         peak_rss_mib: peak_rss_bytes().map(mib),
         wall_seconds: wall,
@@ -609,10 +611,10 @@ fn print(r: &Report) {
             pair(&l.barge_in),
             l.peak_rss_mib.map_or("?".into(), |m| format!("{m:.0} MiB")),
         );
-        if l.barge_ins_missed + l.barge_ins_unintended + l.unanswered > 0 {
+        if l.barge_ins_missed + l.paused_barge_ins + l.unanswered > 0 {
             println!(
                 "     {} barge-ins not heard; {} by a caller who had waited for a pause (the voice fell behind); {} caller turns without reply audio",
-                l.barge_ins_missed, l.barge_ins_unintended, l.unanswered
+                l.barge_ins_missed, l.paused_barge_ins, l.unanswered
             );
         }
     }

@@ -171,6 +171,27 @@ fn a_refill_call_in_speech_ends_in_the_right_summary() {
         done.report.turns
     );
     assert!(done.report.turns.iter().all(|t| t.first_audio_ms.is_some()));
+    // Each spoken reply to the caller is stored with when its steps happened, in order.
+    let stored = done.store.turns_of_call(&summary.call.id).unwrap();
+    let timed: Vec<_> = stored.iter().filter_map(|t| t.timing).collect();
+    assert_eq!(timed.len(), done.report.turns.len(), "{stored:#?}");
+    assert!(stored
+        .iter()
+        .all(|t| t.timing.is_none() || t.speaker == "agent"));
+    for t in &timed {
+        let first_audio = t.first_audio_ms.expect("every reply was heard");
+        assert!(
+            t.caller_end_ms < t.transcript_ms
+                && t.transcript_ms <= t.reply_ready_ms
+                && t.reply_ready_ms <= first_audio,
+            "{t:?}"
+        );
+        // The caller waits between the silence window and a few seconds, never minutes.
+        assert!(
+            (300..8_000).contains(&(first_audio - t.caller_end_ms)),
+            "{t:?}"
+        );
+    }
     assert!(done.report.greeting_first_audio_ms.is_some());
     assert!(
         done.report.barge_ins.is_empty(),

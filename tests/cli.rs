@@ -125,7 +125,7 @@ fn db_migrate_stats_and_backup() {
         .arg(&config)
         .args(["db", "migrate"]));
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("created, schema version 0 -> 2"), "{out}");
+    assert!(out.contains("created, schema version 0 -> 3"), "{out}");
     let (_, out, _) = run(callbox(dir.path())
         .arg("--config")
         .arg(&config)

@@ -23,7 +23,7 @@ use crate::line::{to_f32, to_i16, Line, LineError, LineInput, TransferOutcome, F
 use crate::speech::stt::SpeechToText;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeechStream};
 use crate::speech::vad::VadModel;
-use crate::store::{EventRow, Store, TurnRow};
+use crate::store::{EventRow, ReplyTiming, Store, TurnRow};
 
 /// The models a call uses, loaded once and shared by every call.
 #[derive(Clone)]
@@ -43,6 +43,8 @@ pub struct TurnTiming {
     pub first_audio_ms: Option<u64>,
     /// Time the recognizer itself took.
     pub stt_compute_ms: u64,
+    /// Time the agent took to answer the transcript.
+    pub agent_compute_us: u64,
 }
 
 impl TurnTiming {
@@ -301,6 +303,16 @@ pub fn run_audio_call(
     })
 }
 
+/// A caller turn's timing as stored on the box turn that answers it.
+fn reply_timing(t: &TurnTiming) -> ReplyTiming {
+    ReplyTiming {
+        caller_end_ms: t.caller_speech_end_ms as i64,
+        transcript_ms: t.stt_done_ms as i64,
+        reply_ready_ms: t.reply_ready_ms as i64,
+        first_audio_ms: t.first_audio_ms.map(|ms| ms as i64),
+    }
+}
+
 struct Session {
     agent: Agent,
     voices: Voices,
@@ -339,6 +351,7 @@ impl Session {
             start_ms: self.t_ms as i64,
             end_ms: self.t_ms as i64,
             interrupted: false,
+            timing: timing.map(|i| reply_timing(&self.timings[i])),
         });
         self.queue
             .push_back((reply.say, self.turns.len() - 1, timing));
@@ -378,6 +391,7 @@ impl Session {
             start_ms: h.speech_start_ms as i64,
             end_ms: h.speech_end_ms as i64,
             interrupted: false,
+            timing: None,
         });
         self.timings.push(TurnTiming {
             caller_speech_end_ms: h.speech_end_ms,
@@ -385,10 +399,15 @@ impl Session {
             reply_ready_ms: self.t_ms,
             first_audio_ms: None,
             stt_compute_ms: h.compute_ms,
+            agent_compute_us: 0,
         });
         let timing = self.timings.len() - 1;
+        let started = Instant::now();
         let reply = self.agent.handle(Event::Said(text), self.t_ms);
-        self.timings[timing].reply_ready_ms = self.t_ms;
+        let took = started.elapsed();
+        // The line's clock only moves by frames: the agent's own time is added to it.
+        self.timings[timing].agent_compute_us = took.as_micros() as u64;
+        self.timings[timing].reply_ready_ms = self.t_ms + took.as_millis() as u64;
         self.reply(reply, Some(timing), watch);
     }
 
@@ -410,7 +429,12 @@ impl Session {
                         speaking.got_audio = true;
                         let out_at = self.t_ms + line.queued_ms();
                         match speaking.timing {
-                            Some(i) => self.timings[i].first_audio_ms = Some(out_at),
+                            Some(i) => {
+                                self.timings[i].first_audio_ms = Some(out_at);
+                                if let Some(stored) = self.turns[speaking.turn].timing.as_mut() {
+                                    stored.first_audio_ms = Some(out_at as i64);
+                                }
+                            }
                             None if self.greeting_first_audio_ms.is_none() => {
                                 self.greeting_first_audio_ms = Some(out_at)
                             }

@@ -183,6 +183,7 @@ fn push_turn(turns: &mut Vec<TurnRow>, speaker: Speaker, text: &str, start: u64)
         start_ms: start as i64,
         end_ms: end as i64,
         interrupted: false,
+        timing: None,
     });
     end
 }

@@ -3,6 +3,7 @@
 
 mod audio_call;
 mod bench;
+mod bench_call;
 mod doctor;
 mod fleet;
 mod llm;
@@ -114,6 +115,9 @@ pub enum BenchCommand {
     /// Text to speech: load time, time to first audio, real-time factor and memory on a short
     /// and a long reply, beside Piper's own runtime when its Python environment exists.
     Tts(tts::BenchTtsArgs),
+    /// Whole audio calls in real time (1, 2 and 4 at once): end of the caller's speech to the
+    /// first reply audio, where that time goes, greeting, barge-in reaction and memory.
+    Call(bench_call::BenchCallArgs),
     /// Silero VAD cost per 20 ms frame and Smart Turn cost per end-of-turn decision.
     Turn {
         /// Seconds of audio the VAD runs over.
@@ -249,6 +253,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stt(args) => speech::stt(&config, args),
         Command::Bench(BenchCommand::Stt(args)) => speech::bench(&config, args),
         Command::Bench(BenchCommand::Tts(args)) => tts::bench(&config, args),
+        Command::Bench(BenchCommand::Call(args)) => bench_call::run(&config, args),
         Command::Doctor => Ok(doctor::run(&config)),
         Command::Script(cmd) => script(&config, cmd),
         Command::Simulate(args) => simulate(&config, args),

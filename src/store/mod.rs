@@ -13,7 +13,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
 
 /// Forward-only migrations; index `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -148,6 +152,19 @@ pub struct TurnRow {
     pub start_ms: i64,
     pub end_ms: i64,
     pub interrupted: bool,
+    /// On a box turn that answers caller speech in an audio call: when each step happened.
+    pub timing: Option<ReplyTiming>,
+}
+
+/// When the steps of one spoken reply happened, in ms from the call's start: the caller stopped
+/// speaking, the transcript was ready, the reply text was ready, its first audio went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTiming {
+    pub caller_end_ms: i64,
+    pub transcript_ms: i64,
+    pub reply_ready_ms: i64,
+    /// `None` when the reply never reached the line (the caller barged in or hung up first).
+    pub first_audio_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -346,6 +363,42 @@ impl Store {
             tx.commit().map_err(map_write_error)?;
         }
         Ok((from, self.schema_version()?))
+    }
+
+    /// The turns of a call, in order, with their reply timings.
+    pub fn turns_of_call(&self, call_id: &str) -> Result<Vec<TurnRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT speaker, text, start_ms, end_ms, interrupted,
+                    caller_end_ms, transcript_ms, reply_ready_ms, first_audio_ms
+             FROM turns WHERE call_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map([call_id], |r| {
+                let caller_end_ms: Option<i64> = r.get(5)?;
+                let transcript_ms: Option<i64> = r.get(6)?;
+                let reply_ready_ms: Option<i64> = r.get(7)?;
+                let timing = match (caller_end_ms, transcript_ms, reply_ready_ms) {
+                    (Some(caller_end_ms), Some(transcript_ms), Some(reply_ready_ms)) => {
+                        Some(ReplyTiming {
+                            caller_end_ms,
+                            transcript_ms,
+                            reply_ready_ms,
+                            first_audio_ms: r.get(8)?,
+                        })
+                    }
+                    _ => None,
+                };
+                Ok(TurnRow {
+                    speaker: r.get(0)?,
+                    text: r.get(1)?,
+                    start_ms: r.get(2)?,
+                    end_ms: r.get(3)?,
+                    interrupted: r.get(4)?,
+                    timing,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     /// Row counts per table, in [`TABLES`] order.
@@ -819,10 +872,12 @@ fn write_finished_call(
     after(WriteStage::CallRow);
     {
         let mut turn = tx.prepare(
-            "INSERT INTO turns (call_id, seq, speaker, text, start_ms, end_ms, interrupted)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO turns (call_id, seq, speaker, text, start_ms, end_ms, interrupted,
+                                caller_end_ms, transcript_ms, reply_ready_ms, first_audio_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         for (seq, t) in c.turns.iter().enumerate() {
+            let timing = t.timing.as_ref();
             turn.execute(params![
                 c.id,
                 seq as i64,
@@ -830,7 +885,11 @@ fn write_finished_call(
                 t.text,
                 t.start_ms,
                 t.end_ms,
-                t.interrupted
+                t.interrupted,
+                timing.map(|x| x.caller_end_ms),
+                timing.map(|x| x.transcript_ms),
+                timing.map(|x| x.reply_ready_ms),
+                timing.and_then(|x| x.first_audio_ms),
             ])?;
         }
         let mut slot = tx.prepare(

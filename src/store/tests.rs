@@ -20,6 +20,7 @@ fn sample_call(id: &str) -> FinishedCall {
                 start_ms: 0,
                 end_ms: 900,
                 interrupted: false,
+                timing: None,
             },
             TurnRow {
                 speaker: "caller".into(),
@@ -27,6 +28,7 @@ fn sample_call(id: &str) -> FinishedCall {
                 start_ms: 1200,
                 end_ms: 2000,
                 interrupted: false,
+                timing: None,
             },
         ],
         slots: vec![SlotRow {
@@ -364,7 +366,7 @@ fn a_version_1_database_migrates_to_2_keeping_its_active_script() {
         .unwrap();
     }
     let mut store = Store::open(&path, None, OpenMode::CreateAndMigrate).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(store.active_script().unwrap().unwrap().version, "1.0.0");
     store
         .install_script(&stored("1.1.0", "b"), true, "fleet")
@@ -413,4 +415,71 @@ fn batched_deliveries_requeue_and_retention_purge() {
         1
     );
     assert_eq!(store.outbox_status().unwrap().pending, 2);
+}
+
+#[test]
+fn a_version_2_database_keeps_its_turns_and_gains_reply_timings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callbox.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute(
+            "INSERT INTO calls (id, direction, line, script_name, script_version, started_at,
+                                ended_at, ended_by, outcome)
+             VALUES ('old', 'inbound', 'text', 'clinic', '1.0.0', '2026-01-01T00:00:00.000Z',
+                     '2026-01-01T00:01:00.000Z', 'caller', 'qualified')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO turns (call_id, seq, speaker, text, start_ms, end_ms, interrupted)
+             VALUES ('old', 0, 'agent', 'Hello', 0, 900, 0), ('old', 1, 'caller', 'Hi', 1200, 2000, 0)",
+            [],
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path, None, OpenMode::CreateAndMigrate).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 3);
+    let old = store.turns_of_call("old").unwrap();
+    assert_eq!(old.len(), 2);
+    assert_eq!(
+        (old[0].text.as_str(), old[0].end_ms, old[0].timing),
+        ("Hello", 900, None)
+    );
+    assert_eq!((old[1].text.as_str(), old[1].start_ms), ("Hi", 1200));
+
+    // A new call's reply carries its timing; a timing without first audio keeps that NULL.
+    let mut call = sample_call("new");
+    let timing = ReplyTiming {
+        caller_end_ms: 2000,
+        transcript_ms: 2900,
+        reply_ready_ms: 2901,
+        first_audio_ms: Some(3100),
+    };
+    call.turns.push(TurnRow {
+        speaker: "agent".into(),
+        text: "Sure".into(),
+        start_ms: 2901,
+        end_ms: 3800,
+        interrupted: false,
+        timing: Some(timing),
+    });
+    call.turns.push(TurnRow {
+        speaker: "agent".into(),
+        text: "Anything else?".into(),
+        start_ms: 3800,
+        end_ms: 3900,
+        interrupted: true,
+        timing: Some(ReplyTiming {
+            first_audio_ms: None,
+            ..timing
+        }),
+    });
+    store.record_finished_call(&call).unwrap();
+    let new = store.turns_of_call("new").unwrap();
+    assert_eq!(new, call.turns);
+    assert_eq!(store.turns_of_call("old").unwrap(), old);
 }

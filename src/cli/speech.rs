@@ -67,8 +67,8 @@ pub struct BenchSttArgs {
     /// Silence appended after each utterance, in mel frames (10 ms each).
     #[arg(long, default_value_t = crate::speech::stt::TAIL_FRAMES)]
     pub tail_frames: usize,
-    /// Threads for each configuration's matrix products (candle's `SttOptions::threads`,
-    /// faster-whisper's cpu_threads); 0: candle's default and all cores for faster-whisper.
+    /// Threads for each configuration's matrix products (CANDLE_NUM_THREADS and
+    /// RAYON_NUM_THREADS for candle, cpu_threads for faster-whisper); 0: all cores.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Measure one configuration in this process and print its figures as JSON (used by the
@@ -213,10 +213,6 @@ fn bench_worker(config: &Config, args: &BenchSttArgs, which: &str) -> anyhow::Re
         workers: 1,
         cached_decoder,
         tail_frames: args.tail_frames,
-        threads: match args.threads {
-            0 => crate::speech::stt::DEFAULT_THREADS,
-            n => n,
-        },
     };
     let model = SpeechToText::load_with(&dir, options)?;
     let load_s = started.elapsed().as_secs_f64();
@@ -327,6 +323,11 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             bail!("unknown configuration {which}");
         }
         let mut p = Process::new(&exe);
+        if args.threads > 0 {
+            for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+                p.env(var, args.threads.to_string());
+            }
+        }
         if let ConfigSource::File(path) = &config.source {
             p.arg("--config").arg(path);
         }
@@ -410,7 +411,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         args.runs,
         args.tail_frames,
         match args.threads {
-            0 => format!("default ({})", crate::speech::stt::DEFAULT_THREADS),
+            0 => "all cores".to_string(),
             n => n.to_string(),
         }
     );

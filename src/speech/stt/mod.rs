@@ -2,9 +2,10 @@
 //! [`import`] (`callbox models import`).
 //!
 //! [`SpeechToText`] is loaded once and shared (`Arc`, `Send + Sync`) by every call: the weights
-//! are loaded once, and a small pool of workers ([`SttOptions::workers`], each with its own
-//! [`SttOptions::threads`]) built on those same weight tensors (no copy) lets that many
-//! utterances be transcribed at the same time; more wait for a free worker. Decoding uses
+//! are loaded once, and a small pool of workers ([`SttOptions::workers`]) built on those same
+//! weight tensors (no copy) lets that many utterances be transcribed at the same time; more wait
+//! for a free worker. Candle's matrix products use the process's threads: `CANDLE_NUM_THREADS`
+//! and `RAYON_NUM_THREADS` size them (all cores by default; see docs/stt.md for what 1 does). Decoding uses
 //! [`decoder::TextDecoder`], which caches keys and values and feeds one token per step. Feed it a whole utterance or a growing partial; it returns text and a confidence.
 //! It blocks: callers on an async runtime run it on a dedicated thread.
 //!
@@ -80,8 +81,6 @@ pub enum SttError {
     BadAudio,
     #[error("the speech model is unusable after a panic in another thread")]
     Poisoned,
-    #[error("cannot start the speech model's threads: {0}")]
-    Threads(#[from] rayon::ThreadPoolBuildError),
 }
 
 /// How the model is loaded and run.
@@ -99,8 +98,6 @@ pub struct SttOptions {
     pub cached_decoder: bool,
     /// Silence appended after the audio, in mel frames, when encoding its own length.
     pub tail_frames: usize,
-    /// Threads each worker's matrix products run on (its own thread pool).
-    pub threads: usize,
 }
 
 impl Default for SttOptions {
@@ -111,15 +108,9 @@ impl Default for SttOptions {
             workers: default_workers(),
             cached_decoder: true,
             tail_frames: TAIL_FRAMES,
-            threads: DEFAULT_THREADS,
         }
     }
 }
-
-/// Threads per worker. One: on the 2-core box, under load (other calls, the LLM, the TTS), a
-/// second thread made single-call latency worse, much worse for q8_0 (threads wait on each
-/// other at every small product; measured with `callbox bench stt --threads N`, docs/stt.md).
-pub const DEFAULT_THREADS: usize = 1;
 
 /// One decoder per core, at most 4.
 pub fn default_workers() -> usize {
@@ -188,22 +179,16 @@ impl Model {
     }
 }
 
-/// An encoder (with candle-transformers' decoder) and the threads it runs on.
-struct Worker {
-    model: Model,
-    threads: rayon::ThreadPool,
-}
-
 /// Workers not in use, and a signal for those waiting for one.
 struct Pool {
-    free: Mutex<Vec<Worker>>,
+    free: Mutex<Vec<Model>>,
     returned: Condvar,
 }
 
 /// A worker taken from the pool; it goes back when dropped.
 struct Lease<'a> {
     pool: &'a Pool,
-    model: Option<Worker>,
+    model: Option<Model>,
 }
 
 impl Pool {
@@ -222,10 +207,10 @@ impl Pool {
 }
 
 impl Lease<'_> {
-    fn worker(&mut self) -> &mut Worker {
+    fn model(&mut self) -> &mut Model {
         self.model
             .as_mut()
-            .expect("a lease holds its worker until dropped")
+            .expect("a lease holds its model until dropped")
     }
 }
 
@@ -324,16 +309,6 @@ impl SpeechToText {
                 TextDecoder::load(&Weights::Full(&vb), &config.dims)?,
             )
         };
-        let models = models
-            .into_iter()
-            .map(|model| {
-                let threads = rayon::ThreadPoolBuilder::new()
-                    .num_threads(options.threads.max(1))
-                    .thread_name(|i| format!("stt-{i}"))
-                    .build()?;
-                Ok(Worker { model, threads })
-            })
-            .collect::<Result<Vec<_>, SttError>>()?;
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let vocab = config.dims.vocab_size;
         let mut suppress = vec![false; vocab];
@@ -448,26 +423,24 @@ impl SpeechToText {
         let mel = Tensor::from_vec(mel, (1, n_mels, frames), &self.device)?;
         timings.mel += started.elapsed();
         let mut lease = self.pool.take()?;
-        let Worker { model, threads } = lease.worker();
-        threads.install(|| {
-            let started = Instant::now();
-            let audio = model.encode(&mel)?;
-            timings.encode += started.elapsed();
-            timings.frames += frames;
-            let started = Instant::now();
-            let decoded = if self.options.cached_decoder {
-                let mut state = self.decoder.start(&audio)?;
-                self.greedy(|tokens, fed| self.decoder.step(&mut state, &tokens[fed..]))?
-            } else {
-                self.greedy(|tokens, fed| {
-                    let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-                    model.decode(&input, &audio, fed == 0)
-                })?
-            };
-            timings.decode += started.elapsed();
-            timings.steps += decoded.steps;
-            Ok(decoded)
-        })
+        let model = lease.model();
+        let started = Instant::now();
+        let audio = model.encode(&mel)?;
+        timings.encode += started.elapsed();
+        timings.frames += frames;
+        let started = Instant::now();
+        let decoded = if self.options.cached_decoder {
+            let mut state = self.decoder.start(&audio)?;
+            self.greedy(|tokens, fed| self.decoder.step(&mut state, &tokens[fed..]))?
+        } else {
+            self.greedy(|tokens, fed| {
+                let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+                model.decode(&input, &audio, fed == 0)
+            })?
+        };
+        timings.decode += started.elapsed();
+        timings.steps += decoded.steps;
+        Ok(decoded)
     }
 
     /// Greedy decoding; `next_logits(tokens, fed)` gives the logits after `tokens`, of which the

@@ -348,8 +348,9 @@ fn cached_decoder_matches_the_recomputing_one() {
             let heard = Condition::Telephone.apply(&u.samples, i as u64).unwrap();
             let a = cached.transcribe(&heard).unwrap();
             let b = recomputing.transcribe(&heard).unwrap();
+            // Past a decoding loop's cut the two may differ in how long they looped (rounding
+            // decides between near-equal tokens there), never in the text kept.
             assert_eq!(a.text, b.text, "quantized {quantized}, utterance {i}");
-            assert_eq!(a.timings.steps, b.timings.steps);
             assert!(
                 (a.confidence - b.confidence).abs() < 1e-2,
                 "quantized {quantized}: {a:?} {b:?}"

@@ -38,6 +38,23 @@ pub struct ModelArgs {
     pub pad_30s: bool,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum WerCondition {
+    Clean,
+    Telephone,
+    Noisy,
+}
+
+impl WerCondition {
+    fn condition(self) -> Condition {
+        match self {
+            WerCondition::Clean => Condition::Clean,
+            WerCondition::Telephone => Condition::Telephone,
+            WerCondition::Noisy => Condition::NoisyTelephone,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct BenchSttArgs {
     /// Speech-to-text model id.
@@ -53,6 +70,9 @@ pub struct BenchSttArgs {
     /// Also measure word error rate on the spoken test set through the telephone channel.
     #[arg(long)]
     pub wer: bool,
+    /// The channel the word-error-rate set is heard through.
+    #[arg(long, value_enum, default_value = "telephone")]
+    pub wer_condition: WerCondition,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -285,7 +305,12 @@ fn run_worker(mut command: Process) -> anyhow::Result<WorkerReport> {
 
 /// Speech for the bench, heard through the telephone channel and written as 16 kHz WAVs: the
 /// Piper voice when the reference environment is there, else espeak-ng.
-fn bench_audio(lines: &[&str], dir: &Path, name: &str) -> anyhow::Result<Vec<(PathBuf, String)>> {
+fn bench_audio(
+    lines: &[&str],
+    dir: &Path,
+    name: &str,
+    condition: Condition,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let cache = std::env::temp_dir().join("callbox-bench-speech");
     let piper = crate::models::default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
     let spoken = testset::speak_lines(Voice::Piper, lines, &cache, &piper).or_else(|e| {
@@ -297,7 +322,7 @@ fn bench_audio(lines: &[&str], dir: &Path, name: &str) -> anyhow::Result<Vec<(Pa
         .enumerate()
         .map(|(i, u)| {
             let path = dir.join(format!("{name}-{i:03}.wav"));
-            let heard = Condition::Telephone.apply(&u.samples, i as u64)?;
+            let heard = condition.apply(&u.samples, i as u64)?;
             audio::write_wav(&path, &heard, 16_000)?;
             Ok((path, u.text.clone()))
         })
@@ -309,9 +334,14 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         return bench_worker(config, &args, which);
     }
     let tmp = tempfile::tempdir()?;
-    let timed = bench_audio(&BENCH_SENTENCES, tmp.path(), "timed")?;
+    let timed = bench_audio(&BENCH_SENTENCES, tmp.path(), "timed", Condition::Telephone)?;
     let wer_set = if args.wer {
-        bench_audio(&testset::sentences(), tmp.path(), "set")?
+        bench_audio(
+            &testset::sentences(),
+            tmp.path(),
+            "set",
+            args.wer_condition.condition(),
+        )?
     } else {
         Vec::new()
     };
@@ -398,6 +428,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             "tail_frames": args.tail_frames,
             "threads": args.threads,
             "condition": Condition::Telephone.name(),
+            "wer_condition": args.wer_condition.condition().name(),
             "results": rows,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);

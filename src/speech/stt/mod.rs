@@ -36,12 +36,12 @@ use tokenizer::{Tokenizer, TokenizerError};
 
 /// Least number of mel frames the encoder runs on (1 s).
 pub const MIN_FRAMES: usize = 100;
-/// Silence appended after the audio when encoding the actual length (0.5 s, in frames). Less
-/// audio means a faster encoder and cross-attention; with too little the decoder runs past the
-/// end of short utterances and says them again, which the repetition checks below now catch.
-/// Measured (`callbox bench stt --wer --tail-frames N`, Piper voice through the telephone
-/// channel): 150 frames 4.7 % WER, 100 3.9 %, 50 3.9 %, 20 5.9 % (f32).
-pub const TAIL_FRAMES: usize = 50;
+/// Silence appended after the audio when encoding the actual length (1 s, in frames). Less audio
+/// means a faster encoder and cross-attention; with too little, the decoder cuts short or runs
+/// past the end of short utterances. Measured (`callbox bench stt --wer --tail-frames N`, Piper
+/// voice through the telephone channel, f32): 150 frames 4.7 % WER, 100 3.9 %, 50 3.9 %, 20
+/// 5.9 %; but with 15 dB of noise 50 frames gave 14.0 % against 8.4 % for 150 (docs/stt.md).
+pub const TAIL_FRAMES: usize = 100;
 /// Below this many samples (0.1 s) there is nothing to transcribe.
 pub const MIN_SAMPLES: usize = 1600;
 /// Silence put before the audio (0.3 s): Whisper drops the first words of speech that starts

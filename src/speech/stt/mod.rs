@@ -40,7 +40,7 @@ pub const MIN_FRAMES: usize = 100;
 /// means a faster encoder and cross-attention; with too little, the decoder cuts short or runs
 /// past the end of short utterances. Measured (`callbox bench stt --wer --tail-frames N`, Piper
 /// voice through the telephone channel, f32): 150 frames 4.7 % WER, 100 3.9 %, 50 3.9 %, 20
-/// 5.9 %; but with 15 dB of noise 50 frames gave 14.0 % against 8.4 % for 150 (docs/stt.md).
+/// 5.9 %; with 15 dB of noise, 150 frames 8.4 %, 100 8.1 %, 50 14.0 % (docs/stt.md).
 pub const TAIL_FRAMES: usize = 100;
 /// Below this many samples (0.1 s) there is nothing to transcribe.
 pub const MIN_SAMPLES: usize = 1600;

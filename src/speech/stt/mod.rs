@@ -36,12 +36,11 @@ use tokenizer::{Tokenizer, TokenizerError};
 
 /// Least number of mel frames the encoder runs on (1 s).
 pub const MIN_FRAMES: usize = 100;
-/// Silence appended after the audio when encoding the actual length (1 s, in frames). Less audio
-/// means a faster encoder and cross-attention; with too little, the decoder cuts short or runs
-/// past the end of short utterances. Measured (`callbox bench stt --wer --tail-frames N`, Piper
-/// voice through the telephone channel, f32): 150 frames 4.7 % WER, 100 3.9 %, 50 3.9 %, 20
-/// 5.9 %; with 15 dB of noise, 150 frames 8.4 %, 100 8.1 %, 50 14.0 % (docs/stt.md).
-pub const TAIL_FRAMES: usize = 100;
+/// Silence appended after the audio when encoding the actual length (1.5 s, in frames). Less
+/// audio means a faster encoder and cross-attention, but with less the decoder cuts short or runs
+/// past the end of short utterances: with 100 frames `tests/stt.rs` measured 5.6 % WER through
+/// the telephone channel and 10.3 % with noise, against 4.7 % and 8.4 % with 150 (docs/stt.md).
+pub const TAIL_FRAMES: usize = 150;
 /// Below this many samples (0.1 s) there is nothing to transcribe.
 pub const MIN_SAMPLES: usize = 1600;
 /// Silence put before the audio (0.3 s): Whisper drops the first words of speech that starts

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use crate::config::{Config, ConfigSource};
 use crate::models::Manifest;
 use crate::speech::audio;
-use crate::speech::stt::{SpeechToText, SttOptions};
+use crate::speech::stt::{SpeechToText, SttOptions, Timings};
 use crate::speech::testset::{self, Condition, Voice};
 use crate::speech::wer::WordErrors;
 use crate::system::resources;
@@ -38,6 +38,23 @@ pub struct ModelArgs {
     pub pad_30s: bool,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum WerCondition {
+    Clean,
+    Telephone,
+    Noisy,
+}
+
+impl WerCondition {
+    fn condition(self) -> Condition {
+        match self {
+            WerCondition::Clean => Condition::Clean,
+            WerCondition::Telephone => Condition::Telephone,
+            WerCondition::Noisy => Condition::NoisyTelephone,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct BenchSttArgs {
     /// Speech-to-text model id.
@@ -53,9 +70,27 @@ pub struct BenchSttArgs {
     /// Also measure word error rate on the spoken test set through the telephone channel.
     #[arg(long)]
     pub wer: bool,
+    /// The channel the word-error-rate set is heard through.
+    #[arg(long, value_enum, default_value = "telephone")]
+    pub wer_condition: WerCondition,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The candle configurations to measure, among f32, q8_0 (key/value-cached decoder),
+    /// f32-uncached, q8_0-uncached (candle-transformers' decoder) and f32-30s (30 s window).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "f32,q8_0,f32-uncached,f32-30s"
+    )]
+    pub only: Vec<String>,
+    /// Silence appended after each utterance, in mel frames (10 ms each).
+    #[arg(long, default_value_t = crate::speech::stt::TAIL_FRAMES)]
+    pub tail_frames: usize,
+    /// Threads for each configuration's matrix products (CANDLE_NUM_THREADS and
+    /// RAYON_NUM_THREADS for candle, cpu_threads for faster-whisper); 0: all cores.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Measure one configuration in this process and print its figures as JSON (used by the
     /// bench itself, so each configuration's peak memory is its own).
     #[arg(long, hide = true)]
@@ -129,6 +164,18 @@ struct Timed {
     median_ms: f64,
     min_ms: f64,
     text: String,
+    /// Medians of the stages (candle only).
+    #[serde(default)]
+    stages: Option<Stages>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Stages {
+    mel_ms: f64,
+    encode_ms: f64,
+    decode_ms: f64,
+    frames: usize,
+    steps: usize,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -154,6 +201,7 @@ struct UtteranceRow {
     median_ms: f64,
     min_ms: f64,
     rtf: f64,
+    stages: Option<Stages>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -161,13 +209,21 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Measures one configuration (`f32`, `q8_0` or `f32-30s`) in this process.
+/// The candle configurations: (name, quantized, padded to 30 s, cached decoder).
+const CANDLE_CONFIGS: [(&str, bool, bool, bool); 5] = [
+    ("f32", false, false, true),
+    ("q8_0", true, false, true),
+    ("f32-uncached", false, false, false),
+    ("q8_0-uncached", true, false, false),
+    ("f32-30s", false, true, true),
+];
+
+/// Measures one configuration of [`CANDLE_CONFIGS`] in this process.
 fn bench_worker(config: &Config, args: &BenchSttArgs, which: &str) -> anyhow::Result<ExitCode> {
-    let (quantized, pad_to_30s) = match which {
-        "f32" => (false, false),
-        "q8_0" => (true, false),
-        "f32-30s" => (false, true),
-        other => bail!("unknown configuration {other}"),
+    let Some(&(_, quantized, pad_to_30s, cached_decoder)) =
+        CANDLE_CONFIGS.iter().find(|c| c.0 == which)
+    else {
+        bail!("unknown configuration {which}");
     };
     let dir = model_dir(config, &args.model)?;
     let started = Instant::now();
@@ -175,6 +231,8 @@ fn bench_worker(config: &Config, args: &BenchSttArgs, which: &str) -> anyhow::Re
         quantized,
         pad_to_30s,
         workers: 1,
+        cached_decoder,
+        tail_frames: args.tail_frames,
     };
     let model = SpeechToText::load_with(&dir, options)?;
     let load_s = started.elapsed().as_secs_f64();
@@ -184,16 +242,31 @@ fn bench_worker(config: &Config, args: &BenchSttArgs, which: &str) -> anyhow::Re
         model.transcribe(&samples)?;
         let mut times = Vec::new();
         let mut text = String::new();
+        let (mut mel, mut encode, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+        let mut last = Timings::default();
         for _ in 0..args.runs.max(1) {
             let t = Instant::now();
-            text = model.transcribe(&samples)?.text;
+            let heard = model.transcribe(&samples)?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
+            text = heard.text;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            mel.push(ms(heard.timings.mel));
+            encode.push(ms(heard.timings.encode));
+            decode.push(ms(heard.timings.decode));
+            last = heard.timings;
         }
         timed.push(Timed {
             file: file.clone(),
             min_ms: times.iter().cloned().fold(f64::INFINITY, f64::min),
             median_ms: median(&mut times),
             text,
+            stages: Some(Stages {
+                mel_ms: median(&mut mel),
+                encode_ms: median(&mut encode),
+                decode_ms: median(&mut decode),
+                frames: last.frames,
+                steps: last.steps,
+            }),
         });
     }
     let transcribed = args
@@ -232,7 +305,12 @@ fn run_worker(mut command: Process) -> anyhow::Result<WorkerReport> {
 
 /// Speech for the bench, heard through the telephone channel and written as 16 kHz WAVs: the
 /// Piper voice when the reference environment is there, else espeak-ng.
-fn bench_audio(lines: &[&str], dir: &Path, name: &str) -> anyhow::Result<Vec<(PathBuf, String)>> {
+fn bench_audio(
+    lines: &[&str],
+    dir: &Path,
+    name: &str,
+    condition: Condition,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let cache = std::env::temp_dir().join("callbox-bench-speech");
     let piper = crate::models::default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
     let spoken = testset::speak_lines(Voice::Piper, lines, &cache, &piper).or_else(|e| {
@@ -244,7 +322,7 @@ fn bench_audio(lines: &[&str], dir: &Path, name: &str) -> anyhow::Result<Vec<(Pa
         .enumerate()
         .map(|(i, u)| {
             let path = dir.join(format!("{name}-{i:03}.wav"));
-            let heard = Condition::Telephone.apply(&u.samples, i as u64)?;
+            let heard = condition.apply(&u.samples, i as u64)?;
             audio::write_wav(&path, &heard, 16_000)?;
             Ok((path, u.text.clone()))
         })
@@ -256,22 +334,37 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         return bench_worker(config, &args, which);
     }
     let tmp = tempfile::tempdir()?;
-    let timed = bench_audio(&BENCH_SENTENCES, tmp.path(), "timed")?;
+    let timed = bench_audio(&BENCH_SENTENCES, tmp.path(), "timed", Condition::Telephone)?;
     let wer_set = if args.wer {
-        bench_audio(&testset::sentences(), tmp.path(), "set")?
+        bench_audio(
+            &testset::sentences(),
+            tmp.path(),
+            "set",
+            args.wer_condition.condition(),
+        )?
     } else {
         Vec::new()
     };
     let model_dir = model_dir(config, &args.model)?;
     let exe = std::env::current_exe()?;
     let mut configs: Vec<(&'static str, String, Process)> = Vec::new();
-    for which in ["f32", "q8_0", "f32-30s"] {
+    for which in &args.only {
+        if !CANDLE_CONFIGS.iter().any(|c| c.0 == which) {
+            bail!("unknown configuration {which}");
+        }
         let mut p = Process::new(&exe);
+        if args.threads > 0 {
+            for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+                p.env(var, args.threads.to_string());
+            }
+        }
         if let ConfigSource::File(path) = &config.source {
             p.arg("--config").arg(path);
         }
         p.args(["bench", "stt", "--model", &args.model, "--worker", which])
-            .args(["--runs", &args.runs.to_string(), "--timed"])
+            .args(["--runs", &args.runs.to_string()])
+            .args(["--tail-frames", &args.tail_frames.to_string()])
+            .args(["--threads", &args.threads.to_string(), "--timed"])
             .args(timed.iter().map(|(f, _)| f))
             .arg("--transcribed")
             .args(wer_set.iter().map(|(f, _)| f));
@@ -279,7 +372,10 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
     }
     if args.reference {
         let python = testset::reference_python()?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = match args.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         for compute in ["float32", "int8"] {
             let mut p = Process::new(&python);
             p.arg(testset::tools_dir().join("faster_whisper_run.py"))
@@ -305,6 +401,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
                     median_ms: t.median_ms,
                     min_ms: t.min_ms,
                     rtf: t.median_ms / 1e3 / audio_s,
+                    stages: t.stages.clone(),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -328,17 +425,26 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         let v = serde_json::json!({
             "model": args.model,
             "runs": args.runs,
+            "tail_frames": args.tail_frames,
+            "threads": args.threads,
             "condition": Condition::Telephone.name(),
+            "wer_condition": args.wer_condition.condition().name(),
             "results": rows,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "stt {} on {} speech, median of {} runs after a warm-up, one process per configuration",
+        "stt {} on {} speech, median of {} runs after a warm-up, one process per configuration, \
+         tail {} frames, threads {}",
         args.model,
         Condition::Telephone.name(),
-        args.runs
+        args.runs,
+        args.tail_frames,
+        match args.threads {
+            0 => "all cores".to_string(),
+            n => n.to_string(),
+        }
     );
     for r in &rows {
         let wer = r
@@ -353,6 +459,18 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
                 "      {:>4.1} s audio: median {:>7.1} ms  min {:>7.1} ms  RTF {:.3}",
                 u.audio_s, u.median_ms, u.min_ms, u.rtf
             );
+            if let Some(s) = &u.stages {
+                println!(
+                    "          mel {:>6.1} ms  encoder {:>6.1} ms ({} frames)  decoder {:>6.1} ms \
+                     ({} steps, {:.1} ms/step)",
+                    s.mel_ms,
+                    s.encode_ms,
+                    s.frames,
+                    s.decode_ms,
+                    s.steps,
+                    s.decode_ms / s.steps.max(1) as f64
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -2,9 +2,11 @@
 //! [`import`] (`callbox models import`).
 //!
 //! [`SpeechToText`] is loaded once and shared (`Arc`, `Send + Sync`) by every call: the weights
-//! are loaded once, and a small pool of decoders ([`SttOptions::workers`]) built on those same
-//! weight tensors (no copy) lets that many utterances be decoded at the same time; more wait for a
-//! free decoder. Feed it a whole utterance or a growing partial; it returns text and a confidence.
+//! are loaded once, and a small pool of workers ([`SttOptions::workers`]) built on those same
+//! weight tensors (no copy) lets that many utterances be transcribed at the same time; more wait
+//! for a free worker. Candle's matrix products use the process's threads: `CANDLE_NUM_THREADS`
+//! and `RAYON_NUM_THREADS` size them (all cores by default; see docs/stt.md for what 1 does). Decoding uses
+//! [`decoder::TextDecoder`], which caches keys and values and feeds one token per step. Feed it a whole utterance or a growing partial; it returns text and a confidence.
 //! It blocks: callers on an async runtime run it on a dedicated thread.
 //!
 //! Decoding is greedy, English, without timestamps, with Whisper's non-speech token suppression.
@@ -15,26 +17,29 @@
 //! window.
 
 pub mod ct2;
+pub mod decoder;
 pub mod import;
 pub mod mel;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::whisper::{self as w, model as fmodel, quantized_model as qmodel};
 
+use decoder::{TextDecoder, Weights};
 use import::{CandleConfig, CANDLE_DIR, CONFIG_FILE, GGUF_FILE, SAFETENSORS_FILE};
 use tokenizer::{Tokenizer, TokenizerError};
 
 /// Least number of mel frames the encoder runs on (1 s).
 pub const MIN_FRAMES: usize = 100;
-/// Silence appended after the audio when encoding the actual length (1.5 s, in frames): with
-/// less, the decoder tends to run past the end of short utterances and say them again
-/// (measured on a phone number through a telephone channel: 0.5 s gave "555 23 4 9 8 7 6 5 5 5
-/// 5 2 3", 1.5 s the number alone).
+/// Silence appended after the audio when encoding the actual length (1.5 s, in frames). Less
+/// audio means a faster encoder and cross-attention, but with less the decoder cuts short or runs
+/// past the end of short utterances: with 100 frames `tests/stt.rs` measured 5.6 % WER through
+/// the telephone channel and 10.3 % with noise, against 4.7 % and 8.4 % with 150 (docs/stt.md).
 pub const TAIL_FRAMES: usize = 150;
 /// Below this many samples (0.1 s) there is nothing to transcribe.
 pub const MIN_SAMPLES: usize = 1600;
@@ -86,6 +91,12 @@ pub struct SttOptions {
     pub pad_to_30s: bool,
     /// Utterances decoded at the same time (decoders sharing the one copy of the weights).
     pub workers: usize,
+    /// Decode with [`decoder::TextDecoder`], which caches self-attention keys and values and
+    /// feeds one token per step; `false` uses candle-transformers' decoder, which runs over all
+    /// the tokens at every step (same text, slower; for comparison).
+    pub cached_decoder: bool,
+    /// Silence appended after the audio, in mel frames, when encoding its own length.
+    pub tail_frames: usize,
 }
 
 impl Default for SttOptions {
@@ -94,11 +105,13 @@ impl Default for SttOptions {
             quantized: false,
             pad_to_30s: false,
             workers: default_workers(),
+            cached_decoder: true,
+            tail_frames: TAIL_FRAMES,
         }
     }
 }
 
-/// One decoder per core, at most 4: each decoder's matrix products already use several threads.
+/// One decoder per core, at most 4.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
@@ -112,6 +125,23 @@ pub struct Transcript {
     pub no_speech_prob: f32,
     /// Windows whose text was dropped as a decoding loop (compression-ratio check).
     pub looped_windows: usize,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Time spent per stage of a transcription, summed over its 30 s windows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Computing the log-mel spectrogram.
+    pub mel: Duration,
+    /// Running the encoder.
+    pub encode: Duration,
+    /// Greedy decoding, cross-attention set-up included.
+    pub decode: Duration,
+    /// Mel frames the encoder ran on.
+    pub frames: usize,
+    /// Decoder steps (tokens produced, end of text included).
+    pub steps: usize,
 }
 
 enum Model {
@@ -148,13 +178,13 @@ impl Model {
     }
 }
 
-/// Decoders not in use, and a signal for those waiting for one.
+/// Workers not in use, and a signal for those waiting for one.
 struct Pool {
     free: Mutex<Vec<Model>>,
     returned: Condvar,
 }
 
-/// A decoder taken from the pool; it goes back when dropped.
+/// A worker taken from the pool; it goes back when dropped.
 struct Lease<'a> {
     pool: &'a Pool,
     model: Option<Model>,
@@ -194,6 +224,7 @@ impl Drop for Lease<'_> {
 
 pub struct SpeechToText {
     pool: Pool,
+    decoder: TextDecoder,
     config: CandleConfig,
     tokenizer: Tokenizer,
     log_mel: mel::LogMel,
@@ -209,6 +240,7 @@ struct Decoded {
     probs: Vec<f32>,
     sum_logprob: f32,
     no_speech_prob: f32,
+    steps: usize,
 }
 
 impl SpeechToText {
@@ -256,17 +288,25 @@ impl SpeechToText {
         let device = Device::Cpu;
         let workers = options.workers.max(1);
         // Every decoder is built from the same loaded tensors: candle tensors share their storage.
-        let models = if options.quantized {
+        let (models, decoder) = if options.quantized {
             let vb = qmodel::VarBuilder::from_gguf(&weights, &device)?;
-            (0..workers)
+            let models = (0..workers)
                 .map(|_| Ok(Model::Quantized(qmodel::Whisper::load(&vb, wcfg.clone())?)))
-                .collect::<candle_core::Result<Vec<_>>>()?
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            (
+                models,
+                TextDecoder::load(&Weights::Quantized(&vb), &config.dims)?,
+            )
         } else {
             let tensors = candle_core::safetensors::load(&weights, &device)?;
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-            (0..workers)
+            let models = (0..workers)
                 .map(|_| Ok(Model::Full(fmodel::Whisper::load(&vb, wcfg.clone())?)))
-                .collect::<candle_core::Result<Vec<_>>>()?
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            (
+                models,
+                TextDecoder::load(&Weights::Full(&vb), &config.dims)?,
+            )
         };
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let vocab = config.dims.vocab_size;
@@ -288,6 +328,7 @@ impl SpeechToText {
                 free: Mutex::new(models),
                 returned: Condvar::new(),
             },
+            decoder,
             config,
             tokenizer,
             log_mel,
@@ -320,11 +361,12 @@ impl SpeechToText {
         let mut probs = Vec::new();
         let mut no_speech_prob = 1f32;
         let mut looped_windows = 0;
+        let mut timings = Timings::default();
         for chunk in samples_16k.chunks(w::N_SAMPLES - LEAD_SAMPLES) {
             if chunk.len() < MIN_SAMPLES || rms(chunk) < SILENCE_RMS {
                 continue;
             }
-            let d = self.transcribe_window(chunk, pad_to_30s)?;
+            let d = self.transcribe_window(chunk, pad_to_30s, &mut timings)?;
             no_speech_prob = no_speech_prob.min(d.no_speech_prob);
             let avg_logprob = d.sum_logprob / (d.tokens.len() + 1) as f32;
             if d.no_speech_prob > NO_SPEECH_THRESHOLD && avg_logprob < LOGPROB_THRESHOLD {
@@ -352,10 +394,17 @@ impl SpeechToText {
             confidence,
             no_speech_prob,
             looped_windows,
+            timings,
         })
     }
 
-    fn transcribe_window(&self, samples: &[f32], pad_to_30s: bool) -> Result<Decoded, SttError> {
+    fn transcribe_window(
+        &self,
+        samples: &[f32],
+        pad_to_30s: bool,
+        timings: &mut Timings,
+    ) -> Result<Decoded, SttError> {
+        let started = Instant::now();
         let n_mels = self.config.dims.num_mel_bins;
         let mut lead = vec![0f32; LEAD_SAMPLES];
         lead.extend_from_slice(samples);
@@ -363,7 +412,7 @@ impl SpeechToText {
         let frames = if pad_to_30s {
             mel::N_FRAMES
         } else {
-            let f = samples.len().div_ceil(mel::HOP_LENGTH) + TAIL_FRAMES;
+            let f = samples.len().div_ceil(mel::HOP_LENGTH) + self.options.tail_frames;
             let f = f.max(MIN_FRAMES);
             (f + f % 2).min(mel::N_FRAMES)
         };
@@ -371,12 +420,34 @@ impl SpeechToText {
             .log_mel
             .features(samples, frames, mel::EndPadding::Zeros)?;
         let mel = Tensor::from_vec(mel, (1, n_mels, frames), &self.device)?;
+        timings.mel += started.elapsed();
         let mut lease = self.pool.take()?;
-        let audio = lease.model().encode(&mel)?;
-        self.greedy(lease.model(), &audio)
+        let model = lease.model();
+        let started = Instant::now();
+        let audio = model.encode(&mel)?;
+        timings.encode += started.elapsed();
+        timings.frames += frames;
+        let started = Instant::now();
+        let decoded = if self.options.cached_decoder {
+            let mut state = self.decoder.start(&audio)?;
+            self.greedy(|tokens, fed| self.decoder.step(&mut state, &tokens[fed..]))?
+        } else {
+            self.greedy(|tokens, fed| {
+                let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+                model.decode(&input, &audio, fed == 0)
+            })?
+        };
+        timings.decode += started.elapsed();
+        timings.steps += decoded.steps;
+        Ok(decoded)
     }
 
-    fn greedy(&self, model: &mut Model, audio: &Tensor) -> Result<Decoded, SttError> {
+    /// Greedy decoding; `next_logits(tokens, fed)` gives the logits after `tokens`, of which the
+    /// first `fed` were given in earlier calls.
+    fn greedy(
+        &self,
+        mut next_logits: impl FnMut(&[u32], usize) -> candle_core::Result<Tensor>,
+    ) -> Result<Decoded, SttError> {
         let specials = self.tokenizer.specials;
         let mut tokens = self.tokenizer.prompt();
         let prompt_len = tokens.len();
@@ -384,13 +455,13 @@ impl SpeechToText {
         let mut probs = Vec::new();
         let mut sum_logprob = 0f32;
         let mut no_speech_prob = 0f32;
+        let mut fed = 0;
+        let mut steps = 0;
         for step in 0..max_len {
-            let input = Tensor::new(tokens.as_slice(), &self.device)?.unsqueeze(0)?;
-            let logits: Vec<f32> = model
-                .decode(&input, audio, step == 0)?
-                .flatten_all()?
-                .to_dtype(DType::F32)?
-                .to_vec1()?;
+            let logits = next_logits(&tokens, fed)?;
+            fed = tokens.len();
+            steps += 1;
+            let logits: Vec<f32> = logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             if step == 0 {
                 no_speech_prob = softmax_at(&logits, specials.no_speech as usize, |_| false);
             }
@@ -424,6 +495,7 @@ impl SpeechToText {
             probs,
             sum_logprob,
             no_speech_prob,
+            steps,
         })
     }
 }

@@ -189,7 +189,7 @@ fn a_caller_on_a_sip_phone_is_heard_answered_and_recorded() {
     let caller: Vec<String> = summary
         .transcript
         .iter()
-        .filter(|t| serde_json::to_value(&t.speaker).unwrap() == "caller")
+        .filter(|t| serde_json::to_value(t.speaker).unwrap() == "caller")
         .map(|t| t.text.to_lowercase())
         .collect();
     assert!(

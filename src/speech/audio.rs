@@ -117,30 +117,12 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioEr
 
 /// Encodes one sample in [-1, 1] as G.711 µ-law.
 pub fn mulaw_encode(x: f32) -> u8 {
-    const BIAS: i32 = 0x84;
-    const CLIP: i32 = 32635;
-    let mut s = (x.clamp(-1.0, 1.0) * 32767.0) as i32;
-    let sign = if s < 0 {
-        s = -s;
-        0x80
-    } else {
-        0
-    };
-    s = s.min(CLIP) + BIAS;
-    let exponent = (7 - (s.leading_zeros() as i32 - 17)).clamp(0, 7);
-    let mantissa = (s >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) | mantissa) as u8
+    crate::line::sip::g711::mulaw_encode((x.clamp(-1.0, 1.0) * 32767.0) as i16)
 }
 
 /// Decodes one G.711 µ-law byte to a sample in [-1, 1].
 pub fn mulaw_decode(b: u8) -> f32 {
-    let b = !b;
-    let sign = b & 0x80;
-    let exponent = ((b >> 4) & 0x07) as i32;
-    let mantissa = (b & 0x0F) as i32;
-    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
-    let v = if sign != 0 { -magnitude } else { magnitude };
-    v as f32 / 32768.0
+    f32::from(crate::line::sip::g711::mulaw_decode(b)) / 32768.0
 }
 
 /// Lower and upper edge of the telephone voice band, Hz.

@@ -42,6 +42,7 @@ pub fn simulate_sip(
     let mut options = SipOptions::new(config.sip.listen);
     options.listen.set_port(0);
     options.max_calls = config.sip.max_calls;
+    options.answer_after_rings = config.sip.answer_after_rings;
     let number: String = caller_number
         .map(|n| {
             n.chars()

@@ -19,7 +19,7 @@ use crate::line::{frame_rms, Frame, LineInput, FRAME_SAMPLES};
 
 /// Samples per 20 ms at the codec's 8 kHz.
 const CODEC_FRAME: usize = 160;
-/// Frames the call may fall behind reading before the oldest are dropped.
+/// Frames the call may fall behind reading before new ones are dropped.
 const INPUT_QUEUE: usize = 100;
 
 /// Counts of one call's media, for the call record and the bench.

@@ -454,4 +454,30 @@ mod tests {
         );
         assert!(jittery.jitter_ms() > 30.0);
     }
+
+    #[test]
+    fn random_packets_and_sequences_never_panic_and_stay_bounded() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3550);
+        let mut jb = JitterBuffer::new(2, 10);
+        let mut dtmf = DtmfReceiver::default();
+        for i in 0..50_000u32 {
+            let length = rng.random_range(0..64);
+            let packet: Vec<u8> = (0..length).map(|_| rng.random()).collect();
+            if let Ok((header, payload)) = parse(&packet) {
+                let _ = dtmf.receive(&header, payload);
+                jb.push(
+                    header.sequence,
+                    header.timestamp,
+                    8_000,
+                    f64::from(i) * 20.0,
+                    payload.to_vec(),
+                );
+            }
+            if i % 2 == 0 {
+                let _ = jb.pop();
+            }
+            assert!(jb.packets.len() <= MAX_PACKETS);
+        }
+    }
 }

@@ -501,4 +501,20 @@ mod tests {
         assert_eq!(agreed.dtmf_payload_type, Some(101));
         assert_eq!(agreed.remote, "192.0.2.10:20000".parse().unwrap());
     }
+
+    #[test]
+    fn mangled_offers_are_errors_or_descriptions_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4566);
+        for _ in 0..20_000 {
+            let mut bytes = BARESIP_OFFER.as_bytes().to_vec();
+            for _ in 0..rng.random_range(1..8) {
+                let at = rng.random_range(0..bytes.len());
+                bytes[at] = rng.random();
+            }
+            if let Ok(description) = parse(&String::from_utf8_lossy(&bytes)) {
+                let _ = description.negotiate(&Codec::ALL);
+            }
+        }
+    }
 }

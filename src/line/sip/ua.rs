@@ -437,16 +437,15 @@ async fn answer(agent: Arc<Agent>, mut tx: Transaction) {
     let control = media.control();
     let (commands, command_receiver) = async_mpsc::unbounded_channel();
     let line = SipLine::new(media, commands);
-    if agent
-        .call_sender
-        .send(IncomingCall {
-            line,
-            caller,
-            call_id,
-        })
-        .is_err()
-    {
-        // Nobody takes calls any more (the box is shutting down); the line's drop says BYE.
+    let offered = agent.call_sender.send(IncomingCall {
+        line,
+        caller,
+        call_id,
+    });
+    if let Err(unanswered) = offered {
+        // Nobody takes calls any more (the box is shutting down).
+        drop(unanswered);
+        let _ = dialog.bye().await;
         return;
     }
     let call = CallSignalling {

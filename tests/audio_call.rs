@@ -4,63 +4,23 @@
 //! onto the line. The summary must come out right from speech alone; barge-in must stop the box
 //! (and the box's own echo must not); silence and keys must reach the agent.
 
+#[path = "support/call_voices.rs"]
+mod call_voices;
 #[path = "support/voice.rs"]
 mod voice;
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use call_voices::{caller_speech, voices};
+
+use std::sync::Arc;
 
 use callbox::agent::summary::LineKind;
 use callbox::agent::{Script, Summary};
-use callbox::call::audio::{run_audio_call, AudioCallReport, Voices};
+use callbox::call::audio::{run_audio_call, AudioCallReport};
 use callbox::call::endpoint::EndpointOptions;
 use callbox::call::{TextCall, Utterance};
 use callbox::config::{Config, ConfigSource};
 use callbox::line::audio_file::{AudioFileLine, AudioFileOptions, CallerAction};
-use callbox::line::to_i16;
-use callbox::models::{default_models_dir, Manifest};
-use callbox::speech::stt::import::{import_model, ImportOptions};
-use callbox::speech::stt::SpeechToText;
-use callbox::speech::testset::{self, Condition, Voice};
-use callbox::speech::tts::speaker::{Speaker, SpeakerOptions};
-use callbox::speech::vad::VadModel;
 use callbox::store::{OpenMode, Store};
-
-fn voices() -> &'static Voices {
-    static VOICES: OnceLock<Voices> = OnceLock::new();
-    VOICES.get_or_init(|| {
-        let models = default_models_dir();
-        let manifest = Manifest::embedded();
-        let entry = manifest.get("whisper-tiny-en").expect("tiny.en");
-        import_model(&models, entry, ImportOptions::default()).expect("import tiny.en");
-        let stt = SpeechToText::load(&entry.dir(&models)).expect("load tiny.en");
-        voice::weights();
-        let speaker = Speaker::installed(&models, voice::VOICE, SpeakerOptions::default());
-        assert!(speaker.neural().is_some(), "{:?}", speaker.neural_problem());
-        // As when the script is activated on the box: its fixed lines cost nothing to say.
-        speaker
-            .prewarm(&Script::builtin("clinic").unwrap())
-            .expect("prewarm the clinic's lines");
-        let vad = VadModel::load(&models.join("silero-vad/silero_vad.onnx")).expect("Silero VAD");
-        Voices {
-            stt: Arc::new(stt),
-            speaker: Arc::new(speaker),
-            vad: Some(vad),
-        }
-    })
-}
-
-/// The caller's lines spoken by the Piper voice and heard through a telephone line, as 16 kHz.
-fn caller_speech(lines: &[&str]) -> Vec<Vec<i16>> {
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("caller-speech");
-    let piper = default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
-    testset::speak_lines(Voice::Piper, lines, &cache, &piper)
-        .expect("the caller's speech")
-        .iter()
-        .enumerate()
-        .map(|(i, u)| to_i16(&Condition::Telephone.apply(&u.samples, i as u64).unwrap()))
-        .collect()
-}
 
 fn says(lines: &[&str]) -> Vec<CallerAction> {
     caller_speech(lines)

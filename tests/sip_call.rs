@@ -3,17 +3,20 @@
 //! what it hears; a second baresip plays the human a call is transferred to. And hostile or
 //! broken SIP sent straight to the box's port gets the right refusal without harming the box.
 
+#[path = "support/call_voices.rs"]
+mod call_voices;
 #[path = "support/voice.rs"]
 mod voice;
 
+use call_voices::{caller_speech, voices};
+
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use callbox::agent::summary::LineKind;
 use callbox::agent::Script;
-use callbox::call::audio::{run_audio_call, AudioCallReport, Voices};
+use callbox::call::audio::{run_audio_call, AudioCallReport};
 use callbox::call::endpoint::EndpointOptions;
 use callbox::call::{TextCall, Utterance};
 use callbox::config::{Config, ConfigSource};
@@ -22,52 +25,15 @@ use callbox::line::sip::loopback::{
     call_over_loopback, speech_parts, CallerTiming, LoopbackReport,
 };
 use callbox::line::sip::{SipOptions, SipUa};
-use callbox::line::{to_i16, CallerTurn};
-use callbox::models::{default_models_dir, Manifest};
+use callbox::line::CallerTurn;
 use callbox::speech::audio::write_wav;
-use callbox::speech::stt::import::{import_model, ImportOptions};
-use callbox::speech::stt::SpeechToText;
-use callbox::speech::testset::{self, Condition, Voice};
-use callbox::speech::tts::speaker::{Speaker, SpeakerOptions};
-use callbox::speech::vad::VadModel;
 use callbox::store::{OpenMode, Store};
 
-fn voices() -> &'static Voices {
-    static VOICES: OnceLock<Voices> = OnceLock::new();
-    VOICES.get_or_init(|| {
-        let models = default_models_dir();
-        let manifest = Manifest::embedded();
-        let entry = manifest.get("whisper-tiny-en").expect("tiny.en");
-        import_model(&models, entry, ImportOptions::default()).expect("import tiny.en");
-        let stt = SpeechToText::load(&entry.dir(&models)).expect("load tiny.en");
-        voice::weights();
-        let speaker = Speaker::installed(&models, voice::VOICE, SpeakerOptions::default());
-        assert!(speaker.neural().is_some(), "{:?}", speaker.neural_problem());
-        speaker
-            .prewarm(&Script::builtin("clinic").unwrap())
-            .expect("prewarm the clinic's lines");
-        let vad = VadModel::load(&models.join("silero-vad/silero_vad.onnx")).expect("Silero VAD");
-        Voices {
-            stt: Arc::new(stt),
-            speaker: Arc::new(speaker),
-            vad: Some(vad),
-        }
-    })
-}
-
-/// The caller's lines spoken by the Piper voice and heard through a telephone line.
+/// The caller's lines, as turns of speech.
 fn says(lines: &[&str]) -> Vec<CallerTurn> {
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("caller-speech");
-    let piper = default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
-    testset::speak_lines(Voice::Piper, lines, &cache, &piper)
-        .expect("the caller's speech")
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            CallerTurn::Speech(to_i16(
-                &Condition::Telephone.apply(&u.samples, i as u64).unwrap(),
-            ))
-        })
+    caller_speech(lines)
+        .into_iter()
+        .map(CallerTurn::Speech)
         .collect()
 }
 

@@ -1,0 +1,54 @@
+//! What whole-call tests share: the box's voices (tiny.en, the Piper voice on candle with the
+//! clinic's fixed lines prewarmed, Silero VAD), loaded once per test binary, and callers whose
+//! lines are spoken by Piper's own runtime through a telephone channel.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use callbox::agent::Script;
+use callbox::call::audio::Voices;
+use callbox::line::to_i16;
+use callbox::models::{default_models_dir, Manifest};
+use callbox::speech::stt::import::{import_model, ImportOptions};
+use callbox::speech::stt::SpeechToText;
+use callbox::speech::testset::{self, Condition, Voice};
+use callbox::speech::tts::speaker::{Speaker, SpeakerOptions};
+use callbox::speech::vad::VadModel;
+
+use super::voice;
+
+pub fn voices() -> &'static Voices {
+    static VOICES: OnceLock<Voices> = OnceLock::new();
+    VOICES.get_or_init(|| {
+        let models = default_models_dir();
+        let manifest = Manifest::embedded();
+        let entry = manifest.get("whisper-tiny-en").expect("tiny.en");
+        import_model(&models, entry, ImportOptions::default()).expect("import tiny.en");
+        let stt = SpeechToText::load(&entry.dir(&models)).expect("load tiny.en");
+        voice::weights();
+        let speaker = Speaker::installed(&models, voice::VOICE, SpeakerOptions::default());
+        assert!(speaker.neural().is_some(), "{:?}", speaker.neural_problem());
+        // As when the script is activated on the box: its fixed lines cost nothing to say.
+        speaker
+            .prewarm(&Script::builtin("clinic").unwrap())
+            .expect("prewarm the clinic's lines");
+        let vad = VadModel::load(&models.join("silero-vad/silero_vad.onnx")).expect("Silero VAD");
+        Voices {
+            stt: Arc::new(stt),
+            speaker: Arc::new(speaker),
+            vad: Some(vad),
+        }
+    })
+}
+
+/// The caller's lines spoken by the Piper voice and heard through a telephone line, as 16 kHz.
+pub fn caller_speech(lines: &[&str]) -> Vec<Vec<i16>> {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("caller-speech");
+    let piper = default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
+    testset::speak_lines(Voice::Piper, lines, &cache, &piper)
+        .expect("the caller's speech")
+        .iter()
+        .enumerate()
+        .map(|(i, u)| to_i16(&Condition::Telephone.apply(&u.samples, i as u64).unwrap()))
+        .collect()
+}

@@ -4,6 +4,7 @@
 mod audio_call;
 mod bench;
 mod bench_call;
+mod bench_sip;
 mod doctor;
 mod fleet;
 mod llm;
@@ -118,6 +119,9 @@ pub enum BenchCommand {
     /// Whole audio calls in real time (1, 2 and 4 at once): end of the caller's speech to the
     /// first reply audio, where that time goes, greeting, barge-in reaction and memory.
     Call(bench_call::BenchCallArgs),
+    /// The SIP line on loopback: calls set up per second (sipp's uac against the box) and the
+    /// jitter buffer under injected loss, reordering and delay.
+    Sip(bench_sip::BenchSipArgs),
     /// Silero VAD cost per 20 ms frame and Smart Turn cost per end-of-turn decision.
     Turn {
         /// Seconds of audio the VAD runs over.
@@ -254,6 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Stt(args)) => speech::bench(&config, args),
         Command::Bench(BenchCommand::Tts(args)) => tts::bench(&config, args),
         Command::Bench(BenchCommand::Call(args)) => bench_call::run(&config, args),
+        Command::Bench(BenchCommand::Sip(args)) => bench_sip::run(args),
         Command::Doctor => Ok(doctor::run(&config)),
         Command::Script(cmd) => script(&config, cmd),
         Command::Simulate(args) => simulate(&config, args),

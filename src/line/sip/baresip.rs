@@ -71,10 +71,59 @@ fn free_port_pair() -> std::io::Result<u16> {
     Err(std::io::Error::other("no free pair of ports on loopback"))
 }
 
+/// How the phone is set up, beyond what every call needs.
+#[derive(Debug, Clone)]
+pub struct PhoneSetup {
+    /// Codec modules loaded, in baresip's order of preference (`g711`, `g722`, ...).
+    pub codecs: Vec<String>,
+    /// Offer RTP and RTCP on one port (RFC 5761).
+    pub rtcp_mux: bool,
+}
+
+impl Default for PhoneSetup {
+    fn default() -> Self {
+        PhoneSetup {
+            codecs: vec!["g711".into()],
+            rtcp_mux: false,
+        }
+    }
+}
+
+/// The events baresip reports on a control connection of their own (JSON objects such as
+/// `{"event": true, "type": "CALL_RTCP", ...}`).
+pub struct PhoneEvents {
+    stream: TcpStream,
+}
+
+impl PhoneEvents {
+    /// The next event, or `None` when none came within `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> Option<serde_json::Value> {
+        self.stream.set_read_timeout(Some(timeout)).ok()?;
+        loop {
+            let body = read_netstring(&mut self.stream).ok()?;
+            if let Ok(message) = serde_json::from_str::<serde_json::Value>(&body) {
+                if message.get("event").and_then(serde_json::Value::as_bool) == Some(true) {
+                    return Some(message);
+                }
+            }
+        }
+    }
+}
+
 impl Baresip {
     /// Starts baresip as `user` (the caller ID it presents) with `source` as its microphone (a
     /// 16-bit mono WAV, 8 or 16 kHz); with `auto_answer` it answers calls by itself.
     pub fn start(source: &Path, user: &str, auto_answer: bool) -> Result<Baresip, PeerError> {
+        Baresip::start_with(source, user, auto_answer, &PhoneSetup::default())
+    }
+
+    /// [`Baresip::start`] with other codecs or RTCP multiplexing.
+    pub fn start_with(
+        source: &Path,
+        user: &str,
+        auto_answer: bool,
+        setup: &PhoneSetup,
+    ) -> Result<Baresip, PeerError> {
         let dir = tempfile::Builder::new()
             .prefix("callbox-baresip")
             .tempdir()?;
@@ -90,7 +139,8 @@ impl Baresip {
              audio_alert\talsa,null\n\
              audio_level\tno\n\
              module_path\t/usr/lib/baresip/modules\n\
-             module\tg711.so\n\
+             {codecs}\
+             rtcp_mux\t{rtcp_mux}\n\
              module\taufile.so\n\
              module\talsa.so\n\
              module\tsndfile.so\n\
@@ -103,6 +153,12 @@ impl Baresip {
              snd_path\t{recordings}\n",
             source = source.display(),
             recordings = dir.path().display(),
+            codecs = setup
+                .codecs
+                .iter()
+                .map(|codec| format!("module\t{codec}.so\n"))
+                .collect::<String>(),
+            rtcp_mux = if setup.rtcp_mux { "yes" } else { "no" },
         );
         std::fs::write(dir.path().join("config"), config)?;
         std::fs::write(
@@ -172,6 +228,14 @@ impl Baresip {
             }
             return Ok(body);
         }
+    }
+
+    /// Listens for baresip's events. baresip keeps one control connection: a later
+    /// [`Baresip::command`] takes over from this one, so send commands before listening.
+    pub fn events(&self) -> Result<PhoneEvents, PeerError> {
+        Ok(PhoneEvents {
+            stream: TcpStream::connect_timeout(&self.control, Duration::from_secs(2))?,
+        })
     }
 
     /// Calls `uri`.

@@ -1,10 +1,11 @@
 //! The audio of one SIP call: a thread that, every 20 ms, reads the RTP packets that arrived,
 //! plays the jitter buffer's next slot to the call as a 16 kHz frame (DTMF events in place of
-//! audio), and sends the next 20 ms of the box's queued audio as one RTP packet. It owns the
-//! call's RTP socket; the [`SipLine`](super::SipLine) talks to it through [`MediaHandle`].
+//! audio), and sends the next 20 ms of the box's queued audio as one RTP packet; every ~5 s it
+//! sends an RTCP report and it reads the peer's. It owns the call's RTP and RTCP sockets; the
+//! [`SipLine`](super::SipLine) talks to it through [`MediaHandle`].
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,15 +13,58 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::g711;
+use super::g722::{G722Decoder, G722Encoder};
 use super::rate::{Downsampler, Upsampler};
+use super::rtcp::{self, ReceptionStats, RtcpPacket, SenderInfo};
 use super::rtp::{self, DtmfReceiver, JitterBuffer, JitterStats, Playout, RtpHeader};
 use super::sdp::{Codec, Negotiated};
 use crate::line::{frame_rms, Frame, LineInput, FRAME_SAMPLES};
 
-/// Samples per 20 ms at the codec's 8 kHz.
+/// RTP timestamp units per 20 ms (8 kHz clock, G.722 included).
 const CODEC_FRAME: usize = 160;
 /// Frames the call may fall behind reading before new ones are dropped.
 const INPUT_QUEUE: usize = 100;
+/// Mean time between the box's RTCP reports (RFC 3550's 5 s minimum for a two-party call);
+/// each interval is drawn from 0.5–1.5 times it so that the two sides do not synchronise.
+const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the peer said about the box's stream in its last report block.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PeerView {
+    /// Fraction lost in the last interval, in 1/256.
+    pub fraction_lost: u8,
+    pub cumulative_lost: i32,
+    pub highest_sequence: u32,
+    /// Interarrival jitter the peer measured, in timestamp units (1/8 ms).
+    pub jitter: u32,
+}
+
+/// RTCP of one call: the box's reports and what the peer's said.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RtcpStats {
+    /// Compound reports the box sent.
+    pub sent: u64,
+    /// Compound packets received and understood.
+    pub received: u64,
+    /// Datagrams dropped as malformed.
+    pub malformed: u64,
+    pub sender_reports: u64,
+    pub receiver_reports: u64,
+    /// The peer said BYE in RTCP.
+    pub peer_bye: bool,
+    /// Packets the peer says it sent, from its last sender report.
+    pub peer_packets_sent: Option<u32>,
+    /// The peer's view of the box's stream, from its last report block about it.
+    pub peer_view: Option<PeerView>,
+    /// Round trip from the peer's last report block (LSR/DLSR).
+    pub round_trip_ms: Option<u32>,
+    /// The box's own count of the peer's stream: packets expected from the sequence numbers,
+    /// and lost (expected − received, as its reports say).
+    pub expected: u64,
+    pub lost: i64,
+    /// The box's interarrival jitter of the peer's stream, in timestamp units.
+    pub jitter: u32,
+}
 
 /// Counts of one call's media, for the call record and the bench.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +77,51 @@ pub struct MediaStats {
     pub frames_dropped: u64,
     pub jitter: JitterStats,
     pub jitter_ms: u32,
+    pub rtcp: RtcpStats,
+}
+
+/// A call's media ports: RTP on an even port and RTCP on the next one (RFC 3550 §11), which a
+/// peer assumes unless told otherwise.
+pub struct MediaSockets {
+    pub rtp: UdpSocket,
+    /// `None`: RTCP goes out of the RTP socket (when muxed, or when only an RTP socket was given).
+    pub rtcp: Option<UdpSocket>,
+}
+
+impl MediaSockets {
+    /// Binds an even port on `ip` and the odd one above it.
+    pub fn bind(ip: IpAddr) -> std::io::Result<MediaSockets> {
+        let mut last_error = None;
+        for _ in 0..64 {
+            let rtp = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+            let port = rtp.local_addr()?.port();
+            if port % 2 != 0 || port == u16::MAX {
+                continue;
+            }
+            match UdpSocket::bind(SocketAddr::new(ip, port + 1)) {
+                Ok(rtcp) => {
+                    return Ok(MediaSockets {
+                        rtp,
+                        rtcp: Some(rtcp),
+                    })
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            std::io::Error::other("no free pair of RTP/RTCP ports after 64 tries")
+        }))
+    }
+
+    pub fn rtp_port(&self) -> u16 {
+        self.rtp.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+}
+
+impl From<UdpSocket> for MediaSockets {
+    fn from(rtp: UdpSocket) -> MediaSockets {
+        MediaSockets { rtp, rtcp: None }
+    }
 }
 
 /// What the line and the media thread share.
@@ -61,9 +150,16 @@ pub struct MediaHandle {
 }
 
 impl MediaHandle {
-    /// Starts the media thread on `socket` (already bound) for the agreed session.
-    pub fn start(socket: UdpSocket, session: Negotiated) -> std::io::Result<MediaHandle> {
-        socket.set_nonblocking(true)?;
+    /// Starts the media thread on `sockets` (already bound) for the agreed session.
+    pub fn start(
+        sockets: impl Into<MediaSockets>,
+        session: Negotiated,
+    ) -> std::io::Result<MediaHandle> {
+        let sockets = sockets.into();
+        sockets.rtp.set_nonblocking(true)?;
+        if let Some(rtcp) = &sockets.rtcp {
+            rtcp.set_nonblocking(true)?;
+        }
         let shared = Arc::new(Shared {
             playout: Mutex::new(VecDeque::new()),
             played_level_bits: AtomicU32::new(0),
@@ -77,7 +173,7 @@ impl MediaHandle {
         let loop_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sip-media".into())
-            .spawn(move || MediaLoop::new(socket, loop_shared, sender).run())?;
+            .spawn(move || MediaLoop::new(sockets, loop_shared, sender).run())?;
         Ok(MediaHandle {
             shared,
             input,
@@ -164,6 +260,7 @@ impl MediaControl {
 
 struct MediaLoop {
     socket: UdpSocket,
+    rtcp_socket: Option<UdpSocket>,
     shared: Arc<Shared>,
     sender: SyncSender<LineInput>,
     jitter: JitterBuffer,
@@ -171,6 +268,10 @@ struct MediaLoop {
     pending_keys: VecDeque<char>,
     upsampler: Upsampler,
     downsampler: Downsampler,
+    g722_encoder: G722Encoder,
+    g722_decoder: G722Decoder,
+    /// The codec the coders' state belongs to; a change of codec starts them afresh.
+    codec: Codec,
     /// The last frame heard, faded for a lost packet.
     last_frame: Vec<i16>,
     concealed: u32,
@@ -181,12 +282,34 @@ struct MediaLoop {
     latched: bool,
     started: Instant,
     hang_up_sent: bool,
+    /// The peer's stream as the box's reports describe it.
+    reception: Option<ReceptionStats>,
+    /// Where the peer's RTCP comes from, once it has come (sent back there, as RTP is).
+    rtcp_peer: Option<SocketAddr>,
+    next_report: Instant,
+    packets_sent: u32,
+    octets_sent: u32,
+    /// Whether audio went out since the last report (a sender report then, else a receiver's).
+    sent_since_report: bool,
+    cname: String,
+}
+
+/// A duration drawn from 0.5–1.5 times `mean`.
+fn randomized(mean: Duration) -> Duration {
+    mean.mul_f64(rand::random_range(0.5..1.5))
 }
 
 impl MediaLoop {
-    fn new(socket: UdpSocket, shared: Arc<Shared>, sender: SyncSender<LineInput>) -> MediaLoop {
+    fn new(sockets: MediaSockets, shared: Arc<Shared>, sender: SyncSender<LineInput>) -> MediaLoop {
+        let codec = lock(&shared.session).codec;
+        let ssrc: u32 = rand::random();
+        let cname = match sockets.rtp.local_addr() {
+            Ok(address) => format!("callbox-{ssrc:08x}@{}", address.ip()),
+            Err(_) => format!("callbox-{ssrc:08x}"),
+        };
         MediaLoop {
-            socket,
+            socket: sockets.rtp,
+            rtcp_socket: sockets.rtcp,
             shared,
             sender,
             jitter: JitterBuffer::new(2, 10),
@@ -194,14 +317,25 @@ impl MediaLoop {
             pending_keys: VecDeque::new(),
             upsampler: Upsampler::default(),
             downsampler: Downsampler::default(),
+            g722_encoder: G722Encoder::new(),
+            g722_decoder: G722Decoder::new(),
+            codec,
             last_frame: vec![0; FRAME_SAMPLES],
             concealed: 0,
-            ssrc: rand::random(),
+            ssrc,
             sequence: rand::random(),
             timestamp: rand::random(),
             latched: false,
             started: Instant::now(),
             hang_up_sent: false,
+            reception: None,
+            rtcp_peer: None,
+            // The first report goes out soon, so a short call has one too.
+            next_report: Instant::now() + randomized(RTCP_INTERVAL / 2),
+            packets_sent: 0,
+            octets_sent: 0,
+            sent_since_report: false,
+            cname,
         }
     }
 
@@ -219,14 +353,35 @@ impl MediaLoop {
             }
             next_tick += tick;
             let session = *lock(&self.shared.session);
+            if session.codec != self.codec {
+                self.codec = session.codec;
+                self.g722_encoder = G722Encoder::new();
+                self.g722_decoder = G722Decoder::new();
+                self.upsampler = Upsampler::default();
+                self.downsampler = Downsampler::default();
+            }
             self.receive(&session);
+            self.receive_rtcp();
+            self.publish_reception();
             self.pending_keys
                 .extend(lock(&self.shared.signalled_keys).drain(..));
             if self.deliver_input(&session).is_err() {
                 break; // the call is gone
             }
             self.send(&session);
+            if Instant::now() >= self.next_report {
+                self.next_report = Instant::now() + randomized(RTCP_INTERVAL);
+                self.report(&session, false);
+            }
         }
+        // RFC 3550 §6.3.7: a source leaving the session says BYE.
+        let session = *lock(&self.shared.session);
+        self.report(&session, true);
+    }
+
+    /// Local time in seconds since the call's media started.
+    fn now_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
     }
 
     fn receive(&mut self, session: &Negotiated) {
@@ -240,31 +395,165 @@ impl MediaLoop {
                     return;
                 }
             };
+            if session.rtcp_mux && rtcp::is_rtcp(&buffer[..size]) {
+                self.handle_rtcp(&buffer[..size], from);
+                continue;
+            }
             let mut stats = lock(&self.shared.stats);
             let Ok((header, payload)) = rtp::parse(&buffer[..size]) else {
                 stats.malformed += 1;
                 continue;
             };
             stats.packets_received += 1;
+            let audio = header.payload_type == session.payload_type;
+            let arrival_s = self.now_s();
+            let reception = match &mut self.reception {
+                Some(r) if r.ssrc() == header.ssrc => r,
+                _ => self
+                    .reception
+                    .insert(ReceptionStats::new(header.ssrc, header.sequence)),
+            };
+            let clock = f64::from(session.codec.clock_rate());
+            reception.packet(
+                header.sequence,
+                audio.then_some((header.timestamp, arrival_s * clock)),
+            );
             if Some(header.payload_type) == session.dtmf_payload_type {
                 if let Some(key) = self.dtmf.receive(&header, payload) {
                     stats.dtmf_keys += 1;
                     self.pending_keys.push_back(key);
                 }
-            } else if header.payload_type == session.payload_type {
+            } else if audio {
                 drop(stats);
                 self.latch(from, session);
-                let arrival_ms = self.started.elapsed().as_secs_f64() * 1000.0;
                 self.jitter.push(
                     header.sequence,
                     header.timestamp,
                     session.codec.clock_rate(),
-                    arrival_ms,
+                    arrival_s * 1000.0,
                     payload.to_vec(),
                 );
             } else {
                 stats.foreign_payload += 1;
             }
+        }
+    }
+
+    /// Reads the RTCP port (when RTCP has one of its own).
+    fn receive_rtcp(&mut self) {
+        let mut buffer = [0u8; 2048];
+        loop {
+            let Some(socket) = &self.rtcp_socket else {
+                return;
+            };
+            match socket.recv_from(&mut buffer) {
+                Ok((size, from)) => self.handle_rtcp(&buffer[..size], from),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "RTCP receive failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_rtcp(&mut self, datagram: &[u8], from: SocketAddr) {
+        let packets = match rtcp::parse(datagram) {
+            Ok(packets) => packets,
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed RTCP dropped");
+                lock(&self.shared.stats).rtcp.malformed += 1;
+                return;
+            }
+        };
+        self.rtcp_peer = Some(from);
+        let arrival_ntp = rtcp::ntp_now();
+        let now_s = self.now_s();
+        let mut stats = lock(&self.shared.stats);
+        stats.rtcp.received += 1;
+        for packet in packets {
+            let reports = match packet {
+                RtcpPacket::SenderReport {
+                    ssrc,
+                    info,
+                    reports,
+                } => {
+                    stats.rtcp.sender_reports += 1;
+                    stats.rtcp.peer_packets_sent = Some(info.packet_count);
+                    if let Some(reception) = self.reception.as_mut().filter(|r| r.ssrc() == ssrc) {
+                        reception.sender_report(info.ntp, now_s);
+                    }
+                    reports
+                }
+                RtcpPacket::ReceiverReport { reports, .. } => {
+                    stats.rtcp.receiver_reports += 1;
+                    reports
+                }
+                RtcpPacket::Goodbye { .. } => {
+                    stats.rtcp.peer_bye = true;
+                    continue;
+                }
+                RtcpPacket::Other { .. } => continue,
+            };
+            for block in reports.iter().filter(|b| b.ssrc == self.ssrc) {
+                stats.rtcp.peer_view = Some(PeerView {
+                    fraction_lost: block.fraction_lost,
+                    cumulative_lost: block.cumulative_lost,
+                    highest_sequence: block.highest_sequence,
+                    jitter: block.jitter,
+                });
+                if let Some(rtt) = rtcp::round_trip(block, arrival_ntp) {
+                    stats.rtcp.round_trip_ms = Some(rtt.as_millis() as u32);
+                }
+            }
+        }
+    }
+
+    /// Sends a compound report: where the peer's RTCP comes from, else where its SDP says.
+    fn report(&mut self, session: &Negotiated, goodbye: bool) {
+        let now_s = self.now_s();
+        let block = self.reception.as_mut().map(|r| r.report(now_s));
+        let info = self.sent_since_report.then(|| SenderInfo {
+            ntp: rtcp::ntp_now(),
+            rtp_timestamp: self.timestamp,
+            packet_count: self.packets_sent,
+            octet_count: self.octets_sent,
+        });
+        self.sent_since_report = false;
+        let packet = rtcp::write_report(
+            self.ssrc,
+            info.as_ref(),
+            block.as_slice(),
+            &self.cname,
+            goodbye,
+        );
+        let destination = match self.rtcp_peer {
+            Some(peer) => peer,
+            None if session.rtcp_mux => session.remote,
+            // RTP was latched to another address than the SDP's: RTCP follows it.
+            None if self.latched && session.remote.ip() != session.remote_rtcp.ip() => {
+                SocketAddr::new(session.remote.ip(), session.remote.port().saturating_add(1))
+            }
+            None => session.remote_rtcp,
+        };
+        let socket = match &self.rtcp_socket {
+            Some(socket) if !session.rtcp_mux => socket,
+            _ => &self.socket,
+        };
+        let sent = socket.send_to(&packet, destination);
+        match sent {
+            Ok(_) => lock(&self.shared.stats).rtcp.sent += 1,
+            Err(e) => tracing::debug!(error = %e, "RTCP send failed"),
+        }
+    }
+
+    /// The box's own count of the peer's stream, into the call's stats.
+    fn publish_reception(&self) {
+        if let Some(reception) = &self.reception {
+            let mut stats = lock(&self.shared.stats);
+            stats.rtcp.expected = reception.expected();
+            stats.rtcp.lost = reception.lost();
+            stats.rtcp.jitter = reception.jitter() as u32;
         }
     }
 
@@ -280,10 +569,40 @@ impl MediaLoop {
         }
     }
 
-    fn decode(codec: Codec, payload: &[u8]) -> Vec<i16> {
-        match codec {
+    /// One packet's audio as the box's 16 kHz frame.
+    fn decode(&mut self, codec: Codec, payload: &[u8]) -> Vec<i16> {
+        let mut at_8k = match codec {
+            Codec::G722 => {
+                let mut frame = self.g722_decoder.decode(payload);
+                frame.resize(FRAME_SAMPLES, 0);
+                return frame;
+            }
             Codec::Pcmu => payload.iter().map(|&b| g711::mulaw_decode(b)).collect(),
-            Codec::Pcma => payload.iter().map(|&b| g711::alaw_decode(b)).collect(),
+            Codec::Pcma => payload
+                .iter()
+                .map(|&b| g711::alaw_decode(b))
+                .collect::<Vec<_>>(),
+        };
+        at_8k.resize(CODEC_FRAME, 0);
+        self.upsampler.process(&at_8k)
+    }
+
+    /// One 16 kHz frame as a packet's payload.
+    fn encode(&mut self, codec: Codec, frame: &[i16]) -> Vec<u8> {
+        match codec {
+            Codec::G722 => self.g722_encoder.encode(frame),
+            Codec::Pcmu => self
+                .downsampler
+                .process(frame)
+                .iter()
+                .map(|&s| g711::mulaw_encode(s))
+                .collect(),
+            Codec::Pcma => self
+                .downsampler
+                .process(frame)
+                .iter()
+                .map(|&s| g711::alaw_encode(s))
+                .collect(),
         }
     }
 
@@ -298,9 +617,7 @@ impl MediaLoop {
         let heard = match self.jitter.pop() {
             Playout::Packet(payload) => {
                 self.concealed = 0;
-                let mut at_8k = Self::decode(session.codec, &payload);
-                at_8k.resize(CODEC_FRAME, 0);
-                self.last_frame = self.upsampler.process(&at_8k);
+                self.last_frame = self.decode(session.codec, &payload);
                 self.last_frame.clone()
             }
             Playout::Lost => {
@@ -349,15 +666,12 @@ impl MediaLoop {
         self.shared
             .played_level_bits
             .store(frame_rms(&frame).to_bits(), Ordering::Relaxed);
-        let at_8k = self.downsampler.process(&frame);
+        // Encoded even when not sent, so the coder's state follows the audio.
+        let payload = self.encode(session.codec, &frame);
         self.timestamp = self.timestamp.wrapping_add(CODEC_FRAME as u32);
         if !session.direction.sends() {
             return;
         }
-        let payload: Vec<u8> = match session.codec {
-            Codec::Pcmu => at_8k.iter().map(|&s| g711::mulaw_encode(s)).collect(),
-            Codec::Pcma => at_8k.iter().map(|&s| g711::alaw_encode(s)).collect(),
-        };
         let header = RtpHeader {
             payload_type: session.payload_type,
             marker: false,
@@ -368,7 +682,12 @@ impl MediaLoop {
         self.sequence = self.sequence.wrapping_add(1);
         let packet = rtp::write(&header, &payload);
         match self.socket.send_to(&packet, session.remote) {
-            Ok(_) => lock(&self.shared.stats).packets_sent += 1,
+            Ok(_) => {
+                lock(&self.shared.stats).packets_sent += 1;
+                self.packets_sent = self.packets_sent.wrapping_add(1);
+                self.octets_sent = self.octets_sent.wrapping_add(payload.len() as u32);
+                self.sent_since_report = true;
+            }
             Err(e) => tracing::debug!(error = %e, "RTP send failed"),
         }
         let mut stats = lock(&self.shared.stats);

@@ -1,14 +1,17 @@
 //! The SIP line: the box as a SIP user agent (an extension on the office PBX, or reached directly
 //! on its SIP port). Signalling — transactions, dialogs, digest auth — is rsipstack's
 //! ([`ua`]); the project owns the SDP offer/answer ([`sdp`]), RTP and the jitter buffer ([`rtp`]),
-//! G.711 ([`g711`]), the 8↔16 kHz rate change ([`rate`]) and the paced media loop ([`media`]).
+//! RTCP reports ([`rtcp`]), G.711 ([`g711`]) and G.722 framing ([`g722`]), the 8↔16 kHz rate
+//! change ([`rate`]) and the paced media loop ([`media`]).
 //! A call reaches the rest of the box as a [`SipLine`], one more [`Line`].
 
 pub mod baresip;
 pub mod g711;
+pub mod g722;
 pub mod loopback;
 pub mod media;
 pub mod rate;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod ua;

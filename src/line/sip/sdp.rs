@@ -13,7 +13,7 @@ pub enum SdpError {
     NoAudio,
     #[error("SDP has no connection address for the audio stream")]
     NoConnection,
-    #[error("no common audio codec (the peer offers {offered}; the box speaks PCMU, PCMA)")]
+    #[error("no common audio codec (the peer offers {offered}; the box speaks G722, PCMU, PCMA)")]
     NoCommonCodec { offered: String },
     #[error("SDP is too large ({0} bytes)")]
     TooLarge(usize),
@@ -80,6 +80,10 @@ pub struct AudioMedia {
     pub direction: Direction,
     pub ptime: Option<u32>,
     pub connection: Option<IpAddr>,
+    /// `a=rtcp-mux` (RFC 5761): RTCP on the RTP port.
+    pub rtcp_mux: bool,
+    /// `a=rtcp:` (RFC 3605): where RTCP goes when not RTP's port + 1.
+    pub rtcp: Option<(u16, Option<IpAddr>)>,
 }
 
 /// What the box needs from a session description.
@@ -94,15 +98,18 @@ pub struct SessionDescription {
 /// The audio codecs the box speaks, in its order of preference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
+    /// Wideband (16 kHz audio) sub-band ADPCM, 64 kbit/s.
+    G722,
     Pcmu,
     Pcma,
 }
 
 impl Codec {
-    pub const ALL: [Codec; 2] = [Codec::Pcmu, Codec::Pcma];
+    pub const ALL: [Codec; 3] = [Codec::G722, Codec::Pcmu, Codec::Pcma];
 
     pub fn static_payload_type(self) -> u8 {
         match self {
+            Codec::G722 => 9,
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
         }
@@ -110,13 +117,24 @@ impl Codec {
 
     pub fn encoding(self) -> &'static str {
         match self {
+            Codec::G722 => "G722",
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
         }
     }
 
+    /// The RTP clock rate, as SDP writes it: 8000 for G.722 too, though it samples at 16 kHz
+    /// (RFC 3551 §4.5.2 keeps the value of the first, erroneous, definition).
     pub fn clock_rate(self) -> u32 {
         8_000
+    }
+
+    /// The rate of the audio the codec carries.
+    pub fn sample_rate(self) -> u32 {
+        match self {
+            Codec::G722 => 16_000,
+            Codec::Pcmu | Codec::Pcma => 8_000,
+        }
     }
 }
 
@@ -129,6 +147,11 @@ pub struct Negotiated {
     pub dtmf_payload_type: Option<u8>,
     /// Where the peer wants its audio.
     pub remote: SocketAddr,
+    /// Where the peer wants its RTCP: RTP's port + 1, or what `a=rtcp:` says, or RTP's own
+    /// address when muxed.
+    pub remote_rtcp: SocketAddr,
+    /// Whether RTCP shares the RTP port (both sides said `a=rtcp-mux`).
+    pub rtcp_mux: bool,
     /// The box's own direction.
     pub direction: Direction,
     pub ptime_ms: u32,
@@ -242,6 +265,8 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                     direction: description.direction.unwrap_or(Direction::SendRecv),
                     ptime: None,
                     connection: None,
+                    rtcp_mux: false,
+                    rtcp: None,
                 });
                 section = Section::Audio;
             }
@@ -267,6 +292,10 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                     audio.direction = direction;
                 } else if let Some(map) = value.strip_prefix("rtpmap:") {
                     audio.rtpmaps.push(parse_rtpmap(number, map)?);
+                } else if value == "rtcp-mux" {
+                    audio.rtcp_mux = true;
+                } else if let Some(rtcp) = value.strip_prefix("rtcp:") {
+                    audio.rtcp = Some(parse_rtcp(number, rtcp)?);
                 } else if let Some(ptime) = value.strip_prefix("ptime:") {
                     audio.ptime = Some(
                         ptime
@@ -283,6 +312,19 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
         return Err(malformed(1, "missing `v=0`"));
     }
     Ok(description)
+}
+
+fn parse_rtcp(line: usize, value: &str) -> Result<(u16, Option<IpAddr>), SdpError> {
+    // rtcp:<port> [IN IP4 <address>]
+    let value = value.trim();
+    let (port, address) = match value.split_once(' ') {
+        Some((port, connection)) => (port, Some(parse_connection(line, connection)?)),
+        None => (value, None),
+    };
+    let port = port
+        .parse()
+        .map_err(|_| malformed(line, format!("{port:?} is not an RTCP port")))?;
+    Ok((port, address))
 }
 
 fn parse_rtpmap(line: usize, value: &str) -> Result<RtpMap, SdpError> {
@@ -342,32 +384,37 @@ impl AudioMedia {
 }
 
 impl SessionDescription {
-    /// Picks the codec and telephone events from the peer's audio stream, in the peer's order of
-    /// preference among the codecs the box speaks.
+    /// Picks the codec and telephone events from the peer's audio stream: the first of the
+    /// box's `codecs` (its order of preference: wideband first) that the peer lists.
     pub fn negotiate(&self, codecs: &[Codec]) -> Result<Negotiated, SdpError> {
         let audio = self.audio.as_ref().ok_or(SdpError::NoAudio)?;
         let address = audio
             .connection
             .or(self.connection)
             .ok_or(SdpError::NoConnection)?;
-        let (codec, payload_type) = audio
-            .formats
+        let (codec, payload_type) = codecs
             .iter()
-            .find_map(|&pt| {
-                let (encoding, clock) = audio.encoding_of(pt)?;
-                codecs
-                    .iter()
-                    .find(|c| c.encoding() == encoding && c.clock_rate() == clock)
-                    .map(|&c| (c, pt))
+            .find_map(|&codec| {
+                audio
+                    .find(codec.encoding(), codec.clock_rate())
+                    .map(|pt| (codec, pt))
             })
             .ok_or_else(|| SdpError::NoCommonCodec {
                 offered: audio.offered(),
             })?;
+        let remote = SocketAddr::new(address, audio.port);
+        let remote_rtcp = match audio.rtcp {
+            _ if audio.rtcp_mux => remote,
+            Some((port, rtcp_address)) => SocketAddr::new(rtcp_address.unwrap_or(address), port),
+            None => SocketAddr::new(address, audio.port.saturating_add(1)),
+        };
         Ok(Negotiated {
             codec,
             payload_type,
             dtmf_payload_type: audio.find("telephone-event", 8_000),
-            remote: SocketAddr::new(address, audio.port),
+            remote,
+            remote_rtcp,
+            rtcp_mux: audio.rtcp_mux,
             direction: audio.direction.answer(),
             ptime_ms: 20,
         })
@@ -408,6 +455,30 @@ pub fn write(
     sdp
 }
 
+/// The box's answer to an offer it agreed to as `agreed`: the agreed codec and telephone
+/// events, and `a=rtcp-mux` when the offer asked for it.
+pub fn write_answer(
+    session_id: u64,
+    version: u64,
+    address: IpAddr,
+    port: u16,
+    agreed: &Negotiated,
+) -> String {
+    let mut answer = write(
+        session_id,
+        version,
+        address,
+        port,
+        &[(agreed.codec, agreed.payload_type)],
+        agreed.dtmf_payload_type,
+        agreed.direction,
+    );
+    if agreed.rtcp_mux {
+        answer.push_str("a=rtcp-mux\r\n");
+    }
+    answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,14 +489,45 @@ mod tests {
         a=fmtp:101 0-15\r\na=sendrecv\r\na=ptime:20\r\n";
 
     #[test]
-    fn picks_the_peers_first_codec_the_box_speaks_and_its_telephone_events() {
+    fn prefers_wideband_then_takes_the_telephone_events() {
         let offer = parse(BARESIP_OFFER).unwrap();
         let agreed = offer.negotiate(&Codec::ALL).unwrap();
-        assert_eq!(agreed.codec, Codec::Pcmu);
-        assert_eq!(agreed.payload_type, 0);
+        assert_eq!((agreed.codec, agreed.payload_type), (Codec::G722, 9));
         assert_eq!(agreed.dtmf_payload_type, Some(101));
         assert_eq!(agreed.remote, "127.0.0.1:10000".parse().unwrap());
+        assert_eq!(agreed.remote_rtcp, "127.0.0.1:10001".parse().unwrap());
+        assert!(!agreed.rtcp_mux);
         assert_eq!(agreed.direction, Direction::SendRecv);
+        // G.722 listed last by the peer is still the box's pick; without it, the peer's G.711.
+        let last = BARESIP_OFFER.replace("RTP/AVP 9 0 8 101", "RTP/AVP 8 0 9 101");
+        let agreed = parse(&last).unwrap().negotiate(&Codec::ALL).unwrap();
+        assert_eq!(agreed.codec, Codec::G722);
+        let narrow = parse(&last)
+            .unwrap()
+            .negotiate(&[Codec::Pcmu, Codec::Pcma])
+            .unwrap();
+        assert_eq!((narrow.codec, narrow.payload_type), (Codec::Pcmu, 0));
+    }
+
+    #[test]
+    fn rtcp_mux_and_the_rtcp_attribute_say_where_reports_go() {
+        let muxed = BARESIP_OFFER.replace("a=sendrecv", "a=sendrecv\r\na=rtcp-mux");
+        let agreed = parse(&muxed).unwrap().negotiate(&Codec::ALL).unwrap();
+        assert!(agreed.rtcp_mux);
+        assert_eq!(agreed.remote_rtcp, agreed.remote);
+        let answer = write_answer(1, 1, "127.0.0.1".parse().unwrap(), 4000, &agreed);
+        assert!(answer.contains("a=rtcp-mux\r\n"));
+        assert!(answer.contains("a=rtpmap:9 G722/8000\r\n"));
+        let elsewhere =
+            BARESIP_OFFER.replace("a=sendrecv", "a=sendrecv\r\na=rtcp:53020 IN IP4 10.1.2.3");
+        let agreed = parse(&elsewhere).unwrap().negotiate(&Codec::ALL).unwrap();
+        assert_eq!(agreed.remote_rtcp, "10.1.2.3:53020".parse().unwrap());
+        let plain = write_answer(1, 1, "127.0.0.1".parse().unwrap(), 4000, &agreed);
+        assert!(!plain.contains("rtcp-mux"));
+        assert!(matches!(
+            parse(&BARESIP_OFFER.replace("a=sendrecv", "a=rtcp:port")),
+            Err(SdpError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -447,11 +549,11 @@ mod tests {
 
     #[test]
     fn nothing_in_common_names_what_was_offered() {
-        let offer = "v=0\r\nc=IN IP4 10.0.0.2\r\nm=audio 4000 RTP/AVP 9 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        let offer = "v=0\r\nc=IN IP4 10.0.0.2\r\nm=audio 4000 RTP/AVP 18 111\r\na=rtpmap:111 opus/48000/2\r\n";
         let error = parse(offer).unwrap().negotiate(&Codec::ALL).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "no common audio codec (the peer offers G722/8000, OPUS/48000; the box speaks PCMU, PCMA)"
+            "no common audio codec (the peer offers payload 18, OPUS/48000; the box speaks G722, PCMU, PCMA)"
         );
     }
 

@@ -9,7 +9,7 @@
 //! so nothing above the driver sees SIP types.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use rsipstack::EndpointBuilder;
 use tokio::sync::mpsc as async_mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::media::{MediaControl, MediaHandle};
+use super::media::{MediaControl, MediaHandle, MediaSockets};
 use super::sdp::{self, Codec, Negotiated, SdpError};
 use super::{CallCommand, SipLine};
 use crate::line::TransferOutcome;
@@ -333,15 +333,7 @@ fn answer_offer(
             }
             _ => (StatusCode::NotAcceptableHere, e.to_string()),
         })?;
-    let answer = sdp::write(
-        session_id,
-        version,
-        agent.media_ip(),
-        port,
-        &[(agreed.codec, agreed.payload_type)],
-        agreed.dtmf_payload_type,
-        agreed.direction,
-    );
+    let answer = sdp::write_answer(session_id, version, agent.media_ip(), port, &agreed);
     Ok((agreed, answer))
 }
 
@@ -357,15 +349,15 @@ async fn answer(agent: Arc<Agent>, mut tx: Transaction) {
         refuse(&mut tx, StatusCode::BusyHere, "all lines busy").await;
         return;
     }
-    let socket = match UdpSocket::bind(SocketAddr::new(agent.media_ip(), 0)) {
-        Ok(socket) => socket,
+    let sockets = match MediaSockets::bind(agent.media_ip()) {
+        Ok(sockets) => sockets,
         Err(e) => {
             tracing::error!(error = %e, "cannot open an RTP port");
             refuse(&mut tx, StatusCode::ServiceUnavailable, "no RTP port").await;
             return;
         }
     };
-    let port = socket.local_addr().map(|a| a.port()).unwrap_or_default();
+    let port = sockets.rtp_port();
     let session_id: u64 = rand::random::<u32>().into();
     let (agreed, answer_sdp) = match answer_offer(&agent, tx.original.body(), port, session_id, 1) {
         Ok(answer) => answer,
@@ -421,7 +413,7 @@ async fn answer(agent: Arc<Agent>, mut tx: Transaction) {
             }
         }
     }
-    let media = match MediaHandle::start(socket, agreed) {
+    let media = match MediaHandle::start(sockets, agreed) {
         Ok(media) => media,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the media loop");

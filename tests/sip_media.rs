@@ -124,6 +124,10 @@ fn call(setup: &PhoneSetup, source: &Path, says: &[i16], seconds: u64) -> Call {
 
 fn assert_reports_exchanged(call: &Call) {
     let rtcp = call.stats.rtcp;
+    eprintln!(
+        "box: {rtcp:?}\nbaresip's last RTCP event: {:?}",
+        call.rtcp_events.last()
+    );
     assert!(rtcp.sent >= 2, "{rtcp:?}");
     assert!(rtcp.sender_reports >= 1, "{rtcp:?}\n{}", call.peer_log);
     assert_eq!(rtcp.malformed, 0);

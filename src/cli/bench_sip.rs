@@ -247,16 +247,15 @@ fn parse_sipp_stats(text: &str) -> anyhow::Result<(u64, u64, Option<f64>)> {
             .parse()
             .with_context(|| format!("column {name} is not a count"))
     };
-    // "HH:MM:SS:mmm" (or "HH:MM:SS:mmm:uuu") of the cumulative response time.
+    // "HH:MM:SS:ffffff", the last field a fraction of a second (microseconds in sipp 3.6).
     let setup_ms = column("ResponseTime1(C)").and_then(|v| {
-        let parts: Vec<f64> = v.split(':').filter_map(|p| p.parse().ok()).collect();
-        match parts.as_slice() {
-            [h, m, s, ms, rest @ ..] => {
-                let us = rest.first().copied().unwrap_or(0.0);
-                Some(((h * 60.0 + m) * 60.0 + s) * 1000.0 + ms + us / 1000.0)
-            }
-            _ => None,
-        }
+        let parts: Vec<&str> = v.split(':').collect();
+        let [h, m, s, fraction] = parts.as_slice() else {
+            return None;
+        };
+        let [h, m, s]: [f64; 3] = [h.parse().ok()?, m.parse().ok()?, s.parse().ok()?];
+        let fraction = fraction.parse::<f64>().ok()? / 10f64.powi(fraction.len() as i32);
+        Some(((h * 60.0 + m) * 60.0 + s + fraction) * 1000.0)
     });
     Ok((
         count("SuccessfulCall(C)")?,
@@ -371,7 +370,10 @@ mod tests {
                     x;5;200;2;00:00:00:012500;\n";
         let (ok, failed, setup) = parse_sipp_stats(text).unwrap();
         assert_eq!((ok, failed), (200, 2));
-        assert!(setup.is_some());
+        assert!(
+            setup.is_some_and(|ms| (ms - 12.5).abs() < 1e-9),
+            "{setup:?}"
+        );
         assert!(parse_sipp_stats("StartTime;\nx;\n").is_err());
     }
 }

@@ -395,7 +395,9 @@ impl MediaLoop {
                     return;
                 }
             };
-            if session.rtcp_mux && rtcp::is_rtcp(&buffer[..size]) {
+            // RTCP on the RTP port: multiplexed, or a peer that muxes regardless (RFC 5761 keeps
+            // RTP payload types 64–95 free so that the two never collide).
+            if rtcp::is_rtcp(&buffer[..size]) {
                 self.handle_rtcp(&buffer[..size], from);
                 continue;
             }

@@ -236,7 +236,7 @@ fn call_rate(args: &BenchSipArgs) -> anyhow::Result<CallRate> {
 fn parse_sipp_stats(text: &str) -> anyhow::Result<(u64, u64, Option<f64>)> {
     let mut rows = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = rows.next().context("empty file")?.split(';').collect();
-    let last: Vec<&str> = rows.last().context("no rows")?.split(';').collect();
+    let last: Vec<&str> = rows.next_back().context("no rows")?.split(';').collect();
     let column = |name: &str| -> Option<&str> {
         let at = header.iter().position(|h| h.trim() == name)?;
         last.get(at).map(|v| v.trim())

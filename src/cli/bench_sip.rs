@@ -106,8 +106,12 @@ pub fn run(args: BenchSipArgs) -> anyhow::Result<ExitCode> {
             "  {:.1} calls/s ({:.1} s in all); INVITE → 200 OK {}",
             c.calls_per_second,
             c.seconds,
-            c.setup_ms
-                .map_or("n/a".to_string(), |ms| format!("{ms:.1} ms on average"))
+            match c.setup_ms {
+                None => "not reported by sipp".to_string(),
+                // sipp counts in whole milliseconds.
+                Some(ms) if ms < 1.0 => "under 1 ms on average (sipp's resolution)".to_string(),
+                Some(ms) => format!("{ms:.1} ms on average"),
+            }
         );
     }
     let j = &jitter;

@@ -606,3 +606,95 @@ fn busy_and_no_answer_are_told_apart() {
     assert_eq!(dialed.outcome, DialOutcome::Unreachable);
     assert_eq!(ua.active_calls(), 0);
 }
+
+/// The value of a header in a SIP message (first occurrence).
+fn header_of<'a>(message: &'a str, name: &str) -> &'a str {
+    message
+        .lines()
+        .find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn early_media_from_a_183_plays_before_the_answer() {
+    // A bare SIP endpoint: 183 Session Progress with SDP, a second of RTP, then 486.
+    let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sip.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = format!("sip:announce@{}", sip.local_addr().unwrap());
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let ua = SipUa::start(SipOptions::new("127.0.0.1:0".parse().unwrap())).expect("user agent");
+    let far_end = std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 8192];
+        let (n, from) = sip.recv_from(&mut buffer).expect("the INVITE");
+        let invite = String::from_utf8_lossy(&buffer[..n]).to_string();
+        assert!(invite.starts_with("INVITE "), "{invite}");
+        let offered_port: u16 = invite
+            .lines()
+            .find_map(|l| l.strip_prefix("m=audio "))
+            .and_then(|m| m.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .expect("an audio offer");
+        let reply = |status: &str, body: &str| {
+            let content_type = if body.is_empty() {
+                String::new()
+            } else {
+                "Content-Type: application/sdp\r\n".to_string()
+            };
+            format!(
+                "SIP/2.0 {status}\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=far\r\nCall-ID: {}\r\n\
+                 CSeq: {}\r\nContact: <sip:announce@{}>\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+                header_of(&invite, "Via"),
+                header_of(&invite, "From"),
+                header_of(&invite, "To"),
+                header_of(&invite, "Call-ID"),
+                header_of(&invite, "CSeq"),
+                sip.local_addr().unwrap(),
+                body.len()
+            )
+        };
+        let sdp = format!(
+            "v=0\r\no=far 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        );
+        sip.send_to(reply("183 Session Progress", &sdp).as_bytes(), from)
+            .unwrap();
+        // A second of an announcement (PCMU), 20 ms a packet.
+        let to: SocketAddr = ([127, 0, 0, 1], offered_port).into();
+        for i in 0..50u16 {
+            let mut packet = vec![0x80, 0x00];
+            packet.extend(i.to_be_bytes());
+            packet.extend((u32::from(i) * 160).to_be_bytes());
+            packet.extend(0x1234_5678u32.to_be_bytes());
+            packet.extend([0x55u8; 160]);
+            rtp.send_to(&packet, to).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sip.send_to(reply("486 Busy Here", "").as_bytes(), from)
+            .unwrap();
+        // The ACK of the 486.
+        let (n, _) = sip.recv_from(&mut buffer).expect("the ACK");
+        String::from_utf8_lossy(&buffer[..n]).to_string()
+    });
+    let dialed = ua
+        .dial(
+            &target,
+            DialOptions {
+                ring_timeout: Duration::from_secs(10),
+                caller: None,
+            },
+        )
+        .expect("dial");
+    let ack = far_end.join().expect("the far end");
+    assert!(ack.starts_with("ACK "), "{ack}");
+    assert!(dialed.early_media, "{dialed:?}");
+    assert!(
+        dialed.early_packets >= 40,
+        "the announcement was heard: {dialed:?}"
+    );
+    assert_eq!(dialed.outcome, DialOutcome::Busy);
+    assert_eq!(ua.active_calls(), 0);
+}

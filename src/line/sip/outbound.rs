@@ -91,6 +91,8 @@ pub struct Dialed {
     pub line: Option<SipLine>,
     /// Whether the far end sent audio before answering (183 Session Progress with SDP).
     pub early_media: bool,
+    /// RTP packets received before the call ended unanswered (an announcement, a ringback).
+    pub early_packets: u64,
     pub call_id: String,
 }
 
@@ -100,6 +102,7 @@ impl std::fmt::Debug for Dialed {
             .field("outcome", &self.outcome)
             .field("answered", &self.line.is_some())
             .field("early_media", &self.early_media)
+            .field("early_packets", &self.early_packets)
             .finish()
     }
 }
@@ -143,14 +146,17 @@ fn unanswered(
     outcome: DialOutcome,
     early_media: bool,
 ) -> Dialed {
-    if let Some(mut media) = media {
+    let early_packets = media.map_or(0, |mut media| {
+        let received = media.stats().packets_received;
         media.stop();
-    }
+        received
+    });
     agent.dialogs.remove_dialog(&dialog.id());
     Dialed {
         outcome,
         line: None,
         early_media,
+        early_packets,
         call_id: dialog.id().call_id.clone(),
     }
 }
@@ -359,6 +365,7 @@ pub(super) async fn dial(
         outcome: DialOutcome::Answered,
         line: Some(line),
         early_media,
+        early_packets: 0,
         call_id,
     })
 }

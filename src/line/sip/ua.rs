@@ -44,6 +44,8 @@ pub enum SipError {
     Runtime(std::io::Error),
     #[error("cannot listen for SIP on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
+    #[error("sip.transport = {0}: only udp is supported so far")]
+    Transport(&'static str),
     #[error("cannot read the SIP password from {path}: {reason}")]
     Password { path: String, reason: String },
     #[error("{0}")]
@@ -87,6 +89,12 @@ impl SipOptions {
     /// The options the `[sip]` section asks for: where to listen, how many calls, how many
     /// rings, and the registration (the password read from `sip.password_file`).
     pub fn from_config(sip: &crate::config::SipConfig) -> Result<SipOptions, SipError> {
+        use crate::config::SipTransport;
+        match sip.transport {
+            SipTransport::Udp => {}
+            SipTransport::Tcp => return Err(SipError::Transport("tcp")),
+            SipTransport::Tls => return Err(SipError::Transport("tls")),
+        }
         let mut options = SipOptions::new(sip.listen);
         options.max_calls = sip.max_calls;
         options.answer_after_rings = sip.answer_after_rings;
@@ -802,6 +810,55 @@ fn sipfrag_status(body: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{SipConfig, SipTransport};
+
+    fn sip_config(dir: &std::path::Path) -> SipConfig {
+        let password_file = dir.join("sip-password");
+        std::fs::write(&password_file, "s3cret\n").unwrap();
+        SipConfig {
+            listen: "127.0.0.1:5070".parse().unwrap(),
+            transport: SipTransport::Udp,
+            max_calls: 2,
+            answer_after_rings: 3,
+            registrar: Some("pbx.local:5060".into()),
+            user: Some("201".into()),
+            password_file: Some(password_file),
+        }
+    }
+
+    #[test]
+    fn the_sip_section_becomes_the_user_agents_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SipOptions::from_config(&sip_config(dir.path())).unwrap();
+        assert_eq!(options.user, "201");
+        assert_eq!((options.max_calls, options.answer_after_rings), (2, 3));
+        let registration = options.registration.expect("a registrar was configured");
+        assert_eq!(registration.registrar, "pbx.local:5060");
+        assert_eq!(registration.user, "201");
+        assert_eq!(
+            registration.password, "s3cret",
+            "the newline is not part of it"
+        );
+    }
+
+    #[test]
+    fn a_bad_sip_section_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = sip_config(dir.path());
+        config.password_file = Some(dir.path().join("missing"));
+        let error = SipOptions::from_config(&config).err().unwrap().to_string();
+        assert!(error.contains("missing"), "{error}");
+        let mut config = sip_config(dir.path());
+        config.registrar = Some("sip:201@pbx".into());
+        assert!(matches!(
+            SipOptions::from_config(&config),
+            Err(SipError::Registration(RegistrationError::BadRegistrar(_)))
+        ));
+        let mut config = sip_config(dir.path());
+        config.transport = SipTransport::Tcp;
+        let error = SipOptions::from_config(&config).err().unwrap().to_string();
+        assert!(error.contains("only udp"), "{error}");
+    }
 
     #[test]
     fn info_bodies_give_their_key() {

@@ -71,10 +71,30 @@ fn free_port_pair() -> std::io::Result<u16> {
     Err(std::io::Error::other("no free pair of ports on loopback"))
 }
 
+/// A registrar baresip registers with (an extension of that PBX), by digest auth.
+#[derive(Debug, Clone)]
+pub struct PeerRegistration {
+    pub registrar: SocketAddr,
+    pub password: String,
+    /// Seconds between re-registrations.
+    pub interval: u32,
+}
+
 impl Baresip {
     /// Starts baresip as `user` (the caller ID it presents) with `source` as its microphone (a
     /// 16-bit mono WAV, 8 or 16 kHz); with `auto_answer` it answers calls by itself.
     pub fn start(source: &Path, user: &str, auto_answer: bool) -> Result<Baresip, PeerError> {
+        Baresip::start_with(source, user, auto_answer, None)
+    }
+
+    /// As [`Baresip::start`], registered with a PBX when `registration` is given: its address
+    /// of record is then `user@registrar` and every call it places goes through the PBX.
+    pub fn start_with(
+        source: &Path,
+        user: &str,
+        auto_answer: bool,
+        registration: Option<&PeerRegistration>,
+    ) -> Result<Baresip, PeerError> {
         let dir = tempfile::Builder::new()
             .prefix("callbox-baresip")
             .tempdir()?;
@@ -105,13 +125,17 @@ impl Baresip {
             recordings = dir.path().display(),
         );
         std::fs::write(dir.path().join("config"), config)?;
-        std::fs::write(
-            dir.path().join("accounts"),
-            format!(
-                "<sip:{user}@127.0.0.1:{sip_port}>;regint=0{}\n",
-                if auto_answer { ";answermode=auto" } else { "" }
+        let answer_mode = if auto_answer { ";answermode=auto" } else { "" };
+        let account = match registration {
+            None => format!("<sip:{user}@127.0.0.1:{sip_port}>;regint=0{answer_mode}\n"),
+            Some(r) => format!(
+                "<sip:{user}@{registrar}>;auth_pass={password};regint={interval}{answer_mode}\n",
+                registrar = r.registrar,
+                password = r.password,
+                interval = r.interval,
             ),
-        )?;
+        };
+        std::fs::write(dir.path().join("accounts"), account)?;
         let log = std::fs::File::create(dir.path().join("baresip.log"))?;
         let child = Command::new("baresip")
             .arg("-f")

@@ -225,6 +225,24 @@ fn a_desired_manifest_is_applied_on_connect_and_a_bad_one_is_reported_rejected()
             .any(|r| r["desired"]["status"] == "applied" && r["desired"]["version"] == "1.3.0")
     });
     stop(sync);
+
+    // Verified while a call (held here, another process) keeps the gate; the unit stops before
+    // the call ends. On its next connection the stored script becomes active, not "not newer".
+    let gate =
+        callbox::fleet::ActivationGate::in_dir(&Config::from_file(&config).unwrap().store.dir);
+    let call = gate.call_started().unwrap();
+    fleet.set_desired(desired("1.4.0", &key));
+    let sync = start_box(&config, &[]);
+    fleet.reported("1.4.0", "pending");
+    stop(sync);
+    drop(call);
+    assert_eq!(active_version(&config).as_deref(), Some("1.3.0"));
+    let sync = start_box(&config, &[]);
+    let r = fleet.reported("1.4.0", "applied");
+    assert!(reported_schema.is_valid(&r), "{r}");
+    stop(sync);
+    assert_eq!(active_version(&config).as_deref(), Some("1.4.0"));
+
     let rejects: Vec<String> = store_of(&config)
         .recent_audit(100)
         .unwrap()

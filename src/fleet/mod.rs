@@ -646,6 +646,11 @@ impl Fleet {
             "being verified".into(),
             manifest.as_ref(),
         ));
+        if let Some(m) = &manifest {
+            if let Some(acks) = self.resume_desired(store, m, &desired)? {
+                return Ok(acks);
+            }
+        }
         let acks = self.script_update(
             store,
             &id,
@@ -656,6 +661,53 @@ impl Fleet {
             Utc::now(),
         )?;
         Ok(acks.into_iter().filter(|a| !is_desired(a)).collect())
+    }
+
+    /// A desired script verified and stored on an earlier run but never activated (the unit
+    /// stopped while a call held the gate) is staged again rather than refused as not newer:
+    /// when it passes every other check, is installed with the manifest's hash and is newer
+    /// than the active script.
+    fn resume_desired(
+        &mut self,
+        store: &mut Store,
+        m: &Manifest,
+        desired: &DesiredScript,
+    ) -> Result<Option<Vec<Ack>>, FleetError> {
+        let checked = self.check_update(
+            store,
+            &desired.manifest,
+            desired.signature.as_deref(),
+            &desired.script,
+            Utc::now(),
+        )?;
+        if !matches!(checked, Err(("not_newer", _))) {
+            return Ok(None);
+        }
+        let Some(installed) = store.installed_script(&m.script, &m.version)? else {
+            return Ok(None);
+        };
+        let newer = match store.active_script()? {
+            None => true,
+            Some(active) => {
+                active.name != m.script
+                    || manifest::compare_versions(&m.version, &active.version)
+                        == Some(std::cmp::Ordering::Greater)
+            }
+        };
+        if !installed.sha256.eq_ignore_ascii_case(&m.sha256) || !newer {
+            return Ok(None);
+        }
+        let mut acks: Vec<Ack> = self
+            .stage(Staged {
+                command_id: self.desired.id.clone(),
+                kind: DESIRED_KIND,
+                script: installed,
+                actor: format!("fleet:{}", m.key_id),
+            })
+            .into_iter()
+            .collect();
+        acks.extend(self.poll_activation(store)?);
+        Ok(Some(acks.into_iter().filter(|a| !is_desired(a)).collect()))
     }
 
     /// What became of the last desired manifest, for `…/reported`; `None` when none was

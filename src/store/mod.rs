@@ -734,6 +734,19 @@ impl Store {
             .optional()?)
     }
 
+    /// One installed version of a script, active or not.
+    pub fn installed_script(&self, name: &str, version: &str) -> Result<Option<StoredScript>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, version, sha256, signature, body FROM scripts
+                 WHERE name = ?1 AND version = ?2",
+                params![name, version],
+                script_row,
+            )
+            .optional()?)
+    }
+
     /// Every installed version of a script, as stored.
     pub fn script_versions(&self, name: &str) -> Result<Vec<String>> {
         let mut stmt = self

@@ -165,7 +165,16 @@ fn a_refill_call_in_speech_ends_in_the_right_summary() {
     let stats = done.store.stats().unwrap();
     let count = |t: &str| stats.iter().find(|(n, _)| *n == t).map(|(_, c)| *c);
     assert_eq!(count("calls"), Some(1));
-    assert_eq!(count("outbox"), Some(1));
+    let queued = done.store.pending_outbox(100).unwrap();
+    let on = |suffix: &str| {
+        queued
+            .iter()
+            .filter(|r| r.message.topic.ends_with(suffix))
+            .count()
+    };
+    assert_eq!(on("/summary"), 1);
+    assert!(on("/event") >= 2, "the call's started and ended events");
+    assert_eq!(queued.len(), on("/summary") + on("/event"));
 }
 
 #[test]

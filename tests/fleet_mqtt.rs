@@ -521,10 +521,10 @@ fn an_update_arriving_mid_call_activates_after_the_call() {
         OpenMode::CreateAndMigrate,
     )
     .unwrap();
-    let gate = ActivationGate::new();
+    let gate = ActivationGate::in_dir(&config.store.dir);
     let mut fleet = Fleet::new(&config, gate.clone());
 
-    let call = gate.call_started();
+    let call = gate.call_started().unwrap();
     let body = clinic_version("2.0.0");
     let m = manifest_bytes(
         "clinic",

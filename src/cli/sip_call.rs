@@ -39,10 +39,8 @@ pub fn simulate_sip(
 ) -> anyhow::Result<SipCallReport> {
     let voices = load_voices(config, &script)?;
     let turns = caller_turns(config, &setup, &voices.speaker)?;
-    let mut options = SipOptions::new(config.sip.listen);
+    let mut options = SipOptions::from_config(&config.sip)?;
     options.listen.set_port(0);
-    options.max_calls = config.sip.max_calls;
-    options.answer_after_rings = config.sip.answer_after_rings;
     let number: String = caller_number
         .map(|n| {
             n.chars()

@@ -76,8 +76,9 @@ pub struct BenchSttArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
-    /// The candle configurations to measure, among f32, q8_0 (key/value-cached decoder),
-    /// f32-uncached, q8_0-uncached (candle-transformers' decoder) and f32-30s (30 s window).
+    /// The candle configurations to measure, among f32, q8_0 (key/value-cached decoder; logits
+    /// with the q8_0 embedding), q8_0-f32-logits (logits with its f32 copy), f32-uncached,
+    /// q8_0-uncached (candle-transformers' decoder) and f32-30s (30 s window).
     #[arg(
         long,
         value_delimiter = ',',
@@ -193,6 +194,8 @@ struct BenchRow {
     peak_rss_mib: f64,
     utterances: Vec<UtteranceRow>,
     wer: Option<f64>,
+    /// The word-error-rate set's utterances this configuration got wrong: (said, heard).
+    misheard: Vec<(String, String)>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -209,18 +212,20 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The candle configurations: (name, quantized, padded to 30 s, cached decoder).
-const CANDLE_CONFIGS: [(&str, bool, bool, bool); 5] = [
-    ("f32", false, false, true),
-    ("q8_0", true, false, true),
-    ("f32-uncached", false, false, false),
-    ("q8_0-uncached", true, false, false),
-    ("f32-30s", false, true, true),
+/// The candle configurations: (name, quantized, padded to 30 s, cached decoder, logits with the
+/// quantized embedding).
+const CANDLE_CONFIGS: [(&str, bool, bool, bool, bool); 6] = [
+    ("f32", false, false, true, false),
+    ("q8_0", true, false, true, true),
+    ("q8_0-f32-logits", true, false, true, false),
+    ("f32-uncached", false, false, false, false),
+    ("q8_0-uncached", true, false, false, false),
+    ("f32-30s", false, true, true, false),
 ];
 
 /// Measures one configuration of [`CANDLE_CONFIGS`] in this process.
 fn bench_worker(config: &Config, args: &BenchSttArgs, which: &str) -> anyhow::Result<ExitCode> {
-    let Some(&(_, quantized, pad_to_30s, cached_decoder)) =
+    let Some(&(_, quantized, pad_to_30s, cached_decoder, quantized_logits)) =
         CANDLE_CONFIGS.iter().find(|c| c.0 == which)
     else {
         bail!("unknown configuration {which}");
@@ -232,6 +237,7 @@ fn bench_worker(config: &Config, args: &BenchSttArgs, which: &str) -> anyhow::Re
         pad_to_30s,
         workers: 1,
         cached_decoder,
+        quantized_logits,
         tail_frames: args.tail_frames,
     };
     let model = SpeechToText::load_with(&dir, options)?;
@@ -405,10 +411,15 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut misheard = Vec::new();
         let wer = (!wer_set.is_empty()).then(|| {
             let mut total = WordErrors::default();
             for (heard, (_, said)) in report.transcribed.iter().zip(&wer_set) {
-                total.add(WordErrors::of(said, &heard.text));
+                let errors = WordErrors::of(said, &heard.text);
+                if errors.rate() > 0.0 {
+                    misheard.push((said.to_string(), heard.text.clone()));
+                }
+                total.add(errors);
             }
             total.rate()
         });
@@ -419,6 +430,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             peak_rss_mib: resources::mib(report.peak_rss_bytes),
             utterances,
             wer,
+            misheard,
         });
     }
     if args.json {

@@ -23,7 +23,7 @@ use crate::agent::Script;
 use crate::config::Config;
 use crate::store::{Lead, Store, StoreError, StoredScript};
 
-pub use gate::{ActivationGate, CallInProgress};
+pub use gate::{ActivationGate, CallInProgress, GateError};
 pub use manifest::Manifest;
 
 pub const ACK_SCHEMA: &str = "callbox.ack/1";
@@ -32,6 +32,8 @@ pub const ACK_SCHEMA: &str = "callbox.ack/1";
 pub enum FleetError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Gate(#[from] GateError),
 }
 
 /// The outcome of a command, as acknowledged on `…/res`.
@@ -120,6 +122,51 @@ struct LeadIn {
     detail: BTreeMap<String, serde_json::Value>,
 }
 
+/// The kind of the acks a desired manifest produces; they go to `…/reported`, not `…/res`.
+pub const DESIRED_KIND: &str = "cfg.desired";
+
+/// Whether an ack belongs to the desired manifest (reported) rather than a command (`…/res`).
+pub fn is_desired(ack: &Ack) -> bool {
+    ack.kind.as_deref() == Some(DESIRED_KIND)
+}
+
+/// The retained desired manifest: what a `script.update` command carries, without id and type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DesiredScript {
+    manifest: String,
+    #[serde(default)]
+    signature: Option<String>,
+    script: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredStatus {
+    /// The desired script is the active one.
+    Applied,
+    /// Verified and stored; it becomes active when no call is in progress.
+    Pending,
+    /// Refused; nothing changed (`reason` says why).
+    Rejected,
+    /// Accepted but not activated (superseded by a later change, or the store failed).
+    Failed,
+}
+
+/// What became of the last desired manifest, as `…/reported` says it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DesiredOutcome {
+    /// The manifest's script, version and sha256, when it could be read.
+    pub script: Option<String>,
+    pub version: Option<String>,
+    pub sha256: Option<String>,
+    pub status: DesiredStatus,
+    /// The same codes as command acks (`bad_signature`, `not_newer`, …).
+    pub reason: Option<&'static str>,
+    pub detail: String,
+    pub at: String,
+}
+
 /// A script change waiting for the line to be idle.
 #[derive(Debug, Clone)]
 struct Staged {
@@ -144,6 +191,18 @@ pub struct Fleet {
     gate: ActivationGate,
     staged: Option<Staged>,
     unit: String,
+    desired: Desired,
+}
+
+/// The retained desired manifest as last received, and what became of it.
+#[derive(Debug, Default)]
+struct Desired {
+    /// The payload last handled; the same payload again (a reconnect) is not handled twice.
+    payload: Option<Vec<u8>>,
+    /// Its id in acks (`desired-<n>`), so outcomes of earlier ones are told apart.
+    id: String,
+    count: u64,
+    outcome: Option<DesiredOutcome>,
 }
 
 impl Fleet {
@@ -165,6 +224,7 @@ impl Fleet {
             gate,
             staged: None,
             unit: config.unit.id.clone(),
+            desired: Desired::default(),
         }
     }
 
@@ -195,42 +255,16 @@ impl Fleet {
                 signature,
                 script,
             } => {
-                let ack = |status, reason, detail: String| Ack {
-                    command_id: Some(id.clone()),
-                    kind: Some("script.update".into()),
-                    status,
-                    reason,
-                    detail,
-                };
-                match self.check_update(store, &manifest, signature.as_deref(), &script, now)? {
-                    Err((reason, detail)) => {
-                        warn!(command = %id, reason, "script update rejected");
-                        store.audit(
-                            "fleet",
-                            "script.reject",
-                            &format!("{id}: {reason}: {detail}"),
-                        )?;
-                        out.acks.push(ack(Status::Rejected, Some(reason), detail));
-                    }
-                    Ok((stored, key_id)) => {
-                        store.install_script(&stored, false, &format!("fleet:{key_id}"))?;
-                        out.acks.push(ack(
-                            Status::Accepted,
-                            None,
-                            format!(
-                                "{} {} verified; it becomes active when no call is in progress",
-                                stored.name, stored.version
-                            ),
-                        ));
-                        out.acks.extend(self.stage(Staged {
-                            command_id: id.clone(),
-                            kind: "script.update",
-                            script: stored,
-                            actor: format!("fleet:{key_id}"),
-                        }));
-                        out.acks.extend(self.poll_activation(store)?);
-                    }
-                }
+                let acks = self.script_update(
+                    store,
+                    &id,
+                    "script.update",
+                    &manifest,
+                    signature.as_deref(),
+                    &script,
+                    now,
+                )?;
+                out.acks.extend(acks);
             }
             Command::ScriptRollback { id } => match store.previous_script()? {
                 None => out.acks.push(Ack {
@@ -337,6 +371,62 @@ impl Fleet {
         Ok(out)
     }
 
+    /// A signed script update, from a command or the desired manifest: verified, stored and
+    /// staged, or rejected (audited) with the first reason that applies. The acks, in order.
+    #[allow(clippy::too_many_arguments)]
+    fn script_update(
+        &mut self,
+        store: &mut Store,
+        id: &str,
+        kind: &'static str,
+        manifest: &str,
+        signature: Option<&str>,
+        script: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Ack>, FleetError> {
+        let ack = |status, reason, detail: String| Ack {
+            command_id: Some(id.to_string()),
+            kind: Some(kind.into()),
+            status,
+            reason,
+            detail,
+        };
+        let mut acks = Vec::new();
+        match self.check_update(store, manifest, signature, script, now)? {
+            Err((reason, detail)) => {
+                warn!(command = %id, reason, "script update rejected");
+                store.audit(
+                    "fleet",
+                    "script.reject",
+                    &format!("{id}: {reason}: {detail}"),
+                )?;
+                acks.push(ack(Status::Rejected, Some(reason), detail));
+            }
+            Ok((stored, key_id)) => {
+                store.install_script(&stored, false, &format!("fleet:{key_id}"))?;
+                acks.push(ack(
+                    Status::Accepted,
+                    None,
+                    format!(
+                        "{} {} verified; it becomes active when no call is in progress",
+                        stored.name, stored.version
+                    ),
+                ));
+                acks.extend(self.stage(Staged {
+                    command_id: id.to_string(),
+                    kind,
+                    script: stored,
+                    actor: format!("fleet:{key_id}"),
+                }));
+                acks.extend(self.poll_activation(store)?);
+            }
+        }
+        for a in &acks {
+            self.note_desired(a);
+        }
+        Ok(acks)
+    }
+
     /// Verifies an update; the stored script and the signing key's id, or why it is refused.
     #[allow(clippy::type_complexity)]
     fn check_update(
@@ -352,14 +442,9 @@ impl Fleet {
         else {
             return Ok(Err(("malformed", "the manifest is not base64".into())));
         };
-        let manifest: Manifest = match serde_json::from_slice(&manifest_bytes) {
+        let manifest = match decode_manifest(manifest_b64) {
             Ok(m) => m,
-            Err(e) => {
-                return Ok(Err((
-                    "malformed",
-                    format!("the manifest is not valid: {e}"),
-                )))
-            }
+            Err(detail) => return Ok(Err(("malformed", detail))),
         };
         let Some(signature) = signature.filter(|s| !s.trim().is_empty()) else {
             return Ok(Err(("unsigned", "the update carries no signature".into())));
@@ -439,13 +524,15 @@ impl Fleet {
     /// Stages a script change; one staged earlier and not yet active is superseded.
     fn stage(&mut self, staged: Staged) -> Option<Ack> {
         let previous = self.staged.replace(staged)?;
-        Some(Ack {
+        let ack = Ack {
             command_id: Some(previous.command_id),
             kind: Some(previous.kind.into()),
             status: Status::Failed,
             reason: Some("superseded"),
             detail: "a later script command replaced this one before it became active".into(),
-        })
+        };
+        self.note_desired(&ack);
+        Some(ack)
     }
 
     /// Makes the staged script active if no call is in progress; the succeeded or failed ack.
@@ -453,7 +540,7 @@ impl Fleet {
         if self.staged.is_none() {
             return Ok(None);
         }
-        let Some(_idle) = self.gate.hold_idle() else {
+        let Some(_idle) = self.gate.hold_idle()? else {
             return Ok(None);
         };
         let Some(staged) = self.staged.take() else {
@@ -475,19 +562,196 @@ impl Fleet {
                 }
                 Err(e) => (Status::Failed, Some("store"), e.to_string()),
             };
-        Ok(Some(Ack {
+        let ack = Ack {
             command_id: Some(staged.command_id),
             kind: Some(staged.kind.into()),
             status,
             reason,
             detail,
-        }))
+        };
+        self.note_desired(&ack);
+        Ok(Some(ack))
+    }
+
+    /// Handles the retained desired manifest (`cfg/callbox/<tenant>/<unit>`): the same signed
+    /// format and the same checks as a `script.update` command. A manifest naming the active
+    /// script is already applied; the same payload again (it is retained, so every connection
+    /// brings it) is not handled twice; an empty payload means the fleet withdrew it. Returns
+    /// the acks due to commands (one this manifest superseded); the manifest's own outcome is
+    /// [`Fleet::desired_outcome`].
+    pub fn apply_desired(
+        &mut self,
+        store: &mut Store,
+        payload: &[u8],
+    ) -> Result<Vec<Ack>, FleetError> {
+        if payload.is_empty() {
+            self.desired.payload = None;
+            self.desired.outcome = None;
+            return Ok(Vec::new());
+        }
+        if self.desired.payload.as_deref() == Some(payload) {
+            return Ok(Vec::new());
+        }
+        self.desired.payload = Some(payload.to_vec());
+        self.desired.count += 1;
+        self.desired.id = format!("desired-{}", self.desired.count);
+        let id = self.desired.id.clone();
+        let outcome =
+            |status, reason, detail: String, manifest: Option<&Manifest>| DesiredOutcome {
+                script: manifest.map(|m| m.script.clone()),
+                version: manifest.map(|m| m.version.clone()),
+                sha256: manifest.map(|m| m.sha256.clone()),
+                status,
+                reason,
+                detail,
+                at: crate::store::now_rfc3339(),
+            };
+        let desired: DesiredScript = match serde_json::from_slice(payload) {
+            Ok(d) => d,
+            Err(e) => {
+                let detail = format!("the desired manifest is not valid: {e}");
+                warn!(reason = "malformed", "desired script manifest rejected");
+                store.audit(
+                    "fleet",
+                    "script.reject",
+                    &format!("{id}: malformed: {detail}"),
+                )?;
+                self.desired.outcome = Some(outcome(
+                    DesiredStatus::Rejected,
+                    Some("malformed"),
+                    detail,
+                    None,
+                ));
+                return Ok(Vec::new());
+            }
+        };
+        let manifest = decode_manifest(&desired.manifest).ok();
+        if let (Some(m), Some(active)) = (&manifest, store.active_script()?) {
+            if active.name == m.script
+                && active.version == m.version
+                && active.sha256.eq_ignore_ascii_case(&m.sha256)
+            {
+                self.desired.outcome = Some(outcome(
+                    DesiredStatus::Applied,
+                    None,
+                    format!("{} {} is active", m.script, m.version),
+                    Some(m),
+                ));
+                return Ok(Vec::new());
+            }
+        }
+        self.desired.outcome = Some(outcome(
+            DesiredStatus::Pending,
+            None,
+            "being verified".into(),
+            manifest.as_ref(),
+        ));
+        if let Some(m) = &manifest {
+            if let Some(acks) = self.resume_desired(store, m, &desired)? {
+                return Ok(acks);
+            }
+        }
+        let acks = self.script_update(
+            store,
+            &id,
+            DESIRED_KIND,
+            &desired.manifest,
+            desired.signature.as_deref(),
+            &desired.script,
+            Utc::now(),
+        )?;
+        Ok(acks.into_iter().filter(|a| !is_desired(a)).collect())
+    }
+
+    /// A desired script verified and stored on an earlier run but never activated (the unit
+    /// stopped while a call held the gate) is staged again rather than refused as not newer:
+    /// when it passes every other check, is installed with the manifest's hash and is newer
+    /// than the active script.
+    fn resume_desired(
+        &mut self,
+        store: &mut Store,
+        m: &Manifest,
+        desired: &DesiredScript,
+    ) -> Result<Option<Vec<Ack>>, FleetError> {
+        let checked = self.check_update(
+            store,
+            &desired.manifest,
+            desired.signature.as_deref(),
+            &desired.script,
+            Utc::now(),
+        )?;
+        if !matches!(checked, Err(("not_newer", _))) {
+            return Ok(None);
+        }
+        let Some(installed) = store.installed_script(&m.script, &m.version)? else {
+            return Ok(None);
+        };
+        let newer = match store.active_script()? {
+            None => true,
+            Some(active) => {
+                active.name != m.script
+                    || manifest::compare_versions(&m.version, &active.version)
+                        == Some(std::cmp::Ordering::Greater)
+            }
+        };
+        if !installed.sha256.eq_ignore_ascii_case(&m.sha256) || !newer {
+            return Ok(None);
+        }
+        let mut acks: Vec<Ack> = self
+            .stage(Staged {
+                command_id: self.desired.id.clone(),
+                kind: DESIRED_KIND,
+                script: installed,
+                actor: format!("fleet:{}", m.key_id),
+            })
+            .into_iter()
+            .collect();
+        acks.extend(self.poll_activation(store)?);
+        Ok(Some(acks.into_iter().filter(|a| !is_desired(a)).collect()))
+    }
+
+    /// What became of the last desired manifest, for `…/reported`; `None` when none was
+    /// received since the unit started.
+    pub fn desired_outcome(&self) -> Option<&DesiredOutcome> {
+        self.desired.outcome.as_ref()
+    }
+
+    /// Records the outcome of the current desired manifest from one of its acks.
+    fn note_desired(&mut self, ack: &Ack) {
+        if !is_desired(ack) || ack.command_id.as_deref() != Some(self.desired.id.as_str()) {
+            return;
+        }
+        let Some(outcome) = self.desired.outcome.as_mut() else {
+            return;
+        };
+        outcome.status = match ack.status {
+            Status::Accepted => DesiredStatus::Pending,
+            Status::Succeeded => DesiredStatus::Applied,
+            Status::Failed => DesiredStatus::Failed,
+            Status::Rejected => DesiredStatus::Rejected,
+        };
+        outcome.reason = ack.reason;
+        outcome.detail = ack.detail.clone();
+        outcome.at = crate::store::now_rfc3339();
+        info!(
+            status = ?outcome.status,
+            reason = ack.reason.unwrap_or("-"),
+            "desired script manifest"
+        );
     }
 
     /// Whether a script change waits for the line to be idle.
     pub fn has_staged(&self) -> bool {
         self.staged.is_some()
     }
+}
+
+/// The manifest carried base64-encoded in an update, or why it cannot be read.
+fn decode_manifest(manifest_b64: &str) -> Result<Manifest, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(manifest_b64.trim())
+        .map_err(|_| "the manifest is not base64".to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("the manifest is not valid: {e}"))
 }
 
 fn normalize_phone(text: &str) -> Option<String> {

@@ -141,6 +141,8 @@ pub struct FinishedCall {
     pub summary_id: String,
     pub summary_json: String,
     pub outbox: OutboxMessage,
+    /// Further messages committed with the call and queued before its summary (its events).
+    pub events_outbox: Vec<OutboxMessage>,
     /// The caller asked never to be called again: add this number to the do-not-call list.
     pub do_not_call: Option<String>,
 }
@@ -732,6 +734,19 @@ impl Store {
             .optional()?)
     }
 
+    /// One installed version of a script, active or not.
+    pub fn installed_script(&self, name: &str, version: &str) -> Result<Option<StoredScript>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, version, sha256, signature, body FROM scripts
+                 WHERE name = ?1 AND version = ?2",
+                params![name, version],
+                script_row,
+            )
+            .optional()?)
+    }
+
     /// Every installed version of a script, as stored.
     pub fn script_versions(&self, name: &str) -> Result<Vec<String>> {
         let mut stmt = self
@@ -911,15 +926,12 @@ fn write_finished_call(
         params![c.summary_id, c.id, c.outcome, c.summary_json, now_rfc3339()],
     )?;
     after(WriteStage::Summary);
-    tx.execute(
-        "INSERT INTO outbox (message_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            c.outbox.message_id,
-            c.outbox.topic,
-            c.outbox.payload,
-            now_rfc3339()
-        ],
-    )?;
+    for m in c.events_outbox.iter().chain(std::iter::once(&c.outbox)) {
+        tx.execute(
+            "INSERT INTO outbox (message_id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![m.message_id, m.topic, m.payload, now_rfc3339()],
+        )?;
+    }
     if let Some(phone) = &c.do_not_call {
         add_dnc(tx, phone, "caller", "asked during a call")?;
     }

@@ -48,6 +48,7 @@ fn sample_call(id: &str) -> FinishedCall {
             topic: "dt/callbox/dev/unit/summary".into(),
             payload: b"{}".to_vec(),
         },
+        events_outbox: Vec::new(),
         do_not_call: None,
     }
 }

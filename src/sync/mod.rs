@@ -11,6 +11,8 @@
 
 pub mod backoff;
 pub mod bench;
+pub mod connectivity;
+pub mod events;
 pub mod health;
 pub mod tls;
 pub mod topics;
@@ -29,6 +31,8 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, MqttConfig};
 use crate::fleet::{ActivationGate, Fleet, FleetError};
 use crate::store::{Store, StoreError};
+
+pub const REPORTED_SCHEMA: &str = "callbox.reported/1";
 
 pub use backoff::Backoff;
 pub use topics::Topics;
@@ -181,6 +185,7 @@ impl Sync {
             ),
             None => None,
         };
+        let gate = ActivationGate::in_dir(store.path().parent().unwrap_or(&config.store.dir));
         Ok(Sync {
             store,
             topics: Topics::new(&config.unit.tenant, &config.unit.id),
@@ -193,14 +198,8 @@ impl Sync {
             acked: Vec::new(),
             acked_ids: HashSet::new(),
             last_sync: None,
-            fleet: Fleet::new(config, ActivationGate::new()),
+            fleet: Fleet::new(config, gate),
         })
-    }
-
-    /// Uses the call pipeline's activation gate, so script changes wait for calls to end.
-    pub fn with_gate(mut self, config: &Config, gate: ActivationGate) -> Sync {
-        self.fleet = Fleet::new(config, gate);
-        self
     }
 
     pub fn topics(&self) -> &Topics {
@@ -254,6 +253,7 @@ impl Sync {
         let mut backoff = Backoff::new(self.options.backoff_min, self.options.backoff_max);
         let mut failures_in_a_row = 0u32;
         self.purge()?;
+        let network = connectivity::Connectivity::watch();
 
         loop {
             let mut session = self.start_session();
@@ -286,6 +286,10 @@ impl Sync {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
+                        _ = network.connected() => {
+                            info!("the network is connected (NetworkManager): retrying now");
+                            backoff.reset();
+                        }
                         _ = &mut shutdown => return Ok(self.report),
                     }
                 }
@@ -330,6 +334,7 @@ impl Sync {
                         if let Some(ack) = self.fleet.poll_activation(&mut self.store)? {
                             self.publish_ack(s, &ack);
                             self.publish_health(s)?;
+                            self.publish_reported(s)?;
                         }
                         if last_health.elapsed() >= self.options.health_interval {
                             last_health = Instant::now();
@@ -373,7 +378,11 @@ impl Sync {
                     pending = self.store.outbox_status()?.pending,
                     "connected to the MQTT broker"
                 );
-                for topic in [&self.topics.request, &self.topics.request_all] {
+                for topic in [
+                    &self.topics.request,
+                    &self.topics.request_all,
+                    &self.topics.desired,
+                ] {
                     if s.client
                         .try_subscribe(topic.as_str(), QoS::AtLeastOnce)
                         .is_err()
@@ -382,7 +391,16 @@ impl Sync {
                     }
                 }
                 self.publish_health(s)?;
+                self.publish_reported(s)?;
                 self.refill(s)?;
+            }
+            Event::Incoming(Packet::Publish(p)) if p.topic == self.topics.desired => {
+                let acks = self.fleet.apply_desired(&mut self.store, &p.payload)?;
+                for ack in &acks {
+                    self.publish_ack(s, ack);
+                }
+                self.publish_reported(s)?;
+                self.publish_health(s)?;
             }
             Event::Incoming(Packet::Publish(p))
                 if p.topic == self.topics.request || p.topic == self.topics.request_all =>
@@ -394,6 +412,12 @@ impl Sync {
                 }
                 if handled.publish_health {
                     self.publish_health(s)?;
+                }
+                let scripts = |a: &crate::fleet::Ack| {
+                    a.kind.as_deref().is_some_and(|k| k.starts_with("script."))
+                };
+                if handled.acks.iter().any(scripts) {
+                    self.publish_reported(s)?;
                 }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -486,7 +510,35 @@ impl Sync {
         Ok(())
     }
 
+    /// Retained on `…/reported`: the active script and what became of the desired manifest.
+    fn publish_reported(&mut self, s: &mut Session) -> Result<(), SyncError> {
+        let active = self.store.active_script()?;
+        let payload = serde_json::json!({
+            "schema": REPORTED_SCHEMA,
+            "unit": self.fleet.unit(),
+            "at": crate::store::now_rfc3339(),
+            "active_script": active.map(|a| serde_json::json!({
+                "name": a.name,
+                "version": a.version,
+                "sha256": a.sha256,
+            })),
+            "desired": self.fleet.desired_outcome(),
+        })
+        .to_string()
+        .into_bytes();
+        if s.client
+            .try_publish(&self.topics.reported, QoS::AtLeastOnce, true, payload)
+            .is_ok()
+        {
+            s.unsent.push_back(Sent::Other);
+        }
+        Ok(())
+    }
+
     fn publish_ack(&mut self, s: &mut Session, ack: &crate::fleet::Ack) {
+        if crate::fleet::is_desired(ack) {
+            return; // The desired manifest's outcome is on …/reported.
+        }
         let payload = ack.to_json(self.fleet.unit());
         if s.client
             .try_publish(&self.topics.response, QoS::AtLeastOnce, false, payload)

@@ -16,6 +16,10 @@ pub struct Topics {
     pub request_all: String,
     /// `cmd/callbox/<tenant>/<unit>/res`: acknowledgements of commands.
     pub response: String,
+    /// `cfg/callbox/<tenant>/<unit>`: the retained desired script manifest.
+    pub desired: String,
+    /// `cfg/callbox/<tenant>/<unit>/reported`: retained, what the unit runs.
+    pub reported: String,
 }
 
 impl Topics {
@@ -28,6 +32,8 @@ impl Topics {
             request: format!("cmd/callbox/{tenant}/{unit}/req"),
             request_all: format!("cmd/callbox/{tenant}/all/req"),
             response: format!("cmd/callbox/{tenant}/{unit}/res"),
+            desired: format!("cfg/callbox/{tenant}/{unit}"),
+            reported: format!("cfg/callbox/{tenant}/{unit}/reported"),
         }
     }
 }

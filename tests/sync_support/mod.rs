@@ -151,6 +151,18 @@ pub fn pending(config_path: &Path) -> i64 {
     store.outbox_status().unwrap().pending
 }
 
+/// Undelivered summaries (each call also queues its events on `…/event`).
+pub fn pending_summaries(config_path: &Path) -> i64 {
+    let config = Config::from_file(config_path).unwrap();
+    let store = Store::open(&config.store.database_path(), None, OpenMode::Existing).unwrap();
+    store
+        .pending_outbox(1_000_000)
+        .unwrap()
+        .iter()
+        .filter(|r| r.message.topic.ends_with("/summary"))
+        .count() as i64
+}
+
 /// Sum over rows of the sends beyond the first (each may have reached the CRM twice).
 pub fn start_box(config_path: &Path, extra: &[&str]) -> Child {
     let log = std::fs::File::create(config_path.with_extension("log")).unwrap();

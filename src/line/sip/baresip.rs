@@ -71,6 +71,15 @@ fn free_port_pair() -> std::io::Result<u16> {
     Err(std::io::Error::other("no free pair of ports on loopback"))
 }
 
+/// A registrar baresip registers with (an extension of that PBX), by digest auth.
+#[derive(Debug, Clone)]
+pub struct PeerRegistration {
+    pub registrar: SocketAddr,
+    pub password: String,
+    /// Seconds between re-registrations.
+    pub interval: u32,
+}
+
 /// How the phone is set up, beyond what every call needs.
 #[derive(Debug, Clone)]
 pub struct PhoneSetup {
@@ -78,6 +87,8 @@ pub struct PhoneSetup {
     pub codecs: Vec<String>,
     /// Offer RTP and RTCP on one port (RFC 5761).
     pub rtcp_mux: bool,
+    /// Register with this PBX (an extension of it) rather than take calls directly.
+    pub registration: Option<PeerRegistration>,
 }
 
 impl Default for PhoneSetup {
@@ -85,6 +96,7 @@ impl Default for PhoneSetup {
         PhoneSetup {
             codecs: vec!["g711".into()],
             rtcp_mux: false,
+            registration: None,
         }
     }
 }
@@ -117,7 +129,9 @@ impl Baresip {
         Baresip::start_with(source, user, auto_answer, &PhoneSetup::default())
     }
 
-    /// [`Baresip::start`] with other codecs or RTCP multiplexing.
+    /// As [`Baresip::start`], with other codecs, RTCP multiplexing, or registered with a PBX
+    /// (`setup.registration`): its address of record is then `user@registrar` and every call it
+    /// places goes through the PBX.
     pub fn start_with(
         source: &Path,
         user: &str,
@@ -161,13 +175,17 @@ impl Baresip {
             rtcp_mux = if setup.rtcp_mux { "yes" } else { "no" },
         );
         std::fs::write(dir.path().join("config"), config)?;
-        std::fs::write(
-            dir.path().join("accounts"),
-            format!(
-                "<sip:{user}@127.0.0.1:{sip_port}>;regint=0{}\n",
-                if auto_answer { ";answermode=auto" } else { "" }
+        let answer_mode = if auto_answer { ";answermode=auto" } else { "" };
+        let account = match &setup.registration {
+            None => format!("<sip:{user}@127.0.0.1:{sip_port}>;regint=0{answer_mode}\n"),
+            Some(r) => format!(
+                "<sip:{user}@{registrar}>;auth_pass={password};regint={interval}{answer_mode}\n",
+                registrar = r.registrar,
+                password = r.password,
+                interval = r.interval,
             ),
-        )?;
+        };
+        std::fs::write(dir.path().join("accounts"), account)?;
         let log = std::fs::File::create(dir.path().join("baresip.log"))?;
         let child = Command::new("baresip")
             .arg("-f")

@@ -2,15 +2,19 @@
 //! on its SIP port). Signalling — transactions, dialogs, digest auth — is rsipstack's
 //! ([`ua`]); the project owns the SDP offer/answer ([`sdp`]), RTP and the jitter buffer ([`rtp`]),
 //! RTCP reports ([`rtcp`]), G.711 ([`g711`]) and G.722 framing ([`g722`]), the 8↔16 kHz rate
-//! change ([`rate`]) and the paced media loop ([`media`]).
+//! change ([`rate`]) and the paced media loop ([`media`]). The box registers with a PBX
+//! ([`registration`]) and places calls too ([`outbound`]).
 //! A call reaches the rest of the box as a [`SipLine`], one more [`Line`].
 
 pub mod baresip;
+pub mod digest;
 pub mod g711;
 pub mod g722;
 pub mod loopback;
 pub mod media;
+pub mod outbound;
 pub mod rate;
+pub mod registration;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
@@ -22,6 +26,8 @@ use std::time::Duration;
 use crate::line::{Line, LineError, LineInput, TransferOutcome, FRAME_SAMPLES, RATE};
 use media::{MediaHandle, MediaStats};
 
+pub use outbound::{DialError, DialOptions, DialOutcome, Dialed};
+pub use registration::{RegistrationError, RegistrationOptions, RegistrationState};
 pub use ua::{IncomingCall, SipError, SipOptions, SipUa};
 
 /// What the line asks of the call's signalling task.

@@ -26,10 +26,14 @@ use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::TransportLayer;
 use rsipstack::EndpointBuilder;
-use tokio::sync::mpsc as async_mpsc;
+use tokio::sync::{mpsc as async_mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::media::{MediaControl, MediaHandle, MediaSockets};
+use super::outbound::{self, DialError, DialOptions, Dialed};
+use super::registration::{
+    keep_registered, RegistrationError, RegistrationOptions, RegistrationState,
+};
 use super::sdp::{self, Codec, Negotiated, SdpError};
 use super::{CallCommand, SipLine};
 use crate::line::TransferOutcome;
@@ -40,6 +44,12 @@ pub enum SipError {
     Runtime(std::io::Error),
     #[error("cannot listen for SIP on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
+    #[error("sip.transport = {0}: only udp is supported so far")]
+    Transport(&'static str),
+    #[error("cannot read the SIP password from {path}: {reason}")]
+    Password { path: String, reason: String },
+    #[error("{0}")]
+    Registration(#[from] RegistrationError),
 }
 
 /// How the user agent behaves.
@@ -56,8 +66,10 @@ pub struct SipOptions {
     /// Codecs in the box's order of preference.
     pub codecs: Vec<Codec>,
     /// Where numbers go (`host[:port]` of the PBX), e.g. a transfer to extension 201;
-    /// without it, to the address the box listens on.
+    /// without it, to the registrar, or else to the address the box listens on.
     pub pbx: Option<String>,
+    /// Register with a PBX (and answer its challenges on calls the box places).
+    pub registration: Option<RegistrationOptions>,
 }
 
 impl SipOptions {
@@ -70,7 +82,41 @@ impl SipOptions {
             ring: Duration::from_secs(1),
             codecs: Codec::ALL.to_vec(),
             pbx: None,
+            registration: None,
         }
+    }
+
+    /// The options the `[sip]` section asks for: where to listen, how many calls, how many
+    /// rings, and the registration (the password read from `sip.password_file`).
+    pub fn from_config(sip: &crate::config::SipConfig) -> Result<SipOptions, SipError> {
+        use crate::config::SipTransport;
+        match sip.transport {
+            SipTransport::Udp => {}
+            SipTransport::Tcp => return Err(SipError::Transport("tcp")),
+            SipTransport::Tls => return Err(SipError::Transport("tls")),
+        }
+        let mut options = SipOptions::new(sip.listen);
+        options.max_calls = sip.max_calls;
+        options.answer_after_rings = sip.answer_after_rings;
+        if let Some(user) = &sip.user {
+            options.user = user.clone();
+        }
+        if let Some(registrar) = &sip.registrar {
+            let password = match &sip.password_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| SipError::Password {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+                None => String::new(),
+            };
+            let registration = RegistrationOptions::new(registrar, &options.user, &password);
+            registration.registrar_uri()?;
+            options.registration = Some(registration);
+        }
+        Ok(options)
     }
 }
 
@@ -89,6 +135,15 @@ pub struct SipUa {
     calls: mpsc::Receiver<IncomingCall>,
     local: SocketAddr,
     active: Arc<AtomicU32>,
+    agent: Arc<Agent>,
+    registration: Option<Registering>,
+}
+
+/// The registration task and how it stands.
+struct Registering {
+    state: watch::Receiver<RegistrationState>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 const USER_AGENT: &str = concat!("callbox/", env!("CARGO_PKG_VERSION"));
@@ -105,7 +160,10 @@ impl SipUa {
         let (call_sender, calls) = mpsc::channel();
         let active = Arc::new(AtomicU32::new(0));
         let listen = options.listen;
-        let local = runtime.block_on(async {
+        if let Some(registration) = &options.registration {
+            registration.registrar_uri()?;
+        }
+        let (agent, registration) = runtime.block_on(async {
             let transport = TransportLayer::new(cancel.clone());
             let connection =
                 UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
@@ -154,9 +212,22 @@ impl SipUa {
                 }
             });
             tokio::spawn(route_states(agent.clone(), state_receiver));
-            tokio::spawn(accept_requests(agent, incoming));
-            Ok::<SocketAddr, SipError>(local)
+            tokio::spawn(accept_requests(agent.clone(), incoming));
+            let registration = agent.options.registration.clone().map(|options| {
+                let (sender, state) = watch::channel(RegistrationState::Registering);
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(keep_registered(
+                    agent.dialogs.endpoint.clone(),
+                    agent.registered_contact(),
+                    options,
+                    sender,
+                    stop.clone(),
+                ));
+                Registering { state, stop, task }
+            });
+            Ok::<_, SipError>((agent, registration))
         })?;
+        let local = agent.options.listen;
         tracing::info!(%local, "SIP user agent listening");
         Ok(SipUa {
             runtime: Some(runtime),
@@ -164,7 +235,42 @@ impl SipUa {
             calls,
             local,
             active,
+            agent,
+            registration,
         })
+    }
+
+    /// How the registration with the PBX stands (`None` without a registrar).
+    pub fn registration(&self) -> Option<RegistrationState> {
+        self.registration.as_ref().map(|r| r.state.borrow().clone())
+    }
+
+    /// Waits up to `timeout` for a registration state `wanted` accepts; returns the last state
+    /// seen (`None` without a registrar).
+    pub fn wait_registration(
+        &self,
+        timeout: Duration,
+        wanted: impl Fn(&RegistrationState) -> bool,
+    ) -> Option<RegistrationState> {
+        let registering = self.registration.as_ref()?;
+        let runtime = self.runtime.as_ref()?;
+        let mut state = registering.state.clone();
+        runtime.block_on(async {
+            let _ = tokio::time::timeout(timeout, state.wait_for(|s| wanted(s))).await;
+        });
+        let last = state.borrow().clone();
+        Some(last)
+    }
+
+    /// Places a call to `target` (a number, sent to the PBX, or a `sip:` URI) and waits for
+    /// how it went.
+    pub fn dial(&self, target: &str, options: DialOptions) -> Result<Dialed, DialError> {
+        let runtime = self.runtime.as_ref().ok_or(DialError::Stopped)?;
+        let agent = self.agent.clone();
+        let target = target.to_string();
+        runtime
+            .block_on(runtime.spawn(async move { outbound::dial(agent, &target, options).await }))
+            .map_err(|_| DialError::Stopped)?
     }
 
     /// Where the user agent listens (the port is the real one when 0 was asked for).
@@ -184,6 +290,14 @@ impl SipUa {
 
 impl Drop for SipUa {
     fn drop(&mut self) {
+        // Withdrawn from the PBX first (Expires 0), while the transport is still up.
+        if let (Some(registering), Some(runtime)) = (self.registration.take(), &self.runtime) {
+            registering.stop.cancel();
+            let task = registering.task;
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+            });
+        }
         self.cancel.cancel();
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(Duration::from_secs(2));
@@ -192,24 +306,44 @@ impl Drop for SipUa {
 }
 
 /// What the user agent's tasks share.
-struct Agent {
-    options: SipOptions,
-    dialogs: Arc<DialogLayer>,
+pub(super) struct Agent {
+    pub(super) options: SipOptions,
+    pub(super) dialogs: Arc<DialogLayer>,
     state_sender: DialogStateSender,
     /// Each call's task receives its dialog's state changes through its route.
     routes: Mutex<HashMap<DialogId, async_mpsc::UnboundedSender<DialogState>>>,
     call_sender: mpsc::Sender<IncomingCall>,
-    active: Arc<AtomicU32>,
+    pub(super) active: Arc<AtomicU32>,
 }
 
 impl Agent {
-    fn contact(&self) -> rsipstack::sip::Uri {
+    pub(super) fn contact(&self) -> rsipstack::sip::Uri {
         let text = format!("sip:{}@{}", self.options.user, self.options.listen);
         rsipstack::sip::Uri::try_from(text.as_str()).unwrap_or_default()
     }
 
-    fn media_ip(&self) -> IpAddr {
+    /// The Contact to register: the listening address, unless it is a wildcard (then rsipstack
+    /// takes the address the REGISTER leaves from).
+    fn registered_contact(&self) -> Option<rsipstack::sip::Uri> {
+        (!self.options.listen.ip().is_unspecified()).then(|| self.contact())
+    }
+
+    pub(super) fn media_ip(&self) -> IpAddr {
         self.options.listen.ip()
+    }
+
+    /// Where numbers go: the PBX, else the registrar, else the box's own address.
+    pub(super) fn domain(&self) -> String {
+        self.options
+            .pbx
+            .clone()
+            .or_else(|| {
+                self.options
+                    .registration
+                    .as_ref()
+                    .and_then(|r| r.domain().ok())
+            })
+            .unwrap_or_else(|| self.options.listen.ip().to_string())
     }
 }
 
@@ -426,9 +560,7 @@ async fn answer(agent: Arc<Agent>, mut tx: Transaction) {
         return;
     }
     tracing::info!(codec = agreed.codec.encoding(), "call answered");
-    let control = media.control();
-    let (commands, command_receiver) = async_mpsc::unbounded_channel();
-    let line = SipLine::new(media, commands);
+    let (line, call) = CallSignalling::pair(dialog.clone(), media, session_id, port, agent.clone());
     let offered = agent.call_sender.send(IncomingCall {
         line,
         caller,
@@ -440,19 +572,11 @@ async fn answer(agent: Arc<Agent>, mut tx: Transaction) {
         let _ = dialog.bye().await;
         return;
     }
-    let call = CallSignalling {
-        dialog,
-        control,
-        session_id,
-        version: 1,
-        port,
-        agent,
-    };
-    call.run(states, command_receiver).await;
+    call.run(states).await;
 }
 
 /// Counts a call as active until dropped.
-struct ActiveCall(Arc<AtomicU32>);
+pub(super) struct ActiveCall(pub(super) Arc<AtomicU32>);
 
 impl Drop for ActiveCall {
     fn drop(&mut self) {
@@ -461,9 +585,10 @@ impl Drop for ActiveCall {
 }
 
 /// One answered call's signalling.
-struct CallSignalling {
+pub(super) struct CallSignalling {
     dialog: InviteDialog,
     control: MediaControl,
+    commands: async_mpsc::UnboundedReceiver<CallCommand>,
     session_id: u64,
     version: u64,
     port: u16,
@@ -477,11 +602,29 @@ struct PendingTransfer {
 }
 
 impl CallSignalling {
-    async fn run(
-        mut self,
-        mut states: async_mpsc::UnboundedReceiver<DialogState>,
-        mut commands: async_mpsc::UnboundedReceiver<CallCommand>,
-    ) {
+    /// An answered call: the line the application gets, and the signalling that serves it.
+    pub(super) fn pair(
+        dialog: InviteDialog,
+        media: MediaHandle,
+        session_id: u64,
+        port: u16,
+        agent: Arc<Agent>,
+    ) -> (SipLine, CallSignalling) {
+        let control = media.control();
+        let (sender, commands) = async_mpsc::unbounded_channel();
+        let call = CallSignalling {
+            dialog,
+            control,
+            commands,
+            session_id,
+            version: 1,
+            port,
+            agent,
+        };
+        (SipLine::new(media, sender), call)
+    }
+
+    pub(super) async fn run(mut self, mut states: async_mpsc::UnboundedReceiver<DialogState>) {
         let mut transfer: Option<PendingTransfer> = None;
         loop {
             let transfer_deadline = transfer
@@ -536,7 +679,7 @@ impl CallSignalling {
                         _ => {}
                     }
                 }
-                command = commands.recv() => {
+                command = self.commands.recv() => {
                     match command {
                         None => {
                             // The line is gone without a word: end the call.
@@ -609,13 +752,7 @@ impl CallSignalling {
 
     /// Sends REFER; Ok when the peer accepted to try it.
     async fn refer(&self, target: &str) -> Result<(), String> {
-        let domain = self
-            .agent
-            .options
-            .pbx
-            .clone()
-            .unwrap_or_else(|| self.agent.options.listen.ip().to_string());
-        let uri = transfer_uri(target, &domain);
+        let uri = transfer_uri(target, &self.agent.domain());
         let uri = rsipstack::sip::Uri::try_from(uri.as_str())
             .map_err(|e| format!("bad transfer target: {e}"))?;
         match self.dialog.refer(uri, None, None).await {
@@ -632,7 +769,7 @@ impl CallSignalling {
 }
 
 /// A transfer target as a SIP URI: a URI stays as it is; a number goes to `domain` (the PBX).
-fn transfer_uri(target: &str, domain: &str) -> String {
+pub(super) fn transfer_uri(target: &str, domain: &str) -> String {
     if target.starts_with("sip:") || target.starts_with("sips:") {
         return target.to_string();
     }
@@ -665,6 +802,55 @@ fn sipfrag_status(body: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{SipConfig, SipTransport};
+
+    fn sip_config(dir: &std::path::Path) -> SipConfig {
+        let password_file = dir.join("sip-password");
+        std::fs::write(&password_file, "s3cret\n").unwrap();
+        SipConfig {
+            listen: "127.0.0.1:5070".parse().unwrap(),
+            transport: SipTransport::Udp,
+            max_calls: 2,
+            answer_after_rings: 3,
+            registrar: Some("pbx.local:5060".into()),
+            user: Some("201".into()),
+            password_file: Some(password_file),
+        }
+    }
+
+    #[test]
+    fn the_sip_section_becomes_the_user_agents_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SipOptions::from_config(&sip_config(dir.path())).unwrap();
+        assert_eq!(options.user, "201");
+        assert_eq!((options.max_calls, options.answer_after_rings), (2, 3));
+        let registration = options.registration.expect("a registrar was configured");
+        assert_eq!(registration.registrar, "pbx.local:5060");
+        assert_eq!(registration.user, "201");
+        assert_eq!(
+            registration.password, "s3cret",
+            "the newline is not part of it"
+        );
+    }
+
+    #[test]
+    fn a_bad_sip_section_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = sip_config(dir.path());
+        config.password_file = Some(dir.path().join("missing"));
+        let error = SipOptions::from_config(&config).err().unwrap().to_string();
+        assert!(error.contains("missing"), "{error}");
+        let mut config = sip_config(dir.path());
+        config.registrar = Some("sip:201@pbx".into());
+        assert!(matches!(
+            SipOptions::from_config(&config),
+            Err(SipError::Registration(RegistrationError::BadRegistrar(_)))
+        ));
+        let mut config = sip_config(dir.path());
+        config.transport = SipTransport::Tcp;
+        let error = SipOptions::from_config(&config).err().unwrap().to_string();
+        assert!(error.contains("only udp"), "{error}");
+    }
 
     #[test]
     fn info_bodies_give_their_key() {

@@ -8,6 +8,11 @@
 //! embedding), with the same operations in the same order as candle's model, so that greedy
 //! decoding gives the same tokens. The weights ([`TextDecoder`]) are loaded once and shared by
 //! every call; the state is per utterance.
+//!
+//! The logits are the largest cost of a step: a product with the whole token embedding (51864 ×
+//! 384). From the quantized weights it can be taken with the q8_0 embedding itself
+//! ([`Logits::Quantized`], a quarter of the memory traffic) instead of its f32 copy; the logits
+//! then differ from candle's model by the q8_0 rounding of the activations.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -130,9 +135,18 @@ struct Block {
     mlp_ln: LayerNorm,
 }
 
+/// How the last hidden state becomes logits over the vocabulary.
+enum Logits {
+    /// With the f32 token embedding, as candle's model does.
+    Dense,
+    /// With the q8_0 token embedding of the GGUF.
+    Quantized(QMatMul),
+}
+
 /// The decoder's weights, shared by every call.
 pub struct TextDecoder {
     token_embedding: Tensor,
+    logits: Logits,
     positional_embedding: Tensor,
     blocks: Vec<Block>,
     ln: LayerNorm,
@@ -167,8 +181,13 @@ impl DecoderState {
 }
 
 impl TextDecoder {
-    /// Loads `model.decoder.*` of Whisper's candle tensor names.
-    pub fn load(weights: &Weights, dims: &WhisperDims) -> candle_core::Result<TextDecoder> {
+    /// Loads `model.decoder.*` of Whisper's candle tensor names; `quantized_logits` takes the
+    /// logits with the quantized embedding when the weights are quantized.
+    pub fn load(
+        weights: &Weights,
+        dims: &WhisperDims,
+        quantized_logits: bool,
+    ) -> candle_core::Result<TextDecoder> {
         let src = weights.pp("model.decoder");
         let d = dims.d_model;
         let blocks = (0..dims.decoder_layers)
@@ -185,10 +204,16 @@ impl TextDecoder {
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let embedding = src.pp("embed_tokens");
+        let logits = match &embedding {
+            Source::Quantized(vb) if quantized_logits => {
+                Logits::Quantized(QMatMul::from_arc(vb.get((dims.vocab_size, d), "weight")?)?)
+            }
+            _ => Logits::Dense,
+        };
         Ok(TextDecoder {
-            token_embedding: src
-                .pp("embed_tokens")
-                .dense(&[dims.vocab_size, d], "weight")?,
+            token_embedding: embedding.dense(&[dims.vocab_size, d], "weight")?,
+            logits,
             positional_embedding: src
                 .dense(&[dims.max_target_positions, d], "embed_positions.weight")?,
             blocks,
@@ -245,9 +270,12 @@ impl TextDecoder {
         }
         state.len += n;
         let x = self.ln.forward(&x)?;
-        // (vocab, d)·(d, 1): the embedding is read row by row, once, as a matrix-vector product.
         let last = x.narrow(1, n - 1, 1)?.squeeze(0)?;
-        self.token_embedding.matmul(&last.t()?)?.squeeze(1)
+        match &self.logits {
+            // (vocab, d)·(d, 1): the embedding is read row by row, once, as a matrix-vector product.
+            Logits::Dense => self.token_embedding.matmul(&last.t()?)?.squeeze(1),
+            Logits::Quantized(embedding) => last.apply(embedding)?.squeeze(0),
+        }
     }
 
     /// One residual block over the new positions, appending their keys and values to `cache`.

@@ -36,11 +36,13 @@ use tokenizer::{Tokenizer, TokenizerError};
 
 /// Least number of mel frames the encoder runs on (1 s).
 pub const MIN_FRAMES: usize = 100;
-/// Silence appended after the audio when encoding the actual length (1.5 s, in frames). Less
-/// audio means a faster encoder and cross-attention, but with less the decoder cuts short or runs
-/// past the end of short utterances: with 100 frames `tests/stt.rs` measured 5.6 % WER through
-/// the telephone channel and 10.3 % with noise, against 4.7 % and 8.4 % with 150 (docs/stt.md).
-pub const TAIL_FRAMES: usize = 150;
+/// Silence appended after the audio when encoding the actual length (3 s, in frames). Less
+/// audio means a faster encoder and cross-attention, but with less the decoder cuts short, runs
+/// past the end or says the last word first ("please. Yes, please.") on short utterances:
+/// `callbox bench stt --wer` through the telephone channel measured 6.4 % WER with 150 frames,
+/// 5.3 % with 200, 5.0 % with 250, 4.2 % with 300 and 3.6 % with 500 (faster-whisper's 30 s
+/// window: 4.7 %); docs/stt.md.
+pub const TAIL_FRAMES: usize = 300;
 /// Below this many samples (0.1 s) there is nothing to transcribe.
 pub const MIN_SAMPLES: usize = 1600;
 /// Silence put before the audio (0.3 s): Whisper drops the first words of speech that starts
@@ -95,6 +97,9 @@ pub struct SttOptions {
     /// feeds one token per step; `false` uses candle-transformers' decoder, which runs over all
     /// the tokens at every step (same text, slower; for comparison).
     pub cached_decoder: bool,
+    /// With the quantized weights and the cached decoder, take the logits with the q8_0 token
+    /// embedding (faster) rather than its f32 copy (candle's model's logits exactly).
+    pub quantized_logits: bool,
     /// Silence appended after the audio, in mel frames, when encoding its own length.
     pub tail_frames: usize,
 }
@@ -106,6 +111,7 @@ impl Default for SttOptions {
             pad_to_30s: false,
             workers: default_workers(),
             cached_decoder: true,
+            quantized_logits: true,
             tail_frames: TAIL_FRAMES,
         }
     }
@@ -295,7 +301,11 @@ impl SpeechToText {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             (
                 models,
-                TextDecoder::load(&Weights::Quantized(&vb), &config.dims)?,
+                TextDecoder::load(
+                    &Weights::Quantized(&vb),
+                    &config.dims,
+                    options.quantized_logits,
+                )?,
             )
         } else {
             let tensors = candle_core::safetensors::load(&weights, &device)?;
@@ -305,7 +315,7 @@ impl SpeechToText {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             (
                 models,
-                TextDecoder::load(&Weights::Full(&vb), &config.dims)?,
+                TextDecoder::load(&Weights::Full(&vb), &config.dims, false)?,
             )
         };
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;

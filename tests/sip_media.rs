@@ -187,7 +187,7 @@ fn a_g722_only_phone_gets_a_wideband_call() {
     let says = tone(5_000.0, 16_000, 0.2, 6_000.0);
     let setup = PhoneSetup {
         codecs: vec!["g722".into()],
-        rtcp_mux: false,
+        ..PhoneSetup::default()
     };
     let call = call(&setup, &source, &says, 6);
     assert!(call.peer_log.contains("G722"), "{}", call.peer_log);

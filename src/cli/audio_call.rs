@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::line::audio_file::{AudioFileLine, AudioFileOptions, CallerAction};
 use crate::line::{to_i16, CallerTurn};
 use crate::models::Manifest;
-use crate::speech::stt::SpeechToText;
+use crate::speech::stt::{SpeechToText, SttOptions};
 use crate::speech::testset::Condition;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeakerOptions};
 use crate::speech::vad::VadModel;
@@ -46,7 +46,7 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
         );
     };
     let started = std::time::Instant::now();
-    let stt = SpeechToText::load(&stt_entry.dir(&config.models.dir))
+    let stt = SpeechToText::load_with(&stt_entry.dir(&config.models.dir), SttOptions::for_calls())
         .context("cannot load the speech-to-text model (run `callbox models import`)")?;
     let speaker = Speaker::installed(
         &config.models.dir,

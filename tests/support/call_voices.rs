@@ -10,7 +10,7 @@ use callbox::call::audio::Voices;
 use callbox::line::to_i16;
 use callbox::models::{default_models_dir, Manifest};
 use callbox::speech::stt::import::{import_model, ImportOptions};
-use callbox::speech::stt::SpeechToText;
+use callbox::speech::stt::{SpeechToText, SttOptions};
 use callbox::speech::testset::{self, Condition, Voice};
 use callbox::speech::tts::speaker::{Speaker, SpeakerOptions};
 use callbox::speech::vad::VadModel;
@@ -24,7 +24,8 @@ pub fn voices() -> &'static Voices {
         let manifest = Manifest::embedded();
         let entry = manifest.get("whisper-tiny-en").expect("tiny.en");
         import_model(&models, entry, ImportOptions::default()).expect("import tiny.en");
-        let stt = SpeechToText::load(&entry.dir(&models)).expect("load tiny.en");
+        let stt = SpeechToText::load_with(&entry.dir(&models), SttOptions::for_calls())
+            .expect("load tiny.en");
         voice::weights();
         let speaker = Speaker::installed(&models, voice::VOICE, SpeakerOptions::default());
         assert!(speaker.neural().is_some(), "{:?}", speaker.neural_problem());

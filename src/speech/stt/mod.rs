@@ -117,6 +117,17 @@ impl Default for SttOptions {
     }
 }
 
+impl SttOptions {
+    /// How calls load the recognizer: the q8_0 weights, which are faster and as accurate on the
+    /// test set (docs/stt.md).
+    pub fn for_calls() -> SttOptions {
+        SttOptions {
+            quantized: true,
+            ..SttOptions::default()
+        }
+    }
+}
+
 /// One decoder per core, at most 4.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))

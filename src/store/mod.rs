@@ -634,6 +634,20 @@ impl Store {
             .map_err(map_write_error)
     }
 
+    /// Deletes calls that ended before `before` (RFC 3339) with their turns, slots, events and
+    /// summary, except a call whose summary has not been delivered yet: nothing leaves the box
+    /// unsent. Returns how many calls went.
+    pub fn purge_calls(&mut self, before: &str) -> Result<usize> {
+        self.conn
+            .execute(
+                "DELETE FROM calls WHERE ended_at < ?1 AND NOT EXISTS (
+                     SELECT 1 FROM summaries s JOIN outbox o ON o.message_id = s.id
+                     WHERE s.call_id = calls.id AND o.delivered_at IS NULL)",
+                [before],
+            )
+            .map_err(map_write_error)
+    }
+
     fn outbox_exists(&self, message_id: &str) -> Result<bool> {
         Ok(self
             .conn

@@ -416,6 +416,29 @@ fn batched_deliveries_requeue_and_retention_purge() {
         1
     );
     assert_eq!(store.outbox_status().unwrap().pending, 2);
+    // Calls go with their turns and summary once their summary was delivered: only b's.
+    let count =
+        |store: &Store, sql: &str| -> i64 { store.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let turns_before = count(&store, "SELECT count(*) FROM turns");
+    assert_eq!(store.purge_calls("2000-01-01T00:00:00Z").unwrap(), 0);
+    assert_eq!(store.purge_calls("9999-01-01T00:00:00Z").unwrap(), 1);
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM calls WHERE id IN ('a', 'c')"),
+        2
+    );
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM calls WHERE id = 'b'"),
+        0
+    );
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM summaries WHERE call_id = 'b'"),
+        0
+    );
+    assert!(count(&store, "SELECT count(*) FROM turns") < turns_before);
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM turns WHERE call_id = 'b'"),
+        0
+    );
 }
 
 #[test]

@@ -107,6 +107,8 @@ pub struct SyncReport {
     pub connections: u32,
     /// Connection attempts or connections that failed.
     pub connection_failures: u32,
+    /// Calls (with their transcripts) purged by retention.
+    pub purged_calls: u64,
     /// Delivered rows purged by retention.
     pub purged: u64,
     /// Fleet commands received.
@@ -585,6 +587,14 @@ impl Sync {
             );
         }
         self.report.purged += n as u64;
+        let calls = self.store.purge_calls(&before)?;
+        if calls > 0 {
+            info!(
+                calls,
+                "purged calls past the retention period (their summaries were delivered)"
+            );
+        }
+        self.report.purged_calls += calls as u64;
         Ok(())
     }
 }

@@ -135,17 +135,7 @@ fn serve_network_manager(address: &str) -> tokio::sync::mpsc::UnboundedSender<u3
 }
 
 fn start_box_on_bus(config: &Path, bus: &str, extra: &[&str]) -> Child {
-    let log = std::fs::File::create(config.with_extension("log")).unwrap();
-    Command::new(BIN)
-        .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
-        .arg("--config")
-        .arg(config)
-        .args(["--log", "stderr", "sync"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    start_box_with_env(config, extra, &[("DBUS_SYSTEM_BUS_ADDRESS", bus)])
 }
 
 #[test]

@@ -163,10 +163,16 @@ pub fn pending_summaries(config_path: &Path) -> i64 {
         .count() as i64
 }
 
-/// Sum over rows of the sends beyond the first (each may have reached the CRM twice).
+/// Starts `callbox sync` on `config_path` (its log beside the config) with `extra` arguments.
 pub fn start_box(config_path: &Path, extra: &[&str]) -> Child {
+    start_box_with_env(config_path, extra, &[])
+}
+
+/// [`start_box`] with environment variables set for the box.
+pub fn start_box_with_env(config_path: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
     let log = std::fs::File::create(config_path.with_extension("log")).unwrap();
     Command::new(BIN)
+        .envs(env.iter().copied())
         .arg("--config")
         .arg(config_path)
         .args(["--log", "stderr", "sync"])

@@ -200,37 +200,36 @@ fn gemma3_tokenizer_from_the_gguf_matches_llama_cpp() {
 }
 
 #[test]
-fn gemma3_loads_with_its_template_and_answers() {
+fn gemma3_loads_with_its_template_and_completes_sensibly() {
     let m = gemma();
     assert_eq!(m.info().architecture, "gemma3");
     assert_eq!(m.template(), callbox::speech::llm::ChatTemplate::Gemma);
+    // The packaged Gemma 3 270M is the pretrained model, not the instruction-tuned one: it
+    // completes text (llama.cpp on the same file answers " Paris" here too) rather than chats.
     let options = GenerateOptions {
-        max_tokens: 16,
+        max_tokens: 4,
+        repeat_penalty: 1.0,
         ..GenerateOptions::default()
     };
-    let t = m.template();
-    let question = t.user("What is the capital of France? Answer in one word.");
-    let plain = m.generate(None, &question, &options, &mut |_| {}).unwrap();
-    eprintln!("{:?}", plain.text);
-    assert!(plain.text.contains("Paris"), "{:?}", plain.text);
-    assert_eq!(plain.stop, StopReason::EndOfTurn, "{:?}", plain.text);
-    assert!(!plain.text.contains("<end_of_turn>"));
-    // The system text opens the first user turn; a cached prefix of it gives the same answer.
-    let system = t.system("You are a helpful assistant. Be brief.");
+    let question = Prompt::new().text("Question: What is the capital of France?\n");
+    let answer = Prompt::new().text("Answer:");
     let full = m
         .generate(
             None,
-            &system.clone().then(question.clone()),
+            &question.clone().then(answer.clone()),
             &options,
             &mut |_| {},
         )
         .unwrap();
-    let prefix = m.prefix(&system).unwrap();
+    eprintln!("{:?}", full.text);
+    assert!(full.text.starts_with(" Paris"), "{:?}", full.text);
+    // `<bos>` starts every sequence; a cached prefix (continued one token at a time) gives the
+    // same answer.
+    let prefix = m.prefix(&question).unwrap();
+    assert_eq!(prefix.tokens()[0], m.tokenizer().bos_id.unwrap());
     let cached = m
-        .generate(Some(&prefix), &question, &options, &mut |_| {})
+        .generate(Some(&prefix), &answer, &options, &mut |_| {})
         .unwrap();
-    eprintln!("{:?} / {:?}", full.text, cached.text);
-    assert!(full.text.contains("Paris"), "{:?}", full.text);
     assert_eq!(cached.text, full.text);
     assert_eq!(
         cached.prompt_tokens + cached.prefix_tokens,

@@ -1,5 +1,5 @@
-//! The language model: quantized GGUF chat models on candle (llama-architecture SmolLM2; Gemma 3
-//! through candle's `quantized_gemma3`), with the tokenizer built from the GGUF's own metadata
+//! The language model: quantized GGUF chat models on candle (llama-architecture SmolLM2 through
+//! candle's `quantized_llama`; Gemma 3 through our own [`gemma3`] module), with the tokenizer built from the GGUF's own metadata
 //! (byte-level BPE or SentencePiece-style). It helps the agent understand turns its rules cannot decide ([`LlmScorer`], a
 //! [`crate::agent::understand::TurnScorer`]) and writes text on request; it never decides what the
 //! business's script decides. It also answers callers' questions from the script's knowledge
@@ -14,6 +14,7 @@
 
 mod answer;
 mod chat;
+mod gemma3;
 mod model;
 mod scorer;
 mod sentencepiece;

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{quantized_gemma3, quantized_llama};
+use candle_transformers::models::quantized_llama;
 
 use super::chat::{ChatTemplate, Prompt};
+use super::gemma3::Gemma3;
 use super::tokenizer::Tokenizer;
 use super::LlmError;
 
@@ -32,7 +33,7 @@ pub const ARCHITECTURES: [&str; 2] = ["llama", "gemma3"];
 #[derive(Debug, Clone)]
 pub(crate) enum Weights {
     Llama(quantized_llama::ModelWeights),
-    Gemma3(quantized_gemma3::ModelWeights),
+    Gemma3(Gemma3),
 }
 
 impl Weights {
@@ -45,16 +46,6 @@ impl Weights {
     ) -> Result<Vec<f32>, LlmError> {
         let logits = match self {
             Weights::Llama(m) => m.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, pos)?,
-            // candle 0.11's gemma3 builds no valid attention mask for several tokens after a
-            // cached start (it fails on mixed dtypes, and would hide the cache): continuing a
-            // cached prefix goes one token at a time, which needs no mask.
-            Weights::Gemma3(m) if pos > 0 && tokens.len() > 1 => {
-                let mut last = None;
-                for (i, t) in tokens.iter().enumerate() {
-                    last = Some(m.forward(&Tensor::new(&[*t], device)?.unsqueeze(0)?, pos + i)?);
-                }
-                last.ok_or_else(|| LlmError::Invalid("no tokens to evaluate".into()))?
-            }
             Weights::Gemma3(m) => m.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, pos)?,
         };
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
@@ -181,9 +172,7 @@ fn build<R: Read + Seek>(
     device: &Device,
 ) -> Result<Weights, candle_core::Error> {
     match architecture {
-        "gemma3" => {
-            quantized_gemma3::ModelWeights::from_gguf(content, reader, device).map(Weights::Gemma3)
-        }
+        "gemma3" => Gemma3::from_gguf(&content, reader, device, MAX_CONTEXT).map(Weights::Gemma3),
         _ => quantized_llama::ModelWeights::from_gguf(content, reader, device).map(Weights::Llama),
     }
 }
@@ -369,14 +358,7 @@ impl LanguageModel {
                 .and_then(|v| v.to_u32().ok())
                 .map(|c| c as usize)
         };
-        let mut context = claimed("context_length").map_or(MAX_CONTEXT, |c| c.min(MAX_CONTEXT));
-        if architecture == "gemma3" {
-            // candle 0.11's gemma3 applies its sliding window only to prompts evaluated at once,
-            // never to cached tokens: within one window every layer sees every token, as trained.
-            if let Some(window) = claimed("attention.sliding_window") {
-                context = context.min(window);
-            }
-        }
+        let context = claimed("context_length").map_or(MAX_CONTEXT, |c| c.min(MAX_CONTEXT));
         let tensors = checked.content.tensor_infos.len();
         let converted_to_q8_0 = slow_tensors(&checked.content);
         let file_size = checked.file_size;

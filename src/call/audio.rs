@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::endpoint::{detector, Endpoint, EndpointOptions, Endpointer};
 use super::{record_call, start_call, transcript, CallError, TextCall, Utterance};
 use crate::agent::summary::{LineKind, Speaker as Who};
+use crate::agent::understand::TurnScorer;
 use crate::agent::{Agent, Event, Reply, Script, Summary, Then};
 use crate::config::Config;
 use crate::line::{to_f32, to_i16, Line, LineError, LineInput, TransferOutcome, FRAME_MS};
@@ -32,6 +33,8 @@ pub struct Voices {
     pub speaker: Arc<Speaker>,
     /// Silero VAD's weights; without them the energy detector listens.
     pub vad: Option<VadModel>,
+    /// The language model's intent scorer for turns the script's phrases cannot decide.
+    pub scorer: Option<Arc<dyn TurnScorer>>,
 }
 
 /// When each step of a caller turn happened, in ms from the call's start.
@@ -114,7 +117,7 @@ pub fn run_audio_call(
 ) -> Result<AudioCallReport, CallError> {
     let (ctx, _in_call) = start_call(config, &call, line_kind, &script, store);
     let mut session = Session {
-        agent: Agent::new(script, ctx, None),
+        agent: Agent::new(script, ctx, voices.scorer.clone()),
         voices: voices.clone(),
         endpointer: Endpointer::new(detector(voices.vad.as_ref()), endpoint),
         turns: Vec::new(),

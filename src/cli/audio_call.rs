@@ -76,6 +76,7 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
         stt: Arc::new(stt),
         speaker: Arc::new(speaker),
         vad,
+        scorer: super::llm::live_scorer(config, script)?,
     })
 }
 

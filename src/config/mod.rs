@@ -74,6 +74,7 @@ pub struct Config {
     pub unit: UnitConfig,
     pub store: StoreConfig,
     pub models: ModelsConfig,
+    pub llm: LlmConfig,
     pub agent: AgentConfig,
     pub sip: SipConfig,
     pub audio: AudioConfig,
@@ -125,6 +126,16 @@ pub struct ModelsConfig {
     pub stt: String,
     pub llm: String,
     pub tts: String,
+}
+
+/// `[llm]`: how live calls use the language model.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// `scorer`: ask the model about turns the script's phrases cannot decide. Unset: yes when
+    /// the configured model is installed.
+    pub scorer: Option<bool>,
+    /// `scorer_timeout_ms`: how long a call waits for the scorer before the rules decide alone.
+    pub scorer_timeout_ms: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +233,8 @@ struct RawConfig {
     #[serde(default)]
     models: RawModels,
     #[serde(default)]
+    llm: RawLlm,
+    #[serde(default)]
     agent: RawAgent,
     #[serde(default)]
     sip: RawSip,
@@ -266,6 +279,13 @@ struct RawModels {
     stt: Option<String>,
     llm: Option<String>,
     tts: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLlm {
+    scorer: Option<bool>,
+    scorer_timeout_ms: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -484,6 +504,16 @@ impl Validator<'_> {
             ),
         };
         let models = self.models(raw.models);
+        let llm = LlmConfig {
+            scorer: raw.llm.scorer,
+            scorer_timeout_ms: self.range(
+                "llm.scorer_timeout_ms",
+                raw.llm.scorer_timeout_ms,
+                3000,
+                100,
+                600_000,
+            ),
+        };
         let agent = self.agent(raw.agent);
         let sip = self.sip(raw.sip);
         for (key, dev) in [
@@ -532,6 +562,7 @@ impl Validator<'_> {
             unit,
             store,
             models,
+            llm,
             agent,
             sip,
             audio,

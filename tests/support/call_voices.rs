@@ -38,6 +38,7 @@ pub fn voices() -> &'static Voices {
             stt: Arc::new(stt),
             speaker: Arc::new(speaker),
             vad: Some(vad),
+            scorer: None,
         }
     })
 }

@@ -76,6 +76,7 @@ pub struct Config {
     pub models: ModelsConfig,
     pub agent: AgentConfig,
     pub sip: SipConfig,
+    pub handoff: HandoffConfig,
     pub audio: AudioConfig,
     pub modem: Option<ModemConfig>,
     pub mqtt: Option<MqttConfig>,
@@ -155,6 +156,14 @@ pub struct SipConfig {
     pub password_file: Option<PathBuf>,
 }
 
+/// How the line hands a caller to a person.
+#[derive(Debug, Clone)]
+pub struct HandoffConfig {
+    /// How long the human's phone rings on a warm transfer before the box gives up and takes a
+    /// message.
+    pub warm_timeout_s: u32,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct AudioConfig {
     pub capture_device: Option<String>,
@@ -226,6 +235,8 @@ struct RawConfig {
     #[serde(default)]
     sip: RawSip,
     #[serde(default)]
+    handoff: RawHandoff,
+    #[serde(default)]
     audio: RawAudio,
     modem: Option<RawModem>,
     mqtt: Option<RawMqtt>,
@@ -287,6 +298,12 @@ struct RawSip {
     registrar: Option<String>,
     user: Option<String>,
     password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHandoff {
+    warm_timeout_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -486,6 +503,15 @@ impl Validator<'_> {
         let models = self.models(raw.models);
         let agent = self.agent(raw.agent);
         let sip = self.sip(raw.sip);
+        let handoff = HandoffConfig {
+            warm_timeout_s: self.range(
+                "handoff.warm_timeout_s",
+                raw.handoff.warm_timeout_s,
+                20,
+                2,
+                120,
+            ),
+        };
         for (key, dev) in [
             ("audio.capture_device", &raw.audio.capture_device),
             ("audio.playback_device", &raw.audio.playback_device),
@@ -534,6 +560,7 @@ impl Validator<'_> {
             models,
             agent,
             sip,
+            handoff,
             audio,
             modem,
             mqtt,

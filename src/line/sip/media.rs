@@ -186,6 +186,11 @@ impl MediaHandle {
         self.input.recv_timeout(timeout)
     }
 
+    /// The next input if one is waiting.
+    pub fn try_next(&self) -> Result<LineInput, mpsc::TryRecvError> {
+        self.input.try_recv()
+    }
+
     pub fn play(&self, samples: &[i16]) {
         lock(&self.shared.playout).extend(samples.iter().copied());
     }

@@ -746,7 +746,10 @@ fn over_tcp_the_box_registers_takes_a_call_and_places_one() {
         "INVITE from=erin relayed to=callbox",
         "the PBX relayed the call",
     );
-    assert!(relayed.contains("transport=tcp"), "{relayed}");
+    assert!(
+        relayed.to_lowercase().contains("transport=tcp"),
+        "{relayed}"
+    );
     let mut line = call.line;
     assert_audio_flows(&mut line);
     line.hang_up().expect("BYE");

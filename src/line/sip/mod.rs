@@ -92,6 +92,13 @@ impl SipLine {
         }
     }
 
+    /// The call's signalling is over (the caller hung up): a transfer fails, and the next
+    /// input is the hang-up.
+    fn caller_left(&mut self) -> TransferOutcome {
+        self.hung_up_during_transfer = true;
+        TransferOutcome::Failed
+    }
+
     /// Waits until at most `samples` of the box's audio are still queued.
     fn drain_to(&self, samples: usize, within: Duration) {
         let until = std::time::Instant::now() + within;
@@ -159,12 +166,13 @@ impl Line for SipLine {
             return self.warm_transfer(target, briefing);
         }
         let (done, outcome) = mpsc::channel();
-        self.commands
-            .send(CallCommand::Transfer {
-                target: target.to_string(),
-                done,
-            })
-            .map_err(|_| LineError::Closed)?;
+        let sent = self.commands.send(CallCommand::Transfer {
+            target: target.to_string(),
+            done,
+        });
+        if sent.is_err() {
+            return Ok(self.caller_left());
+        }
         let outcome = outcome
             .recv_timeout(TRANSFER_WAIT)
             .unwrap_or(TransferOutcome::Failed);

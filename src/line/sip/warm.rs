@@ -62,16 +62,18 @@ impl SipLine {
         briefing: &Briefing<'_>,
     ) -> Result<TransferOutcome, LineError> {
         let (done, dialed) = mpsc::channel();
-        self.commands
-            .send(CallCommand::Dial {
-                target: target.to_string(),
-                options: DialOptions {
-                    ring_timeout: briefing.answer_within,
-                    caller: None,
-                },
-                done,
-            })
-            .map_err(|_| LineError::Closed)?;
+        let sent = self.commands.send(CallCommand::Dial {
+            target: target.to_string(),
+            options: DialOptions {
+                ring_timeout: briefing.answer_within,
+                caller: None,
+            },
+            done,
+        });
+        if sent.is_err() {
+            tracing::info!("warm transfer: the caller has already hung up");
+            return Ok(self.caller_left());
+        }
         tracing::info!("warm transfer: calling the human");
         let give_up = Instant::now() + briefing.answer_within + DIAL_MARGIN;
         let dialed = loop {

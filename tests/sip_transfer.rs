@@ -244,14 +244,14 @@ fn a_warm_transfer_briefs_the_human_then_connects_the_caller() {
     let mut human = human_phone(dir.path(), Some(HUMAN_TONE_HZ), true);
     // After the key, the caller's phone sends a tone while it waits; once connected, the human
     // hears it.
-    let caller_tone = callbox::line::to_i16(&tone(CALLER_TONE_HZ, 20.0, 16_000));
+    let caller_tone = callbox::line::to_i16(&tone(CALLER_TONE_HZ, 60.0, 16_000));
     let done = call(
         press_zero_then(vec![CallerTurn::Speech(caller_tone)]),
         &human,
         clinic(HandoffMode::Warm, FRONT_DESK),
         config(""),
         CallerTiming::default(),
-        Duration::from_secs(5),
+        Duration::from_secs(6),
     );
     let summary = &done.report.session.summary;
     assert_eq!(
@@ -300,12 +300,12 @@ fn a_human_who_does_not_answer_in_time_leaves_the_box_to_take_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut human = human_phone(dir.path(), None, false);
     let started = std::time::Instant::now();
+    // The caller holds on while the briefing is synthesized and the human's phone rings.
     let done = call(
-        press_zero_then(Vec::new()),
+        press_zero_then(vec![CallerTurn::Silence { ms: 15_000 }]),
         &human,
         clinic(HandoffMode::Warm, FRONT_DESK),
         config("[handoff]\nwarm_timeout_s = 3\n"),
-        // The caller waits through the ringing (the briefing is synthesized first).
         CallerTiming::default(),
         Duration::ZERO,
     );

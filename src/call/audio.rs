@@ -20,7 +20,9 @@ use crate::agent::summary::{LineKind, Speaker as Who};
 use crate::agent::understand::TurnScorer;
 use crate::agent::{Agent, Event, Reply, Script, Summary, Then};
 use crate::config::Config;
-use crate::line::{to_f32, to_i16, Line, LineError, LineInput, TransferOutcome, FRAME_MS};
+use crate::line::{
+    to_f32, to_i16, Briefing, Line, LineError, LineInput, TransferOutcome, FRAME_MS,
+};
 use crate::speech::stt::SpeechToText;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeechStream};
 use crate::speech::vad::VadModel;
@@ -237,8 +239,20 @@ pub fn run_audio_call(
                         context: &context,
                     });
                     let warm = matches!(mode, crate::agent::script::HandoffMode::Warm);
+                    let briefing_audio = if warm {
+                        session.briefing(&context)
+                    } else {
+                        Vec::new()
+                    };
+                    let briefing = warm.then_some(Briefing {
+                        text: &context,
+                        audio: &briefing_audio,
+                        answer_within: std::time::Duration::from_secs(u64::from(
+                            config.handoff.warm_timeout_s,
+                        )),
+                    });
                     match line
-                        .transfer(&number, warm, &context)
+                        .transfer(&number, briefing.as_ref())
                         .map_err(CallError::Line)?
                     {
                         TransferOutcome::Connected => break,
@@ -462,6 +476,27 @@ impl Session {
         self.turns[turn].end_ms = (self.t_ms + line.queued_ms()) as i64;
         self.start_next();
         Ok(())
+    }
+
+    /// A warm transfer's context in the call's voice, for the human. Synthesized on the
+    /// speaker's own thread; the caller, told to hold, waits meanwhile. Empty when neither voice
+    /// could speak it (the human is then connected without it).
+    fn briefing(&self, context: &str) -> Vec<i16> {
+        let stream = self
+            .voices
+            .speaker
+            .stream(context.to_string(), CancelToken::new());
+        let mut audio = Vec::new();
+        for piece in stream.receiver.iter() {
+            audio.extend(to_i16(&piece.samples));
+        }
+        match stream.finish() {
+            Ok(_) => audio,
+            Err(e) => {
+                warn!(error = %e, "the warm transfer's briefing could not be spoken");
+                Vec::new()
+            }
+        }
     }
 
     fn box_talking(&self, line: &dyn Line) -> bool {

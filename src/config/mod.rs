@@ -77,6 +77,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub agent: AgentConfig,
     pub sip: SipConfig,
+    pub handoff: HandoffConfig,
     pub audio: AudioConfig,
     pub modem: Option<ModemConfig>,
     pub mqtt: Option<MqttConfig>,
@@ -166,6 +167,14 @@ pub struct SipConfig {
     pub password_file: Option<PathBuf>,
 }
 
+/// How the line hands a caller to a person.
+#[derive(Debug, Clone)]
+pub struct HandoffConfig {
+    /// How long the human's phone rings on a warm transfer before the box gives up and takes a
+    /// message.
+    pub warm_timeout_s: u32,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct AudioConfig {
     pub capture_device: Option<String>,
@@ -239,6 +248,8 @@ struct RawConfig {
     #[serde(default)]
     sip: RawSip,
     #[serde(default)]
+    handoff: RawHandoff,
+    #[serde(default)]
     audio: RawAudio,
     modem: Option<RawModem>,
     mqtt: Option<RawMqtt>,
@@ -307,6 +318,12 @@ struct RawSip {
     registrar: Option<String>,
     user: Option<String>,
     password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHandoff {
+    warm_timeout_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -516,6 +533,15 @@ impl Validator<'_> {
         };
         let agent = self.agent(raw.agent);
         let sip = self.sip(raw.sip);
+        let handoff = HandoffConfig {
+            warm_timeout_s: self.range(
+                "handoff.warm_timeout_s",
+                raw.handoff.warm_timeout_s,
+                20,
+                2,
+                120,
+            ),
+        };
         for (key, dev) in [
             ("audio.capture_device", &raw.audio.capture_device),
             ("audio.playback_device", &raw.audio.playback_device),
@@ -565,6 +591,7 @@ impl Validator<'_> {
             llm,
             agent,
             sip,
+            handoff,
             audio,
             modem,
             mqtt,

@@ -13,7 +13,9 @@ use super::import::WhisperDims;
 
 const LAYER_NORM_EPS: f64 = 1e-5;
 
-struct EncoderLayer {
+/// A pre-norm transformer layer of Whisper's encoder (also Smart Turn's, which has Whisper's
+/// layout).
+pub(crate) struct EncoderLayer {
     attn_norm: LayerNorm,
     query: Linear,
     key: Linear,
@@ -25,7 +27,7 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(vb: VarBuilder, d: usize) -> candle_core::Result<EncoderLayer> {
+    pub(crate) fn load(vb: VarBuilder, d: usize) -> candle_core::Result<EncoderLayer> {
         let attn = vb.pp("self_attn");
         let norm = |name: &str| candle_nn::layer_norm(d, LAYER_NORM_EPS, vb.pp(name));
         Ok(EncoderLayer {
@@ -40,7 +42,7 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
         let (batch, frames, d) = x.dims3()?;
         let head_dim = d / heads;
         let split = |y: Tensor| {

@@ -7,42 +7,29 @@
 
 #[path = "support/call_voices.rs"]
 mod call_voices;
+#[path = "support/sip_calls.rs"]
+mod sip_calls;
 #[path = "support/voice.rs"]
 mod voice;
 
 use call_voices::voices;
+use sip_calls::{config, loopback_options, sip_call, Done, Setup, CALLER};
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use callbox::agent::script::HandoffMode;
-use callbox::agent::summary::LineKind;
 use callbox::agent::Script;
-use callbox::call::audio::{run_audio_call, AudioCallReport};
-use callbox::call::endpoint::EndpointOptions;
-use callbox::call::{TextCall, Utterance};
-use callbox::config::{Config, ConfigSource};
+use callbox::config::Config;
 use callbox::line::sip::baresip::Baresip;
-use callbox::line::sip::loopback::{
-    call_over_loopback, speech_parts, CallerTiming, LoopbackReport,
-};
-use callbox::line::sip::SipOptions;
+use callbox::line::sip::loopback::{speech_parts, CallerTiming};
 use callbox::line::CallerTurn;
 use callbox::speech::audio::{read_wav, resample, write_wav};
-use callbox::store::{OpenMode, Store};
 
-/// The caller's number, as baresip presents it.
-const CALLER: &str = "+15550104477";
 /// The front desk's extension in the clinic script.
 const FRONT_DESK: &str = "201";
 /// The human's phone plays this tone; the caller's phone plays the other one.
 const HUMAN_TONE_HZ: f32 = 600.0;
 const CALLER_TONE_HZ: f32 = 1_000.0;
-
-fn config(extra: &str) -> Config {
-    let text = format!("{}\n{extra}", include_str!("../src/config/default.toml"));
-    Config::parse(&text, "default.toml", ConfigSource::Embedded).expect("the configuration")
-}
 
 /// The clinic script with its front desk (the operator key's target) set to `mode` and
 /// `number`.
@@ -125,92 +112,27 @@ fn recording(phone: &Baresip) -> Vec<f32> {
     resample(&samples, rate, 16_000).expect("resample")
 }
 
-struct Done {
-    report: LoopbackReport<AudioCallReport>,
-    said: Vec<String>,
-    stored_summary: serde_json::Value,
-    _dir: tempfile::TempDir,
-}
-
-/// Calls run in real time and one at a time, so that a slow machine slows one call, not two.
-static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// One call from the caller's phone to the box, the front desk at `human`; the box's part is
-/// the real pipeline on the clinic `script`. `bridged` keeps the caller on the line that long
-/// after the box's part ends (a warm transfer's bridge then carries the call).
+/// One call from the caller's phone to the box, the front desk at `human`.
 fn call(
     turns: Vec<CallerTurn>,
     human: &Baresip,
     script: Script,
     config: Config,
     timing: CallerTiming,
-    bridged: Duration,
+    linger: Duration,
 ) -> Done {
-    let _turn = ONE_CALL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let voices = voices();
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(
-        &dir.path().join("calls.db"),
-        None,
-        OpenMode::CreateAndMigrate,
-    )
-    .expect("store");
-    let mut options = SipOptions::new("127.0.0.1:0".parse().unwrap());
-    options.ring = Duration::from_millis(300);
+    let mut options = loopback_options();
     options.pbx = Some(human.sip_addr().to_string());
-    let mut said = Vec::new();
-    let report = call_over_loopback(&turns, CALLER, options, timing, |line, caller_id| {
-        let result = run_audio_call(
-            &config,
-            Arc::new(script),
-            TextCall {
-                started_at: "2026-11-23T15:00:00Z".parse().unwrap(),
-                remote_number: callbox::agent::extract::phone_number(caller_id),
-            },
-            LineKind::Sip,
-            line,
-            voices,
-            EndpointOptions::default(),
-            &mut store,
-            &mut |u| match u {
-                Utterance::Caller(t) | Utterance::Agent(t) => said.push(t.to_string()),
-                Utterance::Transfer { target, context } => {
-                    said.push(format!("[transfer to {target}: {context}]"))
-                }
-                _ => {}
-            },
-        );
-        std::thread::sleep(bridged);
-        result
-    })
-    .expect("the SIP call runs");
-    eprintln!("{said:#?}");
-    let LoopbackReport {
-        session,
-        caller_id,
-        media,
-        heard,
-        peer_log,
-    } = report;
-    let session = session.unwrap_or_else(|e| panic!("the call failed: {e}\n{peer_log}"));
-    let stored = store
-        .summary_of_call(&session.summary.call.id)
-        .expect("read the store")
-        .expect("the call's summary is stored");
-    Done {
-        report: LoopbackReport {
-            session,
-            caller_id,
-            media,
-            heard,
-            peer_log,
+    sip_call(
+        turns,
+        Setup {
+            script,
+            config,
+            options,
+            timing,
+            linger,
         },
-        said,
-        stored_summary: serde_json::from_str(&stored).expect("the summary is JSON"),
-        _dir: dir,
-    }
+    )
 }
 
 fn press_zero_then(after: Vec<CallerTurn>) -> Vec<CallerTurn> {

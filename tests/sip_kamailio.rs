@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use callbox::config::SipTransport;
 use callbox::line::sip::baresip::{Baresip, PeerRegistration, PhoneSetup};
 use callbox::line::sip::{
-    DialOptions, DialOutcome, RegistrationError, RegistrationOptions, RegistrationState, SipLine,
-    SipOptions, SipUa,
+    DialOptions, DialOutcome, IncomingCall, RegistrationError, RegistrationOptions,
+    RegistrationState, SipLine, SipOptions, SipUa,
 };
 use callbox::line::{Line, LineInput, RATE};
 use callbox::speech::audio::write_wav;
@@ -448,6 +448,15 @@ fn logged_step(kamailio: &Kamailio, text: &str, what: &str) -> String {
         .unwrap_or_else(|| panic!("{what}: {:#?}", kamailio.steps()))
 }
 
+/// The phone dials the box through the PBX; the call as the box receives it.
+fn call_the_box(kamailio: &Kamailio, ua: &SipUa, phone: &Baresip) -> IncomingCall {
+    phone
+        .dial(&format!("sip:callbox@{}", kamailio.addr()))
+        .expect("dial");
+    ua.next_call(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no call: {:#?}\n{}", kamailio.steps(), phone.log()))
+}
+
 /// A PBX with the box and a phone (`phone_user`, answering by itself with `auto_answer`) both
 /// registered to it.
 fn box_and_phone_on_a_pbx(
@@ -515,12 +524,7 @@ fn assert_audio_flows(line: &mut SipLine) {
 #[test]
 fn a_phone_calls_the_box_through_the_pbx() {
     let (kamailio, ua, phone, _dir) = box_and_phone_on_a_pbx("alice", false);
-    phone
-        .dial(&format!("sip:callbox@{}", kamailio.addr()))
-        .expect("dial");
-    let call = ua
-        .next_call(Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("no call: {:#?}\n{}", kamailio.steps(), phone.log()));
+    let call = call_the_box(&kamailio, &ua, &phone);
     assert_eq!(call.caller, "alice");
     let steps = kamailio.steps();
     assert!(
@@ -735,12 +739,7 @@ fn over_tcp_the_box_registers_and_takes_a_call() {
     assert!(registered.contains("proto=tcp"), "{registered}");
 
     // The phone (on UDP) calls the box: kamailio relays the INVITE to the box's TCP contact.
-    phone
-        .dial(&format!("sip:callbox@{}", kamailio.addr()))
-        .expect("dial");
-    let call = ua
-        .next_call(Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("no call: {:#?}\n{}", kamailio.steps(), phone.log()));
+    let call = call_the_box(&kamailio, &ua, &phone);
     let relayed = logged_step(
         &kamailio,
         "INVITE from=erin relayed to=callbox",

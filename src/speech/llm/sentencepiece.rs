@@ -134,15 +134,7 @@ impl SentencePiece {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
-            Some(v) => v
-                .to_vec()
-                .map_err(|_| LlmError::Tokenizer("token_type is not an array".into()))?
-                .iter()
-                .map(|t| t.to_i32().unwrap_or(1))
-                .collect(),
-            None => Vec::new(),
-        };
+        let types = super::tokenizer::token_types(content)?;
         let add_space_prefix = md
             .get("tokenizer.ggml.add_space_prefix")
             .and_then(|v| v.to_bool().ok())

@@ -75,6 +75,20 @@ fn meta_u32(content: &Content, key: &str) -> Option<u32> {
     content.metadata.get(key).and_then(|v| v.to_u32().ok())
 }
 
+/// The GGUF's token types (`tokenizer.ggml.token_type`; none when absent, 1 — normal — for an
+/// entry that is not an integer).
+pub(super) fn token_types(content: &Content) -> Result<Vec<i32>, LlmError> {
+    Ok(match content.metadata.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|_| LlmError::Tokenizer("token_type is not an array".into()))?
+            .iter()
+            .map(|t| t.to_i32().unwrap_or(1))
+            .collect(),
+        None => Vec::new(),
+    })
+}
+
 fn strings(value: &Value, key: &str) -> Result<Vec<String>, LlmError> {
     let items = value
         .to_vec()
@@ -198,15 +212,7 @@ impl ByteLevel {
             meta(content, "tokenizer.ggml.merges")?,
             "tokenizer.ggml.merges",
         )?;
-        let types: Vec<i32> = match content.metadata.get("tokenizer.ggml.token_type") {
-            Some(v) => v
-                .to_vec()
-                .map_err(|_| LlmError::Tokenizer("token_type is not an array".into()))?
-                .iter()
-                .map(|t| t.to_i32().unwrap_or(1))
-                .collect(),
-            None => Vec::new(),
-        };
+        let types = token_types(content)?;
         let pre = match content
             .metadata
             .get("tokenizer.ggml.pre")

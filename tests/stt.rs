@@ -71,10 +71,28 @@ fn score(
     pad: bool,
     count: usize,
 ) -> WordErrors {
+    score_utterances(model, label, voice, condition, pad, count).0
+}
+
+/// [`score`], also giving the utterances whose transcript kept less than half of their words
+/// (said, heard): Whisper stopping early or saying only the end on a short window.
+fn score_utterances(
+    model: &SpeechToText,
+    label: &str,
+    voice: Voice,
+    condition: Condition,
+    pad: bool,
+    count: usize,
+) -> (WordErrors, Vec<(String, String)>) {
     let mut total = WordErrors::default();
+    let mut cut_short = Vec::new();
+    let words = |text: &str| callbox::speech::wer::normalize(text).len();
     for (i, u) in spoken(voice).iter().take(count).enumerate() {
         let heard = condition.apply(&u.samples, i as u64).unwrap();
         let text = model.transcribe_with(&heard, pad).unwrap().text;
+        if 2 * words(&text) < words(&u.text) {
+            cut_short.push((u.text.clone(), text.clone()));
+        }
         let errors = WordErrors::of(&u.text, &text);
         if errors.errors > 0 {
             eprintln!(
@@ -92,7 +110,7 @@ fn score(
         voice.name(),
         condition.name()
     );
-    total
+    (total, cut_short)
 }
 
 /// Upper bounds asserted per voice and condition. The bar is 10 % on clean speech for
@@ -114,9 +132,18 @@ fn check_all_conditions(model: &SpeechToText, label: &str, voice: Voice) {
     let n = spoken(voice).len();
     let mut failed = Vec::new();
     for condition in Condition::ALL {
-        let wer = score(model, label, voice, condition, false, n).rate();
-        if wer > bound(voice, condition) {
-            failed.push(format!("{}: {:.1}%", condition.name(), wer * 100.0));
+        let (errors, cut_short) = score_utterances(model, label, voice, condition, false, n);
+        if errors.rate() > bound(voice, condition) {
+            failed.push(format!(
+                "{}: {:.1}%",
+                condition.name(),
+                errors.rate() * 100.0
+            ));
+        }
+        // Low-confidence windows are decoded again on the 30 s window, so an utterance heard
+        // clearly enough is never reduced to a fragment of itself.
+        if condition != Condition::NoisyTelephone && !cut_short.is_empty() {
+            failed.push(format!("{}: cut short {cut_short:?}", condition.name()));
         }
     }
     assert!(

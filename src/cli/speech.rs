@@ -183,6 +183,9 @@ struct Stages {
 struct Heard {
     file: PathBuf,
     text: String,
+    /// Windows decoded again on the 30 s window for want of confidence (candle only).
+    #[serde(default)]
+    retried: usize,
 }
 
 /// A configuration's figures as reported.
@@ -194,6 +197,8 @@ struct BenchRow {
     peak_rss_mib: f64,
     utterances: Vec<UtteranceRow>,
     wer: Option<f64>,
+    /// Utterances of the word-error-rate set decoded again on the 30 s window.
+    retried: usize,
     /// The word-error-rate set's utterances this configuration got wrong: (said, heard).
     misheard: Vec<(String, String)>,
 }
@@ -319,9 +324,11 @@ fn bench_worker(config: &Config, args: &BenchSttArgs, which: &str) -> anyhow::Re
         .transcribed
         .iter()
         .map(|file| {
+            let heard = model.transcribe(&read_16k(file)?)?;
             Ok(Heard {
                 file: file.clone(),
-                text: model.transcribe(&read_16k(file)?)?.text,
+                text: heard.text,
+                retried: heard.retried_windows,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -473,6 +480,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             peak_rss_mib: resources::mib(report.peak_rss_bytes),
             utterances,
             wer,
+            retried: report.transcribed.iter().map(|h| h.retried).sum(),
             misheard,
         });
     }
@@ -502,9 +510,9 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         }
     );
     for r in &rows {
-        let wer = r
-            .wer
-            .map_or(String::new(), |w| format!("  WER {:.1}%", w * 100.0));
+        let wer = r.wer.map_or(String::new(), |w| {
+            format!("  WER {:.1}% ({} decoded again)", w * 100.0, r.retried)
+        });
         println!(
             "  {:<14} {:<8} load {:>5.2} s  peak {:>6.0} MiB{wer}",
             r.runtime, r.config, r.load_s, r.peak_rss_mib

@@ -206,18 +206,29 @@ fn a_warm_transfer_briefs_the_human_then_connects_the_caller() {
         .filter(|w| briefing.contains(*w))
         .count();
     assert!(understood >= 3, "the human heard: {briefing}");
-    // The bridge carries each side's audio to the other. Known gap: of the 6 s the caller stays,
-    // the human's recording held the caller's tone for about 1.5 s only (README, SIP section).
-    assert!(
-        caller_tone_s >= 0.5,
-        "the caller's audio reached the human for {caller_tone_s} s only"
+    // The bridge carries each side's audio to the other from when it starts (the first frame
+    // of the other's tone) to the end of the call, for most of that time.
+    let bridged = |recording: &[f32], first: Option<f32>| {
+        first.map_or(0.0, |at| recording.len() as f32 / 16_000.0 - at)
+    };
+    let human_bridged = bridged(&heard_by_human, caller_tone_at);
+    let (human_tone_s, human_tone_at) = tone_heard(&done.report.heard, HUMAN_TONE_HZ);
+    let caller_bridged = bridged(&done.report.heard, human_tone_at);
+    eprintln!(
+        "bridged: the human heard the caller's tone for {caller_tone_s} s of {human_bridged} s; \
+         the caller heard the human's tone for {human_tone_s} s of {caller_bridged} s"
     );
-    let (human_tone_s, _) = tone_heard(&done.report.heard, HUMAN_TONE_HZ);
-    eprintln!("the caller heard the human's tone for {human_tone_s} s");
-    assert!(
-        human_tone_s >= 0.5,
-        "the human's audio reached the caller for {human_tone_s} s only"
-    );
+    // The caller stays on for 6 s after the box's part of the call ends.
+    for (who, heard, bridged) in [
+        ("the human", caller_tone_s, human_bridged),
+        ("the caller", human_tone_s, caller_bridged),
+    ] {
+        assert!(bridged >= 5.0, "{who} was bridged for {bridged} s only");
+        assert!(
+            heard >= 0.7 * bridged,
+            "{who} heard the other side for {heard} s of the {bridged} s bridged"
+        );
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use callbox::config::SipTransport;
 use callbox::line::sip::baresip::{Baresip, PeerRegistration, PhoneSetup};
 use callbox::line::sip::{
-    DialOptions, DialOutcome, IncomingCall, RegistrationError, RegistrationOptions,
+    DialError, DialOptions, DialOutcome, IncomingCall, RegistrationError, RegistrationOptions,
     RegistrationState, SipLine, SipOptions, SipUa,
 };
 use callbox::line::{Line, LineInput, RATE};
@@ -866,11 +866,17 @@ fn over_tcp_the_box_registers_and_takes_a_call() {
     line.hang_up().expect("BYE");
 }
 
+/// The box's own call over TCP, challenged by the PBX (407) and answered with credentials, to
+/// an extension with a name rather than a number; nothing to call is refused before any INVITE.
 #[test]
-fn over_tcp_the_box_calls_a_phone_through_the_pbx() {
+fn over_tcp_the_box_calls_a_named_extension_through_the_pbx() {
     let (kamailio, ua, mut phone, _dir) =
-        box_and_phone_on_a_pbx_over(SipTransport::Tcp, "203", true);
-    let dialed = ua.dial("203", DialOptions::default()).expect("dial");
+        box_and_phone_on_a_pbx_over(SipTransport::Tcp, "frank", true);
+    assert!(matches!(
+        ua.dial(" ", DialOptions::default()),
+        Err(DialError::BadTarget { .. })
+    ));
+    let dialed = ua.dial("frank", DialOptions::default()).expect("dial");
     assert_eq!(
         dialed.outcome,
         DialOutcome::Answered,
@@ -882,7 +888,7 @@ fn over_tcp_the_box_calls_a_phone_through_the_pbx() {
     assert!(challenged.contains("proto=tcp"), "{challenged}");
     let relayed = logged_step(
         &kamailio,
-        "INVITE from=callbox relayed to=203",
+        "INVITE from=callbox relayed to=frank",
         "the PBX relayed the box's call",
     );
     assert!(relayed.contains("proto=tcp"), "{relayed}");
@@ -916,6 +922,7 @@ fn over_tls_the_box_registers_takes_a_call_and_places_one() {
         "{state:?}\n{}",
         kamailio.log()
     );
+    assert!(kamailio.wait_step("REGISTER accepted user=callbox", Duration::from_secs(3)));
     let registered = logged_step(
         &kamailio,
         "REGISTER accepted user=callbox",

@@ -880,7 +880,13 @@ pub(super) fn transfer_uri(target: &str, domain: &str) -> String {
         .chars()
         .filter(|c| c.is_ascii_digit() || *c == '+' || *c == '*' || *c == '#')
         .collect();
-    format!("sip:{number}@{domain}")
+    // A named extension ("frontdesk") is dialled by its name; a number loses its punctuation.
+    let user = if number.chars().any(|c| c.is_ascii_digit()) {
+        number
+    } else {
+        target.trim().to_string()
+    };
+    format!("sip:{user}@{domain}")
 }
 
 /// The key of a SIP INFO DTMF body (`application/dtmf-relay`: "Signal=5\r\nDuration=160").
@@ -989,6 +995,10 @@ mod tests {
         assert_eq!(
             transfer_uri("+1 (555) 010-2000", "10.0.0.5:5080"),
             "sip:+15550102000@10.0.0.5:5080"
+        );
+        assert_eq!(
+            transfer_uri("frontdesk", "10.0.0.5"),
+            "sip:frontdesk@10.0.0.5"
         );
     }
 }

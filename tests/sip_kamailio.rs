@@ -1003,6 +1003,15 @@ fn over_tls_a_pbx_certificate_from_another_ca_is_refused() {
     };
     eprintln!("the box's registration failed: {error}");
     assert!(
+        matches!(error, RegistrationError::Tls { .. }),
+        "the refused certificate is named: {error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("certificate") && message.contains("sip.tls_ca"),
+        "{message}"
+    );
+    assert!(
         !kamailio
             .steps()
             .iter()

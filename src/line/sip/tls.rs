@@ -54,6 +54,32 @@ pub fn trust_anchors(ca: Option<&Path>) -> Result<Vec<u8>, TlsError> {
     Ok(pem)
 }
 
+/// Longest wait for a diagnostic handshake.
+const HANDSHAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Connects to `host:port` and shakes hands with `roots_pem` as the trust anchors; the TLS
+/// error when the handshake fails (`None` when it succeeds or no connection could be made).
+pub async fn handshake_failure(host: &str, port: u16, roots_pem: &[u8]) -> Option<String> {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &roots_pem[..]).flatten() {
+        let _ = roots.add(cert);
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        connector.connect(name, stream).await.err()
+    };
+    let error = tokio::time::timeout(HANDSHAKE_WAIT, attempt).await.ok()??;
+    Some(error.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,6 +183,7 @@ impl SipUa {
         };
         if let Some(registration) = options.registration.as_mut() {
             registration.registrar_uri()?;
+            registration.tls_roots = tls_roots.clone().map(std::sync::Arc::new);
             let param = transport_param(options.transport);
             if !param.is_empty() && !registration.registrar.contains("transport=") {
                 let uri = registration.registrar_uri()?.to_string();

@@ -773,6 +773,19 @@ fn early_media_from_a_183_plays_before_the_answer() {
         let (n, from) = sip.recv_from(&mut buffer).expect("the INVITE");
         let invite = String::from_utf8_lossy(&buffer[..n]).to_string();
         assert!(invite.starts_with("INVITE "), "{invite}");
+        // The INVITE names the box, not the SIP library: Call-ID, From and User-Agent.
+        assert!(
+            header_of(&invite, "Call-ID").ends_with("@127.0.0.1"),
+            "{invite}"
+        );
+        assert!(
+            header_of(&invite, "From").contains("sip:callbox@"),
+            "{invite}"
+        );
+        assert!(
+            header_of(&invite, "User-Agent").starts_with("callbox/"),
+            "{invite}"
+        );
         let offered_port: u16 = invite
             .lines()
             .find_map(|l| l.strip_prefix("m=audio "))

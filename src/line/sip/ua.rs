@@ -22,6 +22,7 @@ use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::dialog::DialogId;
 use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Header, Method, StatusCode};
+use rsipstack::transaction::endpoint::EndpointOption;
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transport::tls::TlsConfig;
 use rsipstack::transport::udp::UdpConnection;
@@ -222,10 +223,20 @@ impl SipUa {
                 })?;
                 transport.add_transport(listener.into());
             }
+            // Call-IDs name the box (`<uuid>@<its address>`), not rsipstack's default domain.
+            let call_id_host = if local.ip().is_unspecified() {
+                "callbox".to_string()
+            } else {
+                local.ip().to_string()
+            };
             let endpoint = EndpointBuilder::new()
                 .with_cancel_token(cancel.clone())
                 .with_transport_layer(transport)
                 .with_user_agent(USER_AGENT)
+                .with_option(EndpointOption {
+                    callid_suffix: Some(call_id_host),
+                    ..EndpointOption::default()
+                })
                 .build();
             let incoming = endpoint
                 .incoming_transactions()

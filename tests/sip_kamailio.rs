@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use callbox::config::SipTransport;
 use callbox::line::sip::baresip::{Baresip, PeerRegistration, PhoneSetup};
 use callbox::line::sip::{
-    DialOptions, DialOutcome, IncomingCall, RegistrationError, RegistrationOptions,
+    DialError, DialOptions, DialOutcome, IncomingCall, RegistrationError, RegistrationOptions,
     RegistrationState, SipLine, SipOptions, SipUa,
 };
 use callbox::line::{Line, LineInput, RATE};
@@ -25,12 +25,35 @@ struct Kamailio {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    /// Its TLS port, when it listens on TLS.
+    tls_port: Option<u16>,
     config: PathBuf,
 }
 
 /// The routing script: REGISTER needs a digest answer (401), so does every new INVITE (407);
 /// registered users are found in `location`. Each step the tests look for is logged.
-fn kamailio_config(port: u16, users: &[(&str, &str)], algorithm: &str) -> String {
+fn kamailio_config(
+    port: u16,
+    users: &[(&str, &str)],
+    algorithm: &str,
+    tls: Option<&TlsListen>,
+) -> String {
+    // Over TLS the box connects out, and its calls come back on that connection: the REGISTER's
+    // source address is kept (nathelper) and used to reach it, as for a phone behind NAT.
+    let (tls_globals, tls_modules, tls_register) = match tls {
+        Some(tls) => (
+            format!("enable_tls=yes\nlisten=tls:127.0.0.1:{}\n", tls.port),
+            format!(
+                "loadmodule \"tls.so\"\nmodparam(\"tls\", \"config\", \"{}\")\n\
+                 loadmodule \"nathelper.so\"\n\
+                 modparam(\"nathelper\", \"received_avp\", \"$avp(RECEIVED)\")\n\
+                 modparam(\"registrar\", \"received_avp\", \"$avp(RECEIVED)\")\n",
+                tls.config.display()
+            ),
+            "    if (proto == TLS) { fix_nated_register(); }\n".to_string(),
+        ),
+        None => (String::new(), String::new(), String::new()),
+    };
     let table: String = users
         .iter()
         .map(|(user, password)| format!("  $sht(users=>{user}) = \"{password}\";\n"))
@@ -44,7 +67,7 @@ auto_aliases=no
 listen=udp:127.0.0.1:{port}
 listen=tcp:127.0.0.1:{port}
 alias="127.0.0.1:{port}"
-mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/:/usr/lib/kamailio/modules/"
+{tls_globals}mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/:/usr/lib/kamailio/modules/"
 loadmodule "kex.so"
 loadmodule "corex.so"
 loadmodule "tm.so"
@@ -62,7 +85,7 @@ modparam("htable", "htable", "users=>size=4;")
 modparam("auth", "algorithm", "{algorithm}")
 modparam("registrar", "min_expires", 2)
 modparam("usrloc", "db_mode", 0)
-
+{tls_modules}
 event_route[htable:mod-init] {{
 {table}}}
 
@@ -74,30 +97,31 @@ request_route {{
       www_challenge("$td", "1");
       exit;
     }}
-    if (!save("location")) {{ sl_reply_error(); exit; }}
+{tls_register}    if (!save("location")) {{ sl_reply_error(); exit; }}
     xlog("L_NOTICE", "callbox-test: REGISTER accepted user=$tU expires=$hdr(Expires) auth=[$hdr(Authorization)] proto=$pr\n");
     exit;
   }}
   if (has_totag()) {{
     if (is_method("ACK") && t_check_trans()) {{ t_relay(); exit; }}
+    xlog("L_NOTICE", "callbox-test: $rm in a dialog not here ruri=$ru proto=$pr\n");
     sl_send_reply("404", "Not here");
     exit;
   }}
   if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
   if (is_method("INVITE")) {{
     if (!pv_proxy_authenticate("$fd", "$sht(users=>$au)", "0")) {{
-      xlog("L_NOTICE", "callbox-test: INVITE challenged 407 from=$fU\n");
+      xlog("L_NOTICE", "callbox-test: INVITE challenged 407 from=$fU proto=$pr ruri=$ru\n");
       proxy_challenge("$fd", "1");
       exit;
     }}
     consume_credentials();
   }}
   if (!lookup("location")) {{
-    xlog("L_NOTICE", "callbox-test: $rm to unknown user=$rU\n");
+    xlog("L_NOTICE", "callbox-test: $rm to unknown user=$rU ruri=$ru proto=$pr\n");
     sl_send_reply("404", "Not Found");
     exit;
   }}
-  xlog("L_NOTICE", "callbox-test: $rm from=$fU relayed to=$tU proto=$pr ruri=$ru\n");
+  xlog("L_NOTICE", "callbox-test: $rm from=$fU relayed to=$tU proto=$pr ruri=$ru du=$du\n");
   t_relay();
 }}
 "#
@@ -113,19 +137,107 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
+/// Kamailio's TLS listener: its port and the tls module's configuration file.
+struct TlsListen {
+    port: u16,
+    config: PathBuf,
+}
+
+/// A test CA, and a server certificate for 127.0.0.1 signed by it.
+mod pki {
+    use std::path::Path;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+
+    pub struct Authority {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl Authority {
+        pub fn new(name: &str) -> Authority {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.self_signed(&key).unwrap();
+            Authority { cert, key }
+        }
+
+        /// Writes the CA's certificate (PEM) to `path`.
+        pub fn write(&self, path: &Path) {
+            std::fs::write(path, self.cert.pem()).unwrap();
+        }
+
+        /// Writes `<stem>.crt` and `<stem>.key`: a server certificate for 127.0.0.1.
+        pub fn issue_server(&self, dir: &Path, stem: &str) {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            params.distinguished_name.push(DnType::CommonName, stem);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+            std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+        }
+    }
+}
+
+/// A free TCP port on loopback.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Kamailio {
     fn start(users: &[(&str, &str)], algorithm: &str) -> Kamailio {
+        Kamailio::start_with(users, algorithm, false)
+    }
+
+    /// As [`Kamailio::start`]; with `tls`, listening on TLS too, with a certificate for
+    /// 127.0.0.1 signed by the CA in `ca.crt` of its directory.
+    fn start_with(users: &[(&str, &str)], algorithm: &str, tls: bool) -> Kamailio {
         let dir = tempfile::Builder::new()
             .prefix("callbox-kamailio")
             .tempdir()
             .unwrap();
         let port = free_udp_port();
+        let tls = tls.then(|| {
+            let ca = pki::Authority::new("callbox test PBX CA");
+            ca.write(&dir.path().join("ca.crt"));
+            ca.issue_server(dir.path(), "pbx");
+            let config = dir.path().join("tls.cfg");
+            std::fs::write(
+                &config,
+                format!(
+                    "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n\
+                     require_certificate = no\nprivate_key = {d}/pbx.key\n\
+                     certificate = {d}/pbx.crt\n\n[client:default]\nmethod = TLSv1.2+\n\
+                     verify_certificate = no\nrequire_certificate = no\n",
+                    d = dir.path().display()
+                ),
+            )
+            .unwrap();
+            TlsListen {
+                port: free_tcp_port(),
+                config,
+            }
+        });
         let config = dir.path().join("kamailio.cfg");
-        std::fs::write(&config, kamailio_config(port, users, algorithm)).unwrap();
+        std::fs::write(
+            &config,
+            kamailio_config(port, users, algorithm, tls.as_ref()),
+        )
+        .unwrap();
         let mut kamailio = Kamailio {
             child: None,
             dir,
             port,
+            tls_port: tls.map(|t| t.port),
             config,
         };
         kamailio.run();
@@ -661,6 +773,19 @@ fn early_media_from_a_183_plays_before_the_answer() {
         let (n, from) = sip.recv_from(&mut buffer).expect("the INVITE");
         let invite = String::from_utf8_lossy(&buffer[..n]).to_string();
         assert!(invite.starts_with("INVITE "), "{invite}");
+        // The INVITE names the box, not the SIP library: Call-ID, From and User-Agent.
+        assert!(
+            header_of(&invite, "Call-ID").ends_with("@127.0.0.1"),
+            "{invite}"
+        );
+        assert!(
+            header_of(&invite, "From").contains("sip:callbox@"),
+            "{invite}"
+        );
+        assert!(
+            header_of(&invite, "User-Agent").starts_with("callbox/"),
+            "{invite}"
+        );
         let offered_port: u16 = invite
             .lines()
             .find_map(|l| l.strip_prefix("m=audio "))
@@ -752,4 +877,159 @@ fn over_tcp_the_box_registers_and_takes_a_call() {
     let mut line = call.line;
     assert_audio_flows(&mut line);
     line.hang_up().expect("BYE");
+}
+
+/// The box's own call over TCP, challenged by the PBX (407) and answered with credentials, to
+/// an extension with a name rather than a number; nothing to call is refused before any INVITE.
+#[test]
+fn over_tcp_the_box_calls_a_named_extension_through_the_pbx() {
+    let (kamailio, ua, mut phone, _dir) =
+        box_and_phone_on_a_pbx_over(SipTransport::Tcp, "frank", true);
+    assert!(matches!(
+        ua.dial(" ", DialOptions::default()),
+        Err(DialError::BadTarget { .. })
+    ));
+    let dialed = ua.dial("frank", DialOptions::default()).expect("dial");
+    assert_eq!(
+        dialed.outcome,
+        DialOutcome::Answered,
+        "{}\n{}",
+        phone.log(),
+        kamailio.log()
+    );
+    let challenged = logged_step(&kamailio, "INVITE challenged 407 from=callbox", "a 407");
+    assert!(challenged.contains("proto=tcp"), "{challenged}");
+    let relayed = logged_step(
+        &kamailio,
+        "INVITE from=callbox relayed to=frank",
+        "the PBX relayed the box's call",
+    );
+    assert!(relayed.contains("proto=tcp"), "{relayed}");
+    let mut line = dialed.line.expect("an answered call has a line");
+    assert_audio_flows(&mut line);
+    line.hang_up().expect("BYE");
+    drop(line);
+    phone.quit();
+}
+
+/// The box's options for kamailio's TLS port, trusting `ca`.
+fn box_options_over_tls(kamailio: &Kamailio, ca: PathBuf) -> SipOptions {
+    let tls_port = kamailio.tls_port.expect("kamailio listens on TLS");
+    let mut options = box_options(([127, 0, 0, 1], tls_port).into(), "boxpw", 60);
+    options.transport = SipTransport::Tls;
+    options.tls_ca = Some(ca);
+    options
+}
+
+#[test]
+fn over_tls_the_box_registers_takes_a_call_and_places_one() {
+    let kamailio = Kamailio::start_with(&[("callbox", "boxpw"), ("204", "phonepw")], "MD5", true);
+    let ua = SipUa::start(box_options_over_tls(
+        &kamailio,
+        kamailio.dir.path().join("ca.crt"),
+    ))
+    .expect("user agent");
+    let state = ua.wait_registration(Duration::from_secs(10), registered(1));
+    assert!(
+        matches!(state, Some(RegistrationState::Registered { .. })),
+        "{state:?}\n{}",
+        kamailio.log()
+    );
+    assert!(kamailio.wait_step("REGISTER accepted user=callbox", Duration::from_secs(3)));
+    let registered = logged_step(
+        &kamailio,
+        "REGISTER accepted user=callbox",
+        "the box registered",
+    );
+    assert!(registered.contains("proto=tls"), "{registered}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut phone = Baresip::start_with(
+        &tone_wav(dir.path()),
+        "204",
+        true,
+        &PhoneSetup {
+            registration: Some(PeerRegistration {
+                registrar: kamailio.addr(),
+                password: "phonepw".into(),
+                interval: 60,
+            }),
+            ..PhoneSetup::default()
+        },
+    )
+    .expect("baresip");
+    assert!(
+        kamailio.wait_step("REGISTER accepted user=204", Duration::from_secs(10)),
+        "{:#?}",
+        kamailio.steps()
+    );
+
+    // The phone calls the box: kamailio relays the INVITE over the box's TLS connection.
+    let call = call_the_box(&kamailio, &ua, &phone);
+    let relayed = logged_step(
+        &kamailio,
+        "INVITE from=204 relayed to=callbox",
+        "the PBX relayed the call",
+    );
+    assert!(relayed.contains("transport=tls"), "{relayed}");
+    let mut line = call.line;
+    assert_audio_flows(&mut line);
+    line.hang_up().expect("BYE");
+    drop(line);
+
+    // The box calls the phone over TLS, answering kamailio's 407.
+    let dialed = ua.dial("204", DialOptions::default()).expect("dial");
+    assert_eq!(
+        dialed.outcome,
+        DialOutcome::Answered,
+        "{:#?}\n{}",
+        kamailio.steps(),
+        phone.log()
+    );
+    let challenged = logged_step(&kamailio, "INVITE challenged 407 from=callbox", "a 407");
+    assert!(challenged.contains("proto=tls"), "{challenged}");
+    let relayed = logged_step(
+        &kamailio,
+        "INVITE from=callbox relayed to=204",
+        "the PBX relayed the box's call",
+    );
+    assert!(relayed.contains("proto=tls"), "{relayed}");
+    let mut line = dialed.line.expect("an answered call has a line");
+    assert_audio_flows(&mut line);
+    line.hang_up().expect("BYE");
+    drop(line);
+    phone.quit();
+}
+
+#[test]
+fn over_tls_a_pbx_certificate_from_another_ca_is_refused() {
+    let kamailio = Kamailio::start_with(&[("callbox", "boxpw")], "MD5", true);
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other-ca.crt");
+    pki::Authority::new("someone else's CA").write(&other_ca);
+    let ua = SipUa::start(box_options_over_tls(&kamailio, other_ca)).expect("user agent");
+    let state = ua.wait_registration(Duration::from_secs(10), |s| {
+        matches!(s, RegistrationState::Failed { .. })
+    });
+    let Some(RegistrationState::Failed { error, .. }) = state else {
+        panic!("{state:?}")
+    };
+    eprintln!("the box's registration failed: {error}");
+    assert!(
+        matches!(error, RegistrationError::Tls { .. }),
+        "the refused certificate is named: {error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("certificate") && message.contains("sip.tls_ca"),
+        "{message}"
+    );
+    assert!(
+        !kamailio
+            .steps()
+            .iter()
+            .any(|s| s.contains("REGISTER") && s.contains("user=callbox")),
+        "nothing reached the PBX: {:#?}",
+        kamailio.steps()
+    );
 }

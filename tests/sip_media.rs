@@ -1,7 +1,8 @@
 //! The SIP line's media against real peers on loopback, without models: RTCP reports exchanged
 //! with Debian's baresip (on RTP port + 1 and multiplexed on the RTP port), a call baresip offers
-//! only G.722 for, carrying audio above 4 kHz both ways, and the box's loss and RTCP figures
-//! for a stream with known gaps sent straight to its media loop.
+//! only G.722 for, carrying audio above 4 kHz both ways, the box's loss and RTCP figures
+//! for a stream with known gaps sent straight to its media loop, and a warm transfer's bridge
+//! carrying each phone's tone to the other for the whole bridged time.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -14,7 +15,7 @@ use callbox::line::sip::rtcp::{self, ReportBlock, RtcpPacket, SenderInfo};
 use callbox::line::sip::rtp::{self, RtpHeader};
 use callbox::line::sip::sdp::{Codec, Direction, Negotiated};
 use callbox::line::sip::{SipOptions, SipUa};
-use callbox::line::{to_f32, Line, LineInput};
+use callbox::line::{to_f32, Briefing, Line, LineInput, TransferOutcome};
 use callbox::speech::audio::{read_wav, write_wav};
 
 /// Calls run one at a time: two at once would share two cores with the media threads.
@@ -352,5 +353,108 @@ fn gaps_in_a_stream_are_counted_and_reported_and_bad_rtcp_is_dropped() {
         Some(&RtcpPacket::Goodbye {
             sources: vec![box_ssrc]
         })
+    );
+}
+
+/// Seconds of 20 ms frames of `samples` (at `rate`) that are mostly a tone at `hz`.
+fn tone_seconds(samples: &[f32], rate: u32, hz: f64) -> f64 {
+    let frame = rate as usize / 50;
+    let frames = samples
+        .chunks_exact(frame)
+        .filter(|chunk| {
+            let pcm: Vec<i16> = chunk.iter().map(|&x| (x * 32767.0) as i16).collect();
+            let loud = pcm.iter().any(|s| s.unsigned_abs() > 300);
+            loud && share_at(&pcm, rate, hz) > 0.5
+        })
+        .count();
+    frames as f64 * 0.02
+}
+
+/// What a phone recorded (the audio it received), at its own rate.
+fn recording_of(phone: &Baresip) -> (Vec<f32>, u32) {
+    let path = phone.recordings().last().cloned().expect("a recording");
+    read_wav(&path).expect("the phone's recording")
+}
+
+#[test]
+fn a_bridged_warm_transfer_carries_each_phone_to_the_other_all_along() {
+    const CALLER_HZ: f64 = 1_000.0;
+    const HUMAN_HZ: f64 = 600.0;
+    const BRIDGED: Duration = Duration::from_secs(6);
+    let _turn = ONE_CALL_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let human_source = dir.path().join("human.wav");
+    write_source(&human_source, &tone(HUMAN_HZ, 8_000, 60.0, 8_000.0), 8_000);
+    let caller_source = dir.path().join("caller.wav");
+    write_source(
+        &caller_source,
+        &tone(CALLER_HZ, 8_000, 60.0, 8_000.0),
+        8_000,
+    );
+    let mut human = Baresip::start(&human_source, "201", true).expect("the human's phone");
+    let mut options = SipOptions::new("127.0.0.1:0".parse().unwrap());
+    options.answer_after_rings = 0;
+    options.pbx = Some(human.sip_addr().to_string());
+    let ua = SipUa::start(options).expect("the box's user agent");
+    let mut caller = Baresip::start(&caller_source, "2002", false).expect("the caller's phone");
+    caller
+        .dial(&format!("sip:callbox@{}", ua.local_addr()))
+        .expect("dial");
+    let incoming = ua
+        .next_call(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no call; baresip said:\n{}", caller.log()));
+    let mut line = incoming.line;
+    // The caller presses a key first, as to ask for a person: baresip then keeps sending
+    // telephone events between its audio packets, which the bridge must carry through.
+    caller.press('0').expect("press");
+    std::thread::sleep(Duration::from_millis(300));
+    // A second of briefing (a 400 Hz tone stands for the words), then the bridge.
+    let briefing = tone(400.0, 16_000, 1.0, 6_000.0);
+    let outcome = line
+        .transfer(
+            "201",
+            Some(&Briefing {
+                text: "a caller",
+                audio: &briefing,
+                answer_within: Duration::from_secs(10),
+            }),
+        )
+        .expect("transfer");
+    assert_eq!(outcome, TransferOutcome::Connected, "{}", human.log());
+    std::thread::sleep(BRIDGED);
+    caller.hang_up().expect("the caller hangs up");
+    let ended = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        human.log().contains("terminated") || human.log().contains("closed")
+    });
+    assert!(ended, "the bridge ended the human's call: {}", human.log());
+    drop(line);
+    human.quit();
+    caller.quit();
+
+    let (heard_by_human, human_rate) = recording_of(&human);
+    let (heard_by_caller, caller_rate) = recording_of(&caller);
+    let caller_tone = tone_seconds(&heard_by_human, human_rate, CALLER_HZ);
+    let human_tone = tone_seconds(&heard_by_caller, caller_rate, HUMAN_HZ);
+    let briefed = tone_seconds(&heard_by_human, human_rate, 400.0);
+    eprintln!(
+        "bridged for {BRIDGED:?}: the human heard the briefing for {briefed:.2} s and the \
+         caller's tone for {caller_tone:.2} s; the caller heard the human's tone for \
+         {human_tone:.2} s"
+    );
+    assert!(
+        briefed >= 0.8,
+        "the human heard the briefing for {briefed} s"
+    );
+    let most = 0.7 * BRIDGED.as_secs_f64();
+    assert!(
+        caller_tone >= most,
+        "the caller's audio reached the human for {caller_tone:.2} s of {BRIDGED:?}"
+    );
+    assert!(
+        human_tone >= most,
+        "the human's audio reached the caller for {human_tone:.2} s of {BRIDGED:?}"
     );
 }

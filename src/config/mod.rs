@@ -165,6 +165,9 @@ pub struct SipConfig {
     pub registrar: Option<String>,
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// PEM file of the CA(s) the PBX's TLS certificate must chain to (`transport = tls`); the
+    /// system's roots when unset.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// How the line hands a caller to a person.
@@ -318,6 +321,7 @@ struct RawSip {
     registrar: Option<String>,
     user: Option<String>,
     password_file: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -740,9 +744,17 @@ impl Validator<'_> {
                 );
             }
         }
+        let transport = raw.transport.unwrap_or(SipTransport::Udp);
+        if raw.tls_ca.is_some() && transport != SipTransport::Tls {
+            self.report(
+                "sip.tls_ca",
+                "a CA file is only used with transport = \"tls\"",
+                "set transport = \"tls\" or remove tls_ca",
+            );
+        }
         SipConfig {
             listen,
-            transport: raw.transport.unwrap_or(SipTransport::Udp),
+            transport,
             max_calls: self.range("sip.max_calls", raw.max_calls, 4, 1, 32),
             answer_after_rings: self.range(
                 "sip.answer_after_rings",
@@ -754,6 +766,7 @@ impl Validator<'_> {
             registrar: raw.registrar,
             user: raw.user,
             password_file: self.existing_file("sip.password_file", raw.password_file),
+            tls_ca: self.existing_file("sip.tls_ca", raw.tls_ca),
         }
     }
 

@@ -430,6 +430,9 @@ impl MediaLoop {
                     stats.dtmf_keys += 1;
                     self.pending_keys.push_back(key);
                 }
+                // Events may come between audio packets (baresip keeps sending audio while a
+                // key is held): their sequence numbers are no lost audio.
+                self.jitter.skip(header.sequence);
             } else if audio {
                 drop(stats);
                 self.latch(from, session);
@@ -442,6 +445,7 @@ impl MediaLoop {
                 );
             } else {
                 stats.foreign_payload += 1;
+                self.jitter.skip(header.sequence);
             }
         }
     }

@@ -19,6 +19,7 @@ pub mod registration;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+pub mod tls;
 pub mod ua;
 pub mod warm;
 

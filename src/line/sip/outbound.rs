@@ -178,12 +178,18 @@ pub(super) fn dial(agent: Arc<Agent>, target: &str, options: DialOptions) -> Dia
 
 async fn place(agent: Arc<Agent>, target: &str, options: DialOptions) -> Result<Dialed, DialError> {
     let domain = agent.domain();
-    let callee = rsipstack::sip::Uri::try_from(agent.uri_of(target).as_str()).map_err(|e| {
-        DialError::BadTarget {
+    let callee_text = agent.uri_of(target);
+    if callee_text.starts_with("sip:@") || target.trim().is_empty() {
+        return Err(DialError::BadTarget {
+            target: target.to_string(),
+            reason: "no number or user to call".into(),
+        });
+    }
+    let callee =
+        rsipstack::sip::Uri::try_from(callee_text.as_str()).map_err(|e| DialError::BadTarget {
             target: target.to_string(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     let caller_user = options
         .caller
         .clone()

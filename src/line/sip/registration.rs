@@ -47,6 +47,8 @@ pub enum RegistrationError {
     Unreachable { registrar: String, seconds: u64 },
     #[error("cannot send the REGISTER to {registrar}: {reason}")]
     Transport { registrar: String, reason: String },
+    #[error("the registrar {registrar} failed the TLS handshake (its certificate is not trusted, see sip.tls_ca): {reason}")]
+    Tls { registrar: String, reason: String },
 }
 
 /// Where and as whom the box registers.
@@ -63,6 +65,9 @@ pub struct RegistrationOptions {
     /// The first wait before registering again after a failure; it doubles up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// Over TLS: the trust anchors (PEM) the registrar's certificate is checked against when it
+    /// does not answer, to name a refused certificate rather than an unreachable registrar.
+    pub tls_roots: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for RegistrationOptions {
@@ -85,6 +90,7 @@ impl RegistrationOptions {
             answer_within: Duration::from_secs(10),
             backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(120),
+            tls_roots: None,
         }
     }
 
@@ -151,6 +157,23 @@ struct Registrar {
 }
 
 impl Registrar {
+    /// Why a registrar over TLS did not answer, when its handshake is what failed.
+    async fn no_answer(&self, options: &RegistrationOptions) -> Option<RegistrationError> {
+        let roots = options.tls_roots.as_ref()?;
+        let host = self.server.host_with_port.host.to_string();
+        let port = self
+            .server
+            .host_with_port
+            .port
+            .as_ref()
+            .map_or(5061, |p| p.value().to_owned());
+        let reason = super::tls::handshake_failure(&host, port, roots).await?;
+        Some(RegistrationError::Tls {
+            registrar: options.registrar.clone(),
+            reason,
+        })
+    }
+
     /// Sends one REGISTER with the current credentials.
     async fn send(
         &mut self,
@@ -183,12 +206,12 @@ impl Registrar {
         )
         .await
         {
-            Err(_) => Err(unreachable()),
+            Err(_) => Err(self.no_answer(options).await.unwrap_or_else(unreachable)),
             Ok(Err(e)) => {
                 let reason = e.to_string();
                 // A transaction that ended without an answer is a registrar that never replied.
                 if reason.contains("terminated") || reason.contains("timeout") {
-                    Err(unreachable())
+                    Err(self.no_answer(options).await.unwrap_or_else(unreachable))
                 } else {
                     Err(RegistrationError::Transport { registrar, reason })
                 }

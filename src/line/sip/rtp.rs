@@ -164,13 +164,29 @@ pub struct JitterStats {
     pub duplicate: u64,
     pub lost: u64,
     pub underruns: u64,
+    /// Audio packets dropped unplayed because the buffer had fallen behind the sender by more
+    /// than its largest depth (the reading side was held up): the delay goes back down.
+    pub trimmed: u64,
+}
+
+/// What one sequence number of the stream carried.
+enum Slot {
+    Audio(Vec<u8>),
+    /// Another payload of the same stream (an RFC 4733 telephone event, comfort noise): no
+    /// audio slot, so no loss, and no time of its own.
+    NotAudio,
 }
 
 /// An adaptive jitter buffer for 20 ms packets: packets are ordered by sequence number, the
 /// buffer holds back a depth that follows the measured interarrival jitter (RFC 3550 §6.4.1),
-/// drops packets that come after their slot was played, and reports missing ones as lost.
+/// drops packets that come after their slot was played, reports missing ones as lost, skips
+/// the sequence numbers of the stream's other payloads (telephone events sent between audio
+/// packets, as baresip does while a key is held), and drops the oldest audio when it has
+/// fallen more than its largest depth behind.
 pub struct JitterBuffer {
-    packets: BTreeMap<u64, Vec<u8>>,
+    packets: BTreeMap<u64, Slot>,
+    /// Audio slots among `packets`.
+    audio_held: usize,
     /// Extended sequence number of the next slot to play; `None` until playout starts.
     next: Option<u64>,
     highest: Option<u64>,
@@ -192,6 +208,7 @@ impl JitterBuffer {
     pub fn new(min_depth: usize, max_depth: usize) -> JitterBuffer {
         JitterBuffer {
             packets: BTreeMap::new(),
+            audio_held: 0,
             next: None,
             highest: None,
             target_depth: min_depth.max(1),
@@ -215,6 +232,11 @@ impl JitterBuffer {
         self.target_depth
     }
 
+    /// Audio packets waiting to be played.
+    pub fn held(&self) -> usize {
+        self.audio_held
+    }
+
     /// Extends a 16-bit sequence number to 64 bits, near the highest seen.
     fn extend(&self, sequence: u16) -> u64 {
         let Some(highest) = self.highest else {
@@ -229,6 +251,41 @@ impl JitterBuffer {
             .unwrap_or(u64::from(sequence))
     }
 
+    /// Files `slot` under `sequence`; false (nothing filed) when its slot was already played
+    /// or it is a copy.
+    fn file(&mut self, sequence: u16, slot: Slot) -> bool {
+        let extended = self.extend(sequence);
+        if self.next.is_some_and(|next| extended < next) {
+            if matches!(slot, Slot::Audio(_)) {
+                self.stats.late += 1;
+            }
+            return false;
+        }
+        if self.packets.contains_key(&extended) {
+            if matches!(slot, Slot::Audio(_)) {
+                self.stats.duplicate += 1;
+            }
+            return false;
+        }
+        self.highest = Some(self.highest.map_or(extended, |h| h.max(extended)));
+        if matches!(slot, Slot::Audio(_)) {
+            self.audio_held += 1;
+        }
+        self.packets.insert(extended, slot);
+        while self.packets.len() > MAX_PACKETS {
+            self.remove_first();
+        }
+        true
+    }
+
+    fn remove_first(&mut self) -> Option<(u64, Slot)> {
+        let first = self.packets.pop_first();
+        if let Some((_, Slot::Audio(_))) = first {
+            self.audio_held -= 1;
+        }
+        first
+    }
+
     /// Takes a packet that arrived at `arrival_ms` (the receiver's clock) with the RTP timestamp
     /// `timestamp` at `clock_rate`.
     pub fn push(
@@ -240,7 +297,6 @@ impl JitterBuffer {
         payload: Vec<u8>,
     ) {
         self.stats.received += 1;
-        let extended = self.extend(sequence);
         let transit = arrival_ms - f64::from(timestamp) * 1000.0 / f64::from(clock_rate);
         if let Some(last) = self.last_transit_ms {
             let d = (transit - last).abs();
@@ -249,30 +305,37 @@ impl JitterBuffer {
             }
         }
         self.last_transit_ms = Some(transit);
-        if self.next.is_some_and(|next| extended < next) {
-            self.stats.late += 1;
+        if !self.file(sequence, Slot::Audio(payload)) {
             return;
-        }
-        if self.packets.contains_key(&extended) {
-            self.stats.duplicate += 1;
-            return;
-        }
-        self.highest = Some(self.highest.map_or(extended, |h| h.max(extended)));
-        self.packets.insert(extended, payload);
-        while self.packets.len() > MAX_PACKETS {
-            self.packets.pop_first();
         }
         // Depth: enough 20 ms slots to cover about three times the jitter.
         let wanted = (3.0 * self.jitter_ms / 20.0).ceil() as usize + 1;
         self.target_depth = wanted.clamp(self.min_depth, self.max_depth);
     }
 
+    /// Notes a packet of the stream that carries no audio (a telephone event, comfort noise):
+    /// its sequence number is skipped, not played as a loss.
+    pub fn skip(&mut self, sequence: u16) {
+        self.file(sequence, Slot::NotAudio);
+    }
+
     /// The next 20 ms slot.
     pub fn pop(&mut self) -> Playout {
-        let next = match self.next {
+        // Sequence numbers of other payloads at the head take no time.
+        while let Some(entry) = self.packets.first_entry() {
+            if !matches!(entry.get(), Slot::NotAudio) {
+                break;
+            }
+            let sequence = *entry.key();
+            entry.remove();
+            if self.next.is_some_and(|next| next <= sequence) {
+                self.next = Some(sequence + 1);
+            }
+        }
+        let mut next = match self.next {
             Some(next) => next,
             None => {
-                if self.packets.len() < self.target_depth {
+                if self.audio_held < self.target_depth {
                     return Playout::Empty;
                 }
                 let Some((&first, _)) = self.packets.first_key_value() else {
@@ -281,12 +344,38 @@ impl JitterBuffer {
                 first
             }
         };
-        if let Some(payload) = self.packets.remove(&next) {
+        if self.audio_held > self.max_depth {
+            // Far behind the sender (the reading side was held up): back to the target depth.
+            while self.audio_held > self.target_depth {
+                match self.remove_first() {
+                    Some((sequence, slot)) => {
+                        if matches!(slot, Slot::Audio(_)) {
+                            self.stats.trimmed += 1;
+                        }
+                        next = next.max(sequence + 1);
+                    }
+                    None => break,
+                }
+            }
+            while let Some(entry) = self.packets.first_entry() {
+                if !matches!(entry.get(), Slot::NotAudio) {
+                    break;
+                }
+                next = next.max(*entry.key() + 1);
+                entry.remove();
+            }
+            if let Some((&first, _)) = self.packets.first_key_value() {
+                next = first;
+            }
+        }
+        if let Some(Slot::Audio(payload)) = self.packets.remove(&next) {
+            self.audio_held -= 1;
             self.next = Some(next + 1);
             return Playout::Packet(payload);
         }
-        if self.packets.is_empty() {
+        if self.audio_held == 0 {
             // Ran dry: wait until the buffer refills to its depth.
+            self.packets.clear();
             self.stats.underruns += 1;
             self.next = None;
             return Playout::Empty;
@@ -294,12 +383,6 @@ impl JitterBuffer {
         // Packets after this slot exist: this one is lost (or so late it no longer matters).
         self.stats.lost += 1;
         self.next = Some(next + 1);
-        if self.packets.len() > self.max_depth {
-            // Too far behind the sender: skip ahead to the oldest packet held.
-            if let Some((&first, _)) = self.packets.first_key_value() {
-                self.next = Some(first);
-            }
-        }
         Playout::Lost
     }
 }
@@ -453,6 +536,52 @@ mod tests {
             jittery.target_depth()
         );
         assert!(jittery.jitter_ms() > 30.0);
+    }
+
+    #[test]
+    fn telephone_events_between_audio_packets_are_no_losses() {
+        // baresip while a key is held: audio on even sequence numbers, events on odd ones.
+        let mut jb = JitterBuffer::new(2, 10);
+        let mut played = Vec::new();
+        for seq in 0..400u16 {
+            if seq % 2 == 0 {
+                let sent = f64::from(seq / 2) * 20.0;
+                jb.push(seq, u32::from(seq / 2) * 160, 8_000, sent, vec![seq as u8]);
+            } else {
+                jb.skip(seq);
+                // One 20 ms tick per audio packet.
+                played.push(jb.pop());
+            }
+        }
+        let lost = played.iter().filter(|p| **p == Playout::Lost).count();
+        assert_eq!(lost, 0, "{:?}", jb.stats());
+        assert_eq!(jb.stats().lost, 0);
+        assert!(
+            jb.held() <= 3,
+            "the delay stays at its depth: {}",
+            jb.held()
+        );
+        let packets = played
+            .iter()
+            .filter(|p| matches!(p, Playout::Packet(_)))
+            .count();
+        assert!(packets >= 197, "{packets} of 200 played");
+    }
+
+    #[test]
+    fn a_buffer_far_behind_the_sender_drops_back_to_its_depth() {
+        let mut jb = JitterBuffer::new(2, 10);
+        // The reader was held up for 600 ms: 30 packets waiting.
+        for seq in 0..30u16 {
+            jb.push(seq, u32::from(seq) * 160, 8_000, 0.0, vec![seq as u8]);
+        }
+        let first = jb.pop();
+        assert!(matches!(first, Playout::Packet(_)), "{first:?}");
+        assert!(jb.held() <= jb.target_depth(), "{} held", jb.held());
+        assert_eq!(jb.stats().trimmed, 30 - 1 - jb.held() as u64);
+        assert_eq!(jb.stats().lost, 0);
+        // The newest audio plays on, in order.
+        assert_eq!(first, Playout::Packet(vec![(29 - jb.held()) as u8]));
     }
 
     #[test]

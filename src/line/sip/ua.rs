@@ -22,7 +22,9 @@ use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::dialog::DialogId;
 use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Header, Method, StatusCode};
+use rsipstack::transaction::endpoint::EndpointOption;
 use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::tls::TlsConfig;
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{TcpListenerConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
@@ -45,8 +47,8 @@ pub enum SipError {
     Runtime(std::io::Error),
     #[error("cannot listen for SIP on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
-    #[error("sip.transport = {0}: not supported (use udp or tcp)")]
-    Transport(&'static str),
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
     #[error("cannot read the SIP password from {path}: {reason}")]
     Password { path: String, reason: String },
     #[error("{0}")]
@@ -58,8 +60,12 @@ pub enum SipError {
 pub struct SipOptions {
     pub listen: SocketAddr,
     /// UDP only, or TCP as well: the box then listens on TCP (and UDP) at `listen`, its Contact
-    /// says `transport=tcp`, and it registers and places calls over TCP.
+    /// says `transport=tcp`, and it registers and places calls over TCP. With TLS the box
+    /// connects to the PBX over TLS (its Contact says `transport=tls`) and takes calls on that
+    /// connection, which the PBX keeps using (RFC 5923 `alias` in the Via).
     pub transport: SipTransport,
+    /// The CA file the PBX's TLS certificate must chain to; the system's CA bundle when `None`.
+    pub tls_ca: Option<std::path::PathBuf>,
     /// The user part of the box's Contact (its extension).
     pub user: String,
     /// Calls in progress at most; more get 486 Busy Here.
@@ -81,6 +87,7 @@ impl SipOptions {
         SipOptions {
             listen,
             transport: SipTransport::Udp,
+            tls_ca: None,
             user: "callbox".into(),
             max_calls: 4,
             answer_after_rings: 1,
@@ -94,11 +101,13 @@ impl SipOptions {
     /// The options the `[sip]` section asks for: where to listen, how many calls, how many
     /// rings, and the registration (the password read from `sip.password_file`).
     pub fn from_config(sip: &crate::config::SipConfig) -> Result<SipOptions, SipError> {
-        if sip.transport == SipTransport::Tls {
-            return Err(SipError::Transport("tls"));
-        }
         let mut options = SipOptions::new(sip.listen);
         options.transport = sip.transport;
+        options.tls_ca = sip.tls_ca.clone();
+        if options.transport == SipTransport::Tls {
+            // A CA file that cannot be used is named now, not at the first connection.
+            super::tls::trust_anchors(options.tls_ca.as_deref())?;
+        }
         options.max_calls = sip.max_calls;
         options.answer_after_rings = sip.answer_after_rings;
         if let Some(user) = &sip.user {
@@ -163,9 +172,10 @@ impl SipUa {
         let (call_sender, calls) = mpsc::channel();
         let active = Arc::new(AtomicU32::new(0));
         let mut options = options;
-        if options.transport == SipTransport::Tls {
-            return Err(SipError::Transport("tls"));
-        }
+        let tls_roots = match options.transport {
+            SipTransport::Tls => Some(super::tls::trust_anchors(options.tls_ca.as_deref())?),
+            _ => None,
+        };
         let tcp = options.transport == SipTransport::Tcp;
         let listen = if tcp {
             tcp_port_for(options.listen)?
@@ -174,13 +184,21 @@ impl SipUa {
         };
         if let Some(registration) = options.registration.as_mut() {
             registration.registrar_uri()?;
-            if tcp && !registration.registrar.contains("transport=") {
+            registration.tls_roots = tls_roots.clone().map(std::sync::Arc::new);
+            let param = transport_param(options.transport);
+            if !param.is_empty() && !registration.registrar.contains("transport=") {
                 let uri = registration.registrar_uri()?.to_string();
-                registration.registrar = format!("{uri};transport=tcp");
+                registration.registrar = format!("{uri}{param}");
             }
         }
         let (agent, registration) = runtime.block_on(async {
             let transport = TransportLayer::new(cancel.clone());
+            if let Some(roots) = tls_roots {
+                transport.set_tls_config(TlsConfig {
+                    ca_certs: Some(roots),
+                    ..TlsConfig::default()
+                });
+            }
             let connection =
                 UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
                     .await
@@ -205,10 +223,20 @@ impl SipUa {
                 })?;
                 transport.add_transport(listener.into());
             }
+            // Call-IDs name the box (`<uuid>@<its address>`), not rsipstack's default domain.
+            let call_id_host = if local.ip().is_unspecified() {
+                "callbox".to_string()
+            } else {
+                local.ip().to_string()
+            };
             let endpoint = EndpointBuilder::new()
                 .with_cancel_token(cancel.clone())
                 .with_transport_layer(transport)
                 .with_user_agent(USER_AGENT)
+                .with_option(EndpointOption {
+                    callid_suffix: Some(call_id_host),
+                    ..EndpointOption::default()
+                })
                 .build();
             let incoming = endpoint
                 .incoming_transactions()
@@ -360,10 +388,7 @@ impl Agent {
 
     /// The URI parameter that sends requests over the configured transport.
     pub(super) fn transport_param(&self) -> &'static str {
-        match self.options.transport {
-            SipTransport::Tcp => ";transport=tcp",
-            _ => "",
-        }
+        transport_param(self.options.transport)
     }
 
     /// Where a number or URI is reached: [`transfer_uri`], over the box's transport.
@@ -648,6 +673,15 @@ fn tcp_port_for(listen: SocketAddr) -> Result<SocketAddr, SipError> {
     })))
 }
 
+/// The URI parameter that sends requests over `transport` (none for UDP, the default).
+fn transport_param(transport: SipTransport) -> &'static str {
+    match transport {
+        SipTransport::Udp => "",
+        SipTransport::Tcp => ";transport=tcp",
+        SipTransport::Tls => ";transport=tls",
+    }
+}
+
 /// Counts a call as active until dropped.
 pub(super) struct ActiveCall(pub(super) Arc<AtomicU32>);
 
@@ -858,7 +892,13 @@ pub(super) fn transfer_uri(target: &str, domain: &str) -> String {
         .chars()
         .filter(|c| c.is_ascii_digit() || *c == '+' || *c == '*' || *c == '#')
         .collect();
-    format!("sip:{number}@{domain}")
+    // A named extension ("frontdesk") is dialled by its name; a number loses its punctuation.
+    let user = if number.chars().any(|c| c.is_ascii_digit()) {
+        number
+    } else {
+        target.trim().to_string()
+    };
+    format!("sip:{user}@{domain}")
 }
 
 /// The key of a SIP INFO DTMF body (`application/dtmf-relay`: "Signal=5\r\nDuration=160").
@@ -896,6 +936,7 @@ mod tests {
             registrar: Some("pbx.local:5060".into()),
             user: Some("201".into()),
             password_file: Some(password_file),
+            tls_ca: None,
         }
     }
 
@@ -929,8 +970,13 @@ mod tests {
         ));
         let mut config = sip_config(dir.path());
         config.transport = SipTransport::Tls;
+        config.tls_ca = Some(dir.path().join("no-ca.pem"));
         let error = SipOptions::from_config(&config).err().unwrap().to_string();
-        assert!(error.contains("tls: not supported"), "{error}");
+        assert!(
+            error.contains("CA file") && error.contains("no-ca.pem"),
+            "{error}"
+        );
+        config.tls_ca = None;
         config.transport = SipTransport::Tcp;
         let options = SipOptions::from_config(&config).expect("tcp is supported");
         assert_eq!(options.transport, SipTransport::Tcp);
@@ -961,6 +1007,10 @@ mod tests {
         assert_eq!(
             transfer_uri("+1 (555) 010-2000", "10.0.0.5:5080"),
             "sip:+15550102000@10.0.0.5:5080"
+        );
+        assert_eq!(
+            transfer_uri("frontdesk", "10.0.0.5"),
+            "sip:frontdesk@10.0.0.5"
         );
     }
 }

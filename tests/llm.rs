@@ -4,16 +4,17 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Barrier, Mutex, OnceLock};
 
 use callbox::agent::summary::{Speaker, TranscriptEntry};
 use callbox::agent::understand::{Label, TurnScorer};
 use callbox::agent::{Agent, CallContext, Event, Script};
 use callbox::models::{default_models_dir, Manifest};
 use callbox::speech::llm::{
-    summary_text, GenerateOptions, GroundedAnswerer, LanguageModel, LlmError, LlmScorer, Prompt,
-    StopReason, SummarySource,
+    summary_text, summary_text_in_background, GenerateOptions, GroundedAnswerer, LanguageModel,
+    LlmError, LlmScorer, Prompt, StopReason, SummarySource,
 };
+use callbox::speech::scheduler::{CancelToken, Priority, Scheduler, SchedulerOptions};
 
 fn model_path(id: &str) -> PathBuf {
     let manifest = Manifest::embedded();
@@ -432,8 +433,42 @@ fn the_summary_text_is_two_to_four_sentences_with_the_template_as_fallback() {
         (summary.summary_text.clone(), SummarySource::Template)
     );
     // With the model: a checked note of two to four sentences, or the template when the
-    // model's note strays from the details (SmolLM2-135M's often does).
-    let (text, source) = summary_text(Some(&smollm()), &summary);
+    // model's note strays from the details (SmolLM2-135M's often does). It is background work:
+    // queued on a busy scheduler before a live job, it runs after it.
+    let scheduler = Scheduler::new(SchedulerOptions::with_threads(1)).unwrap();
+    let (started, gate) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    let (s, g) = (Arc::clone(&started), Arc::clone(&gate));
+    let busy = scheduler
+        .submit(Priority::Live, &CancelToken::new(), move || {
+            s.wait();
+            g.wait();
+        })
+        .unwrap();
+    started.wait();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let earlier_summary = {
+        let order = Arc::clone(&order);
+        scheduler
+            .submit(Priority::Background, &CancelToken::new(), move || {
+                order.lock().unwrap().push("earlier summary")
+            })
+            .unwrap()
+    };
+    let note = summary_text_in_background(&scheduler, Some(smollm()), summary.clone()).unwrap();
+    let live = {
+        let order = Arc::clone(&order);
+        scheduler
+            .submit(Priority::Live, &CancelToken::new(), move || {
+                order.lock().unwrap().push("live turn")
+            })
+            .unwrap()
+    };
+    gate.wait();
+    busy.wait().unwrap();
+    live.wait().unwrap();
+    earlier_summary.wait().unwrap();
+    let (text, source) = note.wait().unwrap();
+    assert_eq!(*order.lock().unwrap(), ["live turn", "earlier summary"]);
     eprintln!("{source:?}: {text}");
     match source {
         SummarySource::Template => assert_eq!(text, summary.summary_text),

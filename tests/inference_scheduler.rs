@@ -3,10 +3,12 @@
 //! runs, and a reply streamed by the Piper voice as one live job per chunk arrives in order and
 //! stops at a barge-in. (Queue order, refusal and shutdown are unit tests of the module.)
 
+#[path = "support/busy_workers.rs"]
+mod busy_workers;
 #[path = "support/voice.rs"]
 mod voice;
 
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 
 use callbox::models::{default_models_dir, Manifest};
 use callbox::speech::scheduler::{
@@ -70,19 +72,7 @@ fn calls_share_one_recognizer_and_a_dropped_speculation_never_runs() {
 
     // Both workers busy: a speculative transcript queued behind them is dropped (the caller
     // went on talking) and is never run; the turn's real transcript still comes.
-    let (started, gate) = (Arc::new(Barrier::new(3)), Arc::new(Barrier::new(3)));
-    let blockers: Vec<_> = (0..2)
-        .map(|_| {
-            let (s, g) = (Arc::clone(&started), Arc::clone(&gate));
-            scheduler
-                .submit(Priority::Live, &CancelToken::new(), move || {
-                    s.wait();
-                    g.wait();
-                })
-                .unwrap()
-        })
-        .collect();
-    started.wait();
+    let busy = busy_workers::occupy(&scheduler, 2);
     let speculation = CancelToken::new();
     let guess = stt
         .submit(Priority::Live, &speculation, audio.to_vec())
@@ -91,10 +81,7 @@ fn calls_share_one_recognizer_and_a_dropped_speculation_never_runs() {
         .submit(Priority::Live, &CancelToken::new(), audio.to_vec())
         .unwrap();
     speculation.cancel();
-    gate.wait();
-    for b in blockers {
-        b.wait().unwrap();
-    }
+    busy.release();
     assert!(matches!(guess.wait(), Err(ScheduleError::Cancelled)));
     assert_eq!(turn.wait().unwrap().unwrap().text, alone);
     assert_eq!(scheduler.stats().cancelled, 1);
@@ -153,13 +140,10 @@ fn a_reply_streams_one_live_job_per_chunk_and_stops_at_a_barge_in() {
         last_chunk = piece.chunk;
     }
     let spoken = stream.finish().unwrap();
-    assert!(spoken.cancelled);
     assert!(
-        spoken.completed <= 2,
-        "{} chunks completed",
-        spoken.completed
+        spoken.cancelled && spoken.completed <= 2 && last_chunk <= 2,
+        "{spoken:?}, last piece of chunk {last_chunk}"
     );
-    assert!(last_chunk <= 2);
     assert!(
         scheduler.stats().ran - ran <= 3,
         "no job for the chunks after the barge-in"

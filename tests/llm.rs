@@ -4,7 +4,10 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Barrier, Mutex, OnceLock};
+#[path = "support/busy_workers.rs"]
+mod busy_workers;
+
+use std::sync::{Arc, Mutex, OnceLock};
 
 use callbox::agent::summary::{Speaker, TranscriptEntry};
 use callbox::agent::understand::{Label, TurnScorer};
@@ -436,35 +439,19 @@ fn the_summary_text_is_two_to_four_sentences_with_the_template_as_fallback() {
     // model's note strays from the details (SmolLM2-135M's often does). It is background work:
     // queued on a busy scheduler before a live job, it runs after it.
     let scheduler = Scheduler::new(SchedulerOptions::with_threads(1)).unwrap();
-    let (started, gate) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
-    let (s, g) = (Arc::clone(&started), Arc::clone(&gate));
-    let busy = scheduler
-        .submit(Priority::Live, &CancelToken::new(), move || {
-            s.wait();
-            g.wait();
-        })
-        .unwrap();
-    started.wait();
+    let busy = busy_workers::occupy(&scheduler, 1);
     let order = Arc::new(Mutex::new(Vec::new()));
-    let earlier_summary = {
+    let queue = |priority, name: &'static str| {
         let order = Arc::clone(&order);
+        let job = move || order.lock().unwrap().push(name);
         scheduler
-            .submit(Priority::Background, &CancelToken::new(), move || {
-                order.lock().unwrap().push("earlier summary")
-            })
+            .submit(priority, &CancelToken::new(), job)
             .unwrap()
     };
+    let earlier_summary = queue(Priority::Background, "earlier summary");
     let note = summary_text_in_background(&scheduler, Some(smollm()), summary.clone()).unwrap();
-    let live = {
-        let order = Arc::clone(&order);
-        scheduler
-            .submit(Priority::Live, &CancelToken::new(), move || {
-                order.lock().unwrap().push("live turn")
-            })
-            .unwrap()
-    };
-    gate.wait();
-    busy.wait().unwrap();
+    let live = queue(Priority::Live, "live turn");
+    busy.release();
     live.wait().unwrap();
     earlier_summary.wait().unwrap();
     let (text, source) = note.wait().unwrap();

@@ -251,8 +251,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    // Before any thread exists and before any model runs (candle reads it once).
-    crate::speech::scheduler::apply_candle_threads(config.inference.candle_threads);
+    // Commands that run calls size candle for the inference scheduler: before any thread exists
+    // and before any model runs (candle reads it once). The per-model commands and benchmarks
+    // keep candle's default (or their own `--threads`).
+    if matches!(
+        cli.command,
+        Command::Simulate(_) | Command::Bench(BenchCommand::Call(_))
+    ) {
+        crate::speech::scheduler::apply_candle_threads(config.inference.candle_threads);
+    }
     let log_target = cli.log.unwrap_or(config.logging.target);
     crate::system::logging::init(config.logging.level, log_target)?;
     match cli.command {

@@ -489,20 +489,19 @@ mod tests {
         let (scheduler, gate, blocker) = held(SchedulerOptions::default());
         let order = recorder();
         let none = CancelToken::new();
-        let tickets = vec![
+        let tickets: Vec<_> = [
+            (Priority::Background, "summary 1"),
+            (Priority::Background, "summary 2"),
+            (Priority::Live, "stt"),
+            (Priority::Live, "tts chunk"),
+        ]
+        .into_iter()
+        .map(|(priority, name)| {
             scheduler
-                .submit(Priority::Background, &none, record(&order, "summary 1"))
-                .unwrap(),
-            scheduler
-                .submit(Priority::Background, &none, record(&order, "summary 2"))
-                .unwrap(),
-            scheduler
-                .submit(Priority::Live, &none, record(&order, "stt"))
-                .unwrap(),
-            scheduler
-                .submit(Priority::Live, &none, record(&order, "tts chunk"))
-                .unwrap(),
-        ];
+                .submit(priority, &none, record(&order, name))
+                .unwrap()
+        })
+        .collect();
         assert_eq!(scheduler.waiting(), (2, 2));
         gate.wait();
         blocker.wait().unwrap();

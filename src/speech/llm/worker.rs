@@ -7,7 +7,7 @@
 //! model, prepares the label sets of the script's choice slots (their prompt and calibration),
 //! and then serves. A turn asked while it loads waits for it within the same time limit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,7 +113,7 @@ impl LiveScorer {
 }
 
 /// Loads the model and prepares the label sets.
-fn load(model: &PathBuf, label_sets: &[Vec<Label>]) -> Result<Arc<LlmScorer>, LlmError> {
+fn load(model: &Path, label_sets: &[Vec<Label>]) -> Result<Arc<LlmScorer>, LlmError> {
     let started = Instant::now();
     let loaded = LanguageModel::load(model).and_then(|m| {
         let scorer = LlmScorer::new(Arc::new(m))?;

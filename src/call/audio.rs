@@ -4,8 +4,13 @@
 //! audio is ready. The session's own thread only moves frames and messages; inference never runs
 //! on it, so a slow model never stalls the line.
 //!
-//! Per turn it records when the caller stopped talking, when the transcript was ready, when the
-//! reply text was ready and when its first audio went out: the latency the caller feels.
+//! Per turn it records when the caller stopped talking, when the endpointer ended the turn, when
+//! the transcript was ready, when the reply text was ready and when its first audio went out: the
+//! latency the caller feels.
+//!
+//! A turn the end-of-turn model ended is transcribed at once, speculatively: if the caller goes
+//! on before its transcript is back, that transcript is dropped unseen and the turn continues;
+//! the agent only ever hears committed turns.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -14,7 +19,9 @@ use std::time::Instant;
 use chrono::Duration;
 use tracing::{debug, info, warn};
 
-use super::endpoint::{detector, Endpoint, EndpointOptions, Endpointer};
+use super::endpoint::{
+    detector, Decision, Endpoint, EndpointOptions, Endpointer, TurnEnd, TurnModel,
+};
 use super::{record_call, start_call, transcript, CallError, TextCall, Utterance};
 use crate::agent::summary::{LineKind, Speaker as Who};
 use crate::agent::{Agent, Event, Reply, Script, Summary, Then};
@@ -22,6 +29,7 @@ use crate::config::Config;
 use crate::line::{to_f32, to_i16, Line, LineError, LineInput, TransferOutcome, FRAME_MS};
 use crate::speech::stt::SpeechToText;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeechStream};
+use crate::speech::turn::EndOfTurn;
 use crate::speech::vad::VadModel;
 use crate::store::{EventRow, ReplyTiming, Store, TurnRow};
 
@@ -32,12 +40,18 @@ pub struct Voices {
     pub speaker: Arc<Speaker>,
     /// Silero VAD's weights; without them the energy detector listens.
     pub vad: Option<VadModel>,
+    /// Smart Turn; without it the silence window alone ends the caller's turns.
+    pub end_of_turn: Option<Arc<EndOfTurn>>,
 }
 
 /// When each step of a caller turn happened, in ms from the call's start.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct TurnTiming {
     pub caller_speech_end_ms: u64,
+    /// When the endpointer ended the turn (and the recognizer was asked).
+    pub turn_end_ms: u64,
+    /// What ended it.
+    pub ended_by: TurnEnd,
     pub stt_done_ms: u64,
     pub reply_ready_ms: u64,
     pub first_audio_ms: Option<u64>,
@@ -48,6 +62,11 @@ pub struct TurnTiming {
 }
 
 impl TurnTiming {
+    /// End of the caller's speech → the endpointer ending the turn.
+    pub fn endpointing_ms(&self) -> u64 {
+        self.turn_end_ms.saturating_sub(self.caller_speech_end_ms)
+    }
+
     /// End of the caller's speech to the first audio of the reply: what the caller waits.
     pub fn response_ms(&self) -> Option<u64> {
         self.first_audio_ms
@@ -71,6 +90,10 @@ pub struct AudioCallReport {
     /// Call answered → first audio of the greeting.
     pub greeting_first_audio_ms: Option<u64>,
     pub barge_ins: Vec<BargeIn>,
+    /// Every question asked of the end-of-turn model, in order.
+    pub end_of_turn: Vec<Decision>,
+    /// Turns ended speculatively whose caller went on: their transcripts were dropped.
+    pub speculations_dropped: usize,
 }
 
 /// A reply being spoken.
@@ -91,12 +114,31 @@ struct Speaking {
 /// enough that a voice running near real time does not stutter.
 const PLAYOUT_START_MS: usize = 200;
 
+/// A caller turn for the recognizer.
+struct SttJob {
+    id: u64,
+    speech_start_ms: u64,
+    speech_end_ms: u64,
+    turn_end_ms: u64,
+    ended_by: TurnEnd,
+    audio: Vec<i16>,
+}
+
 /// A transcript back from the worker.
 struct Heard {
     speech_start_ms: u64,
     speech_end_ms: u64,
+    turn_end_ms: u64,
+    ended_by: TurnEnd,
     text: String,
     compute_ms: u64,
+}
+
+/// A turn ended speculatively, waiting for its transcript.
+struct Speculation {
+    /// The recognizer job.
+    id: u64,
+    speech_start_ms: u64,
 }
 
 /// Runs one call on `line` to its end and records it. Returns the summary and the timings.
@@ -116,7 +158,8 @@ pub fn run_audio_call(
     let mut session = Session {
         agent: Agent::new(script, ctx, None),
         voices: voices.clone(),
-        endpointer: Endpointer::new(detector(voices.vad.as_ref()), endpoint),
+        endpointer: Endpointer::new(detector(voices.vad.as_ref()), endpoint)
+            .with_end_of_turn(voices.end_of_turn.clone().map(|m| m as Arc<dyn TurnModel>)),
         turns: Vec::new(),
         timings: Vec::new(),
         barge_ins: Vec::new(),
@@ -125,28 +168,33 @@ pub fn run_audio_call(
         then: None,
         greeting_first_audio_ms: None,
         caller_speech_start_ms: None,
+        speculation: None,
+        dropped: Vec::new(),
+        speculations_dropped: 0,
         last_activity_ms: 0,
         reprompt_ms: u64::from(config.agent.silence_reprompt_s) * 1000,
         t_ms: 0,
     };
-    let (to_stt, utterances) = mpsc::channel::<(u64, u64, Vec<i16>)>();
-    let (heard_tx, heard) = mpsc::channel::<Result<Heard, String>>();
+    let (to_stt, utterances) = mpsc::channel::<SttJob>();
+    let (heard_tx, heard) = mpsc::channel::<(u64, Result<Heard, String>)>();
     let stt = Arc::clone(&voices.stt);
     let worker = std::thread::Builder::new()
         .name("call-stt".into())
         .spawn(move || {
-            for (speech_start_ms, speech_end_ms, audio) in utterances {
+            for u in utterances {
                 let started = Instant::now();
                 let result = stt
-                    .transcribe(&to_f32(&audio))
+                    .transcribe(&to_f32(&u.audio))
                     .map(|t| Heard {
-                        speech_start_ms,
-                        speech_end_ms,
+                        speech_start_ms: u.speech_start_ms,
+                        speech_end_ms: u.speech_end_ms,
+                        turn_end_ms: u.turn_end_ms,
+                        ended_by: u.ended_by,
                         text: t.text,
                         compute_ms: started.elapsed().as_millis() as u64,
                     })
                     .map_err(|e| e.to_string());
-                if heard_tx.send(result).is_err() {
+                if heard_tx.send((u.id, result)).is_err() {
                     break;
                 }
             }
@@ -156,6 +204,7 @@ pub fn run_audio_call(
     let greeting = session.agent.start(0);
     session.reply(greeting, None, watch);
     let mut pending_stt = 0usize;
+    let mut next_job = 0u64;
     let mut caller_hung_up = false;
     loop {
         let input = match line.next() {
@@ -177,13 +226,39 @@ pub fn run_audio_call(
                     Some(Endpoint::TurnEnded {
                         audio,
                         speech_end_ms,
+                        ended_by,
                     }) => {
                         let start = session.caller_speech_start_ms.take().unwrap_or(t);
+                        let id = next_job;
+                        next_job += 1;
+                        if ended_by.is_speculative() {
+                            session.speculation = Some(Speculation {
+                                id,
+                                speech_start_ms: start,
+                            });
+                        }
                         pending_stt += 1;
-                        if to_stt.send((start, speech_end_ms, audio)).is_err() {
+                        let job = SttJob {
+                            id,
+                            speech_start_ms: start,
+                            speech_end_ms,
+                            turn_end_ms: t + FRAME_MS,
+                            ended_by,
+                            audio,
+                        };
+                        if to_stt.send(job).is_err() {
                             warn!("the recognizer thread is gone");
                         }
                         session.last_activity_ms = t;
+                    }
+                    Some(Endpoint::TurnResumed { .. }) => {
+                        // The caller went on: the speculative transcript will be dropped.
+                        if let Some(s) = session.speculation.take() {
+                            debug!("the caller went on after a likely end of turn");
+                            session.dropped.push(s.id);
+                            session.speculations_dropped += 1;
+                            session.caller_speech_start_ms = Some(s.speech_start_ms);
+                        }
                     }
                     None => {}
                 }
@@ -203,8 +278,16 @@ pub fn run_audio_call(
             }
         }
 
-        while let Ok(result) = heard.try_recv() {
+        while let Ok((id, result)) = heard.try_recv() {
             pending_stt = pending_stt.saturating_sub(1);
+            if let Some(i) = session.dropped.iter().position(|&d| d == id) {
+                session.dropped.swap_remove(i);
+                continue;
+            }
+            if session.speculation.as_ref().is_some_and(|s| s.id == id) {
+                session.speculation = None;
+                session.endpointer.commit();
+            }
             match result {
                 Ok(h) => session.heard(h, watch),
                 Err(e) => warn!(error = %e, "a caller turn could not be transcribed"),
@@ -300,6 +383,8 @@ pub fn run_audio_call(
         turns: session.timings,
         greeting_first_audio_ms: session.greeting_first_audio_ms,
         barge_ins: session.barge_ins,
+        end_of_turn: session.endpointer.take_decisions(),
+        speculations_dropped: session.speculations_dropped,
     })
 }
 
@@ -327,6 +412,11 @@ struct Session {
     then: Option<Then>,
     greeting_first_audio_ms: Option<u64>,
     caller_speech_start_ms: Option<u64>,
+    /// The turn ended speculatively whose transcript is awaited.
+    speculation: Option<Speculation>,
+    /// Recognizer jobs whose turn resumed: their transcripts are dropped.
+    dropped: Vec<u64>,
+    speculations_dropped: usize,
     /// Last time anybody spoke or pressed a key (for the silence re-prompt).
     last_activity_ms: u64,
     reprompt_ms: u64,
@@ -395,6 +485,8 @@ impl Session {
         });
         self.timings.push(TurnTiming {
             caller_speech_end_ms: h.speech_end_ms,
+            turn_end_ms: h.turn_end_ms,
+            ended_by: h.ended_by,
             stt_done_ms: self.t_ms,
             reply_ready_ms: self.t_ms,
             first_audio_ms: None,

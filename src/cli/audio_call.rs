@@ -21,6 +21,7 @@ use crate::models::Manifest;
 use crate::speech::stt::{SpeechToText, SttOptions};
 use crate::speech::testset::Condition;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeakerOptions};
+use crate::speech::turn::{self, EndOfTurn};
 use crate::speech::vad::VadModel;
 use crate::store::Store;
 
@@ -62,6 +63,18 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
         prewarmed.lines,
         started.elapsed().as_secs_f64()
     );
+    let vad = load_vad(config, &manifest)?;
+    let end_of_turn = load_end_of_turn(config, &manifest)?;
+    Ok(Voices {
+        stt: Arc::new(stt),
+        speaker: Arc::new(speaker),
+        vad,
+        end_of_turn,
+    })
+}
+
+/// Silero VAD, when it is installed; without it the energy detector listens.
+pub fn load_vad(config: &Config, manifest: &Manifest) -> anyhow::Result<Option<VadModel>> {
     let vad = manifest
         .get("silero-vad")
         .map(|entry| entry.dir(&config.models.dir).join("silero_vad.onnx"))
@@ -72,11 +85,32 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
     if vad.is_none() {
         eprintln!("Silero VAD is not installed (models/fetch); the energy detector listens");
     }
-    Ok(Voices {
-        stt: Arc::new(stt),
-        speaker: Arc::new(speaker),
-        vad,
-    })
+    Ok(vad)
+}
+
+/// Smart Turn, when it is installed and imported; without it the silence window ends turns.
+pub fn load_end_of_turn(
+    config: &Config,
+    manifest: &Manifest,
+) -> anyhow::Result<Option<Arc<EndOfTurn>>> {
+    let Some(dir) = manifest
+        .get("smart-turn-v3")
+        .map(|entry| entry.dir(&config.models.dir))
+        .filter(|dir| {
+            dir.join(turn::CANDLE_DIR)
+                .join(turn::import::WEIGHTS_FILE)
+                .exists()
+        })
+    else {
+        eprintln!(
+            "Smart Turn is not imported (models/fetch, then `callbox models import smart-turn-v3`); \
+             the {} ms silence window ends the caller's turns",
+            config.endpoint.silence_window_ms
+        );
+        return Ok(None);
+    };
+    let model = EndOfTurn::load(&dir).context("cannot load Smart Turn")?;
+    Ok(Some(Arc::new(model)))
 }
 
 /// The caller's turns: recorded WAVs, or the text lines spoken through a telephone channel.
@@ -167,7 +201,7 @@ pub fn simulate_audio(
         LineKind::AudioFile,
         &mut line,
         &voices,
-        EndpointOptions::default(),
+        EndpointOptions::configured(&config.endpoint),
         store,
         watch,
     )?;

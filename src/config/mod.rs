@@ -77,6 +77,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub sip: SipConfig,
     pub audio: AudioConfig,
+    pub endpoint: EndpointConfig,
     pub modem: Option<ModemConfig>,
     pub mqtt: Option<MqttConfig>,
     pub fleet: FleetConfig,
@@ -161,6 +162,17 @@ pub struct AudioConfig {
     pub playback_device: Option<String>,
 }
 
+/// When the caller's turn is over (`[endpoint]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EndpointConfig {
+    /// Silence that ends a turn whatever Smart Turn says, and the only rule without it.
+    pub silence_window_ms: u32,
+    /// Silence before Smart Turn is first asked.
+    pub smart_turn_pause_ms: u32,
+    /// Smart Turn probability from which the turn is over.
+    pub smart_turn_threshold: f32,
+}
+
 #[derive(Debug, Clone)]
 pub struct ModemConfig {
     pub port: PathBuf,
@@ -227,6 +239,8 @@ struct RawConfig {
     sip: RawSip,
     #[serde(default)]
     audio: RawAudio,
+    #[serde(default)]
+    endpoint: RawEndpoint,
     modem: Option<RawModem>,
     mqtt: Option<RawMqtt>,
     #[serde(default)]
@@ -294,6 +308,14 @@ struct RawSip {
 struct RawAudio {
     capture_device: Option<String>,
     playback_device: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    silence_window_ms: Option<u32>,
+    smart_turn_pause_ms: Option<u32>,
+    smart_turn_threshold: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -502,6 +524,7 @@ impl Validator<'_> {
             capture_device: raw.audio.capture_device,
             playback_device: raw.audio.playback_device,
         };
+        let endpoint = self.endpoint(raw.endpoint);
         let modem = raw.modem.map(|m| {
             let baud = m.baud.unwrap_or(115_200);
             if !SERIAL_BAUDS.contains(&baud) {
@@ -535,6 +558,7 @@ impl Validator<'_> {
             agent,
             sip,
             audio,
+            endpoint,
             modem,
             mqtt,
             fleet,
@@ -647,6 +671,50 @@ impl Validator<'_> {
             silence_reprompt_s: reprompt,
             silence_hangup_s: hangup,
             max_turns: self.range("agent.max_turns", raw.max_turns, 40, 4, 200),
+        }
+    }
+
+    fn endpoint(&mut self, raw: RawEndpoint) -> EndpointConfig {
+        use crate::call::endpoint::{
+            DEFAULT_SILENCE_WINDOW_MS, DEFAULT_TURN_PAUSE_MS, DEFAULT_TURN_THRESHOLD,
+        };
+        let window = self.range(
+            "endpoint.silence_window_ms",
+            raw.silence_window_ms,
+            DEFAULT_SILENCE_WINDOW_MS as u32,
+            200,
+            5_000,
+        );
+        let pause = self.range(
+            "endpoint.smart_turn_pause_ms",
+            raw.smart_turn_pause_ms,
+            DEFAULT_TURN_PAUSE_MS as u32,
+            60,
+            5_000,
+        );
+        if pause >= window {
+            self.report(
+                "endpoint.smart_turn_pause_ms",
+                format!("{pause} ms is not shorter than silence_window_ms ({window} ms)"),
+                "a pause shorter than endpoint.silence_window_ms",
+            );
+        }
+        let threshold = match raw.smart_turn_threshold {
+            Some(t) if !(0.0..=1.0).contains(&t) => {
+                self.report(
+                    "endpoint.smart_turn_threshold",
+                    format!("{t} is not a probability"),
+                    "0.0 to 1.0",
+                );
+                DEFAULT_TURN_THRESHOLD
+            }
+            Some(t) => t as f32,
+            None => DEFAULT_TURN_THRESHOLD,
+        };
+        EndpointConfig {
+            silence_window_ms: window,
+            smart_turn_pause_ms: pause,
+            smart_turn_threshold: threshold,
         }
     }
 

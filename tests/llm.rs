@@ -150,22 +150,91 @@ fn an_unknown_architecture_is_named() {
     }
 }
 
+fn gemma() -> Arc<LanguageModel> {
+    static MODEL: OnceLock<Arc<LanguageModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = model_path("gemma3-270m");
+            let model = LanguageModel::load(&path).unwrap_or_else(|e| {
+                panic!("{e} (install the model with models/fetch gemma3-270m)")
+            });
+            Arc::new(model)
+        })
+        .clone()
+}
+
+/// One text of `tests/fixtures/llm/gemma3_token_ids.json` with the ids llama.cpp's tokenizer
+/// gives it (written by `tests/tools/llama_tokenize.py`).
+#[derive(serde::Deserialize)]
+struct ReferenceIds {
+    text: String,
+    special: bool,
+    ids: Vec<u32>,
+}
+
 #[test]
-fn gemma3_weights_load_through_quantized_gemma3() {
+fn gemma3_tokenizer_from_the_gguf_matches_llama_cpp() {
+    use candle_core::quantized::gguf_file::Content;
     let path = model_path("gemma3-270m");
-    if !path.exists() {
-        eprintln!(
-            "skipped: {} is not installed (optional model)",
-            path.display()
-        );
-        return;
+    let mut file = std::io::BufReader::new(
+        std::fs::File::open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (models/fetch gemma3-270m)", path.display())),
+    );
+    let content = Content::read(&mut file).unwrap();
+    let t = callbox::speech::llm::Tokenizer::from_gguf(&content).unwrap();
+    assert_eq!(t.vocab_size(), 262_144);
+    assert_eq!((t.bos_id, t.eos_id), (Some(2), Some(1)));
+    let cases: Vec<ReferenceIds> =
+        serde_json::from_str(include_str!("fixtures/llm/gemma3_token_ids.json")).unwrap();
+    assert!(cases.len() >= 20);
+    for case in &cases {
+        let ids = t.encode(&case.text, case.special);
+        assert_eq!(ids, case.ids, "{:?}", case.text);
+        assert_eq!(t.decode(&ids, false), case.text, "{ids:?}");
     }
-    let (architecture, vocab) = callbox::speech::llm::probe_weights(&path).unwrap();
-    assert_eq!(architecture, "gemma3");
-    assert!(vocab > 200_000, "{vocab}");
-    // Its tokenizer is SentencePiece, which is not built in: a clear error, not a wrong model.
-    let err = LanguageModel::load(&path).unwrap_err();
-    assert!(matches!(err, LlmError::UnsupportedTokenizer(_)), "{err}");
+    // The turn markers are single control tokens in markup, and plain text in a caller's words.
+    let start = t.token_id("<start_of_turn>").unwrap();
+    assert_eq!(t.encode("<start_of_turn>", true), [start]);
+    assert!(!t.encode("<start_of_turn>", false).contains(&start));
+    assert!(t.is_special(start));
+}
+
+#[test]
+fn gemma3_loads_with_its_template_and_completes_sensibly() {
+    let m = gemma();
+    assert_eq!(m.info().architecture, "gemma3");
+    assert_eq!(m.template(), callbox::speech::llm::ChatTemplate::Gemma);
+    // The packaged Gemma 3 270M is the pretrained model, not the instruction-tuned one: it
+    // completes text (llama.cpp on the same file answers " Paris" here too) rather than chats.
+    let options = GenerateOptions {
+        max_tokens: 4,
+        repeat_penalty: 1.0,
+        ..GenerateOptions::default()
+    };
+    let question = Prompt::new().text("Question: What is the capital of France?\n");
+    let answer = Prompt::new().text("Answer:");
+    let full = m
+        .generate(
+            None,
+            &question.clone().then(answer.clone()),
+            &options,
+            &mut |_| {},
+        )
+        .unwrap();
+    eprintln!("{:?}", full.text);
+    assert!(full.text.starts_with(" Paris"), "{:?}", full.text);
+    // `<bos>` starts every sequence; a cached prefix (continued one token at a time) gives the
+    // same answer.
+    let prefix = m.prefix(&question).unwrap();
+    assert_eq!(prefix.tokens()[0], m.tokenizer().bos_id.unwrap());
+    let cached = m
+        .generate(Some(&prefix), &answer, &options, &mut |_| {})
+        .unwrap();
+    assert_eq!(cached.text, full.text);
+    assert_eq!(
+        cached.prompt_tokens + cached.prefix_tokens,
+        full.prompt_tokens
+    );
 }
 
 #[test]
@@ -408,4 +477,57 @@ fn callbox_llm_scores_a_turn_against_labels() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--labels names no label"));
+}
+
+/// `callbox simulate --json` on the clinic script with a config file whose `[llm]` section is
+/// `extra`; the caller first answers with a turn the script's phrases do not decide.
+fn simulated_call_with(llm_section: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("callbox.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[unit]\nid = \"test-unit\"\ntenant = \"acme\"\n\n[store]\ndir = \"{}\"\n\n[llm]\n{llm_section}\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callbox"))
+        .current_dir(dir.path())
+        .env_remove("CALLBOX_CONFIG")
+        .env_remove("RUST_LOG")
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "simulate",
+            "--json",
+            "--script",
+            "clinic",
+            "--say",
+            "the pharmacy told me my insulin needs the doctor's approval again",
+            "--say",
+            "this is Dana Lee",
+            "--say",
+            "five five five, two three four, nine eight seven six",
+            "--say",
+            "yes, that's right",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("stdout is only the JSON record")
+}
+
+#[test]
+fn a_text_call_takes_the_scorers_reading_of_a_turn_the_phrases_miss() {
+    let scored = simulated_call_with("scorer = true\nscorer_timeout_ms = 600000");
+    assert_eq!(
+        scored["slots"]["reason"], "prescription_refill",
+        "{scored:#}"
+    );
+    let rules_only = simulated_call_with("scorer = false");
+    assert_ne!(
+        rules_only["slots"]["reason"], "prescription_refill",
+        "{rules_only:#}"
+    );
 }

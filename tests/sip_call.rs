@@ -1,33 +1,25 @@
 //! The SIP line against real SIP peers on loopback: Debian's baresip dials the box's user agent,
 //! speaks the caller's turns (Piper's voice through a telephone channel) over RTP and records
-//! what it hears; a second baresip plays the human a call is transferred to. And hostile or
-//! broken SIP sent straight to the box's port gets the right refusal without harming the box.
+//! what it hears (transfers to a second phone are in `sip_transfer.rs`). And hostile or broken
+//! SIP sent straight to the box's port gets the right refusal without harming the box.
 
 #[path = "support/call_voices.rs"]
 mod call_voices;
+#[path = "support/sip_calls.rs"]
+mod sip_calls;
 #[path = "support/voice.rs"]
 mod voice;
 
 use call_voices::{caller_speech, voices};
+use sip_calls::{loopback_options, sip_call, Setup};
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::time::Duration;
 
-use callbox::agent::summary::LineKind;
-use callbox::agent::Script;
-use callbox::call::audio::{run_audio_call, AudioCallReport};
-use callbox::call::endpoint::EndpointOptions;
-use callbox::call::{TextCall, Utterance};
-use callbox::config::{Config, ConfigSource};
-use callbox::line::sip::baresip::Baresip;
-use callbox::line::sip::loopback::{
-    call_over_loopback, speech_parts, CallerTiming, LoopbackReport,
-};
-use callbox::line::sip::{SipOptions, SipUa};
+use callbox::call::audio::AudioCallReport;
+use callbox::line::sip::loopback::{speech_parts, LoopbackReport};
+use callbox::line::sip::SipUa;
 use callbox::line::CallerTurn;
-use callbox::speech::audio::write_wav;
-use callbox::store::{OpenMode, Store};
 
 /// The caller's lines, as turns of speech.
 fn says(lines: &[&str]) -> Vec<CallerTurn> {
@@ -35,98 +27,6 @@ fn says(lines: &[&str]) -> Vec<CallerTurn> {
         .into_iter()
         .map(CallerTurn::Speech)
         .collect()
-}
-
-fn config() -> Config {
-    Config::parse(
-        include_str!("../src/config/default.toml"),
-        "default.toml",
-        ConfigSource::Embedded,
-    )
-    .expect("the embedded configuration")
-}
-
-fn loopback_options() -> SipOptions {
-    let mut options = SipOptions::new("127.0.0.1:0".parse().unwrap());
-    options.ring = Duration::from_millis(300);
-    options
-}
-
-struct Done {
-    report: LoopbackReport<AudioCallReport>,
-    said: Vec<String>,
-    transfers: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-/// Calls run in real time and one at a time, so that a slow machine slows one call, not two.
-static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn call(turns: Vec<CallerTurn>, options: SipOptions) -> Done {
-    let _turn = ONE_CALL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    // Loaded before the phone rings, as on the box: a call answered while the models load would
-    // leave the caller talking to nobody.
-    let voices = voices();
-    let config = config();
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(
-        &dir.path().join("calls.db"),
-        None,
-        OpenMode::CreateAndMigrate,
-    )
-    .expect("store");
-    let mut said = Vec::new();
-    let mut transfers = Vec::new();
-    let report = call_over_loopback(
-        &turns,
-        "+15550104477",
-        options,
-        CallerTiming::default(),
-        |line, caller_id| {
-            run_audio_call(
-                &config,
-                Arc::new(Script::builtin("clinic").unwrap()),
-                TextCall {
-                    started_at: "2026-11-23T15:00:00Z".parse().unwrap(),
-                    remote_number: callbox::agent::extract::phone_number(caller_id),
-                },
-                LineKind::Sip,
-                line,
-                voices,
-                EndpointOptions::default(),
-                &mut store,
-                &mut |u| match u {
-                    Utterance::Caller(t) | Utterance::Agent(t) => said.push(t.to_string()),
-                    Utterance::Transfer { target, .. } => transfers.push(target.to_string()),
-                    _ => {}
-                },
-            )
-        },
-    )
-    .expect("the SIP call runs");
-    eprintln!("{said:#?}\nmedia: {:?}", report.media);
-    let LoopbackReport {
-        session,
-        caller_id,
-        media,
-        heard,
-        peer_log,
-    } = report;
-    let session = session.unwrap_or_else(|e| panic!("the call failed: {e}\n{peer_log}"));
-    Done {
-        report: LoopbackReport {
-            session,
-            caller_id,
-            media,
-            heard,
-            peer_log,
-        },
-        said,
-        transfers,
-        _dir: dir,
-    }
 }
 
 /// What the caller's phone heard, transcribed.
@@ -141,9 +41,9 @@ fn heard_by_caller(report: &LoopbackReport<AudioCallReport>) -> String {
 
 #[test]
 fn a_caller_on_a_sip_phone_is_heard_answered_and_recorded() {
-    let done = call(
+    let done = sip_call(
         says(&["Hi, I'd like to book an appointment.", "This is Dana Lee."]),
-        loopback_options(),
+        Setup::default(),
     );
     let summary = &done.report.session.summary;
     assert_eq!(
@@ -174,31 +74,6 @@ fn a_caller_on_a_sip_phone_is_heard_answered_and_recorded() {
     );
     assert_eq!(media.jitter.lost, 0, "{media:?}");
     assert_eq!(media.malformed, 0, "{media:?}");
-}
-
-#[test]
-fn a_key_pressed_on_the_phone_transfers_the_caller_to_a_person() {
-    // The human at the front desk: a second phone that answers by itself.
-    let dir = tempfile::tempdir().unwrap();
-    let silence = dir.path().join("silence.wav");
-    write_wav(&silence, &vec![0.0; 8_000 * 60], 8_000).unwrap();
-    let mut human = Baresip::start(&silence, "201", true).expect("the human's phone");
-    let mut options = loopback_options();
-    options.pbx = Some(human.sip_addr().to_string());
-    let done = call(vec![CallerTurn::Press('0')], options);
-    assert_eq!(done.transfers.len(), 1, "{:?}", done.said);
-    assert_eq!(
-        serde_json::to_value(done.report.session.summary.call.ended_by).unwrap(),
-        "transfer",
-        "{}",
-        done.report.peer_log
-    );
-    human.quit();
-    assert!(
-        human.log().contains("+15550104477"),
-        "the caller reached the human's phone: {}",
-        human.log()
-    );
 }
 
 /// Sends one datagram to the box and returns the status line of its answer, if any.

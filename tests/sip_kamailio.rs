@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use callbox::config::SipTransport;
 use callbox::line::sip::baresip::{Baresip, PeerRegistration, PhoneSetup};
 use callbox::line::sip::{
-    DialOptions, DialOutcome, RegistrationError, RegistrationOptions, RegistrationState, SipLine,
-    SipOptions, SipUa,
+    DialOptions, DialOutcome, IncomingCall, RegistrationError, RegistrationOptions,
+    RegistrationState, SipLine, SipOptions, SipUa,
 };
 use callbox::line::{Line, LineInput, RATE};
 use callbox::speech::audio::write_wav;
@@ -41,6 +42,7 @@ log_stderror=yes
 children=1
 auto_aliases=no
 listen=udp:127.0.0.1:{port}
+listen=tcp:127.0.0.1:{port}
 alias="127.0.0.1:{port}"
 mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/:/usr/lib/kamailio/modules/"
 loadmodule "kex.so"
@@ -73,7 +75,7 @@ request_route {{
       exit;
     }}
     if (!save("location")) {{ sl_reply_error(); exit; }}
-    xlog("L_NOTICE", "callbox-test: REGISTER accepted user=$tU expires=$hdr(Expires) auth=[$hdr(Authorization)]\n");
+    xlog("L_NOTICE", "callbox-test: REGISTER accepted user=$tU expires=$hdr(Expires) auth=[$hdr(Authorization)] proto=$pr\n");
     exit;
   }}
   if (has_totag()) {{
@@ -95,7 +97,7 @@ request_route {{
     sl_send_reply("404", "Not Found");
     exit;
   }}
-  xlog("L_NOTICE", "callbox-test: $rm from=$fU relayed to=$tU\n");
+  xlog("L_NOTICE", "callbox-test: $rm from=$fU relayed to=$tU proto=$pr ruri=$ru\n");
   t_relay();
 }}
 "#
@@ -437,14 +439,43 @@ fn the_box_registers_again_after_the_pbx_comes_back() {
     );
 }
 
+/// The first step kamailio logged that contains `text` (`what` names it when there is none).
+fn logged_step(kamailio: &Kamailio, text: &str, what: &str) -> String {
+    kamailio
+        .steps()
+        .into_iter()
+        .find(|s| s.contains(text))
+        .unwrap_or_else(|| panic!("{what}: {:#?}", kamailio.steps()))
+}
+
+/// The phone dials the box through the PBX; the call as the box receives it.
+fn call_the_box(kamailio: &Kamailio, ua: &SipUa, phone: &Baresip) -> IncomingCall {
+    phone
+        .dial(&format!("sip:callbox@{}", kamailio.addr()))
+        .expect("dial");
+    ua.next_call(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no call: {:#?}\n{}", kamailio.steps(), phone.log()))
+}
+
 /// A PBX with the box and a phone (`phone_user`, answering by itself with `auto_answer`) both
 /// registered to it.
 fn box_and_phone_on_a_pbx(
     phone_user: &str,
     auto_answer: bool,
 ) -> (Kamailio, SipUa, Baresip, tempfile::TempDir) {
+    box_and_phone_on_a_pbx_over(SipTransport::Udp, phone_user, auto_answer)
+}
+
+/// As [`box_and_phone_on_a_pbx`], the box on `transport` (the phone on UDP).
+fn box_and_phone_on_a_pbx_over(
+    transport: SipTransport,
+    phone_user: &str,
+    auto_answer: bool,
+) -> (Kamailio, SipUa, Baresip, tempfile::TempDir) {
     let kamailio = Kamailio::start(&[("callbox", "boxpw"), (phone_user, "phonepw")], "MD5");
-    let ua = SipUa::start(box_options(kamailio.addr(), "boxpw", 60)).expect("user agent");
+    let mut options = box_options(kamailio.addr(), "boxpw", 60);
+    options.transport = transport;
+    let ua = SipUa::start(options).expect("user agent");
     assert!(matches!(
         ua.wait_registration(Duration::from_secs(10), registered(1)),
         Some(RegistrationState::Registered { .. })
@@ -493,12 +524,7 @@ fn assert_audio_flows(line: &mut SipLine) {
 #[test]
 fn a_phone_calls_the_box_through_the_pbx() {
     let (kamailio, ua, phone, _dir) = box_and_phone_on_a_pbx("alice", false);
-    phone
-        .dial(&format!("sip:callbox@{}", kamailio.addr()))
-        .expect("dial");
-    let call = ua
-        .next_call(Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("no call: {:#?}\n{}", kamailio.steps(), phone.log()));
+    let call = call_the_box(&kamailio, &ua, &phone);
     assert_eq!(call.caller, "alice");
     let steps = kamailio.steps();
     assert!(
@@ -700,4 +726,30 @@ fn early_media_from_a_183_plays_before_the_answer() {
     );
     assert_eq!(dialed.outcome, DialOutcome::Busy);
     assert_eq!(ua.active_calls(), 0);
+}
+
+#[test]
+fn over_tcp_the_box_registers_and_takes_a_call() {
+    let (kamailio, ua, phone, _dir) = box_and_phone_on_a_pbx_over(SipTransport::Tcp, "erin", true);
+    let registered = logged_step(
+        &kamailio,
+        "REGISTER accepted user=callbox",
+        "the box registered",
+    );
+    assert!(registered.contains("proto=tcp"), "{registered}");
+
+    // The phone (on UDP) calls the box: kamailio relays the INVITE to the box's TCP contact.
+    let call = call_the_box(&kamailio, &ua, &phone);
+    let relayed = logged_step(
+        &kamailio,
+        "INVITE from=erin relayed to=callbox",
+        "the PBX relayed the call",
+    );
+    assert!(
+        relayed.to_lowercase().contains("transport=tcp"),
+        "{relayed}"
+    );
+    let mut line = call.line;
+    assert_audio_flows(&mut line);
+    line.hang_up().expect("BYE");
 }

@@ -39,14 +39,11 @@ fn stt() -> &'static SpeechToText {
     STT.get_or_init(|| SpeechToText::load(imported()).expect("load tiny.en"))
 }
 
+/// The configuration calls run: the q8_0 decoder and the f32 encoder.
 fn stt_q8() -> &'static SpeechToText {
     static STT: OnceLock<SpeechToText> = OnceLock::new();
     STT.get_or_init(|| {
-        let options = SttOptions {
-            quantized: true,
-            ..SttOptions::default()
-        };
-        SpeechToText::load_with(imported(), options).expect("load tiny.en q8_0")
+        SpeechToText::load_with(imported(), SttOptions::for_calls()).expect("load tiny.en q8_0")
     })
 }
 
@@ -145,7 +142,48 @@ fn float_on_espeak_clean() {
 
 #[test]
 fn q8_0_on_the_piper_voice() {
-    check_all_conditions(stt_q8(), "q8_0", Voice::Piper);
+    check_all_conditions(stt_q8(), "q8_0 + f32 encoder", Voice::Piper);
+}
+
+/// The project's stateless encoder computes what candle's Whisper encoder computes on the same
+/// weights (the two differ only in GELU's form: the exact one here, tanh's approximation there).
+#[test]
+fn own_encoder_matches_candles() {
+    use callbox::speech::stt::encoder::AudioEncoder;
+    use callbox::speech::stt::import::{CandleConfig, CANDLE_DIR, CONFIG_FILE, SAFETENSORS_FILE};
+    use candle_core::{DType, Device, Tensor};
+    use candle_transformers::models::whisper::model::Whisper;
+
+    let dir = imported().join(CANDLE_DIR);
+    let config: CandleConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap()).unwrap();
+    let device = Device::Cpu;
+    let tensors = candle_core::safetensors::load(dir.join(SAFETENSORS_FILE), &device).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &device);
+    let mut candles = Whisper::load(&vb, config.whisper_config()).unwrap();
+    let ours = AudioEncoder::load(vb.pp("model.encoder"), &config.dims).unwrap();
+
+    let utterance = &spoken(Voice::Piper)[0];
+    let log_mel = callbox::speech::stt::mel::LogMel::new(config.dims.num_mel_bins).unwrap();
+    let frames = 400;
+    let mel = log_mel
+        .features(
+            &utterance.samples,
+            frames,
+            callbox::speech::stt::mel::EndPadding::Zeros,
+        )
+        .unwrap();
+    let mel = Tensor::from_vec(mel, (1, config.dims.num_mel_bins, frames), &device).unwrap();
+    let expected = candles.encoder.forward(&mel, true).unwrap();
+    let got = ours.forward(&mel).unwrap();
+    assert_eq!(got.dims(), expected.dims());
+    let largest = |t: Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
+    let diff = largest((got - &expected).unwrap());
+    let scale = largest(expected);
+    assert!(
+        diff <= 0.01 * scale,
+        "largest difference {diff} (largest value {scale})"
+    );
 }
 
 /// The 30 s padded window, Whisper's own way, for comparison on the first lines of the set (the

@@ -24,9 +24,12 @@ use super::endpoint::{
 };
 use super::{record_call, start_call, transcript, CallError, TextCall, Utterance};
 use crate::agent::summary::{LineKind, Speaker as Who};
+use crate::agent::understand::TurnScorer;
 use crate::agent::{Agent, Event, Reply, Script, Summary, Then};
 use crate::config::Config;
-use crate::line::{to_f32, to_i16, Line, LineError, LineInput, TransferOutcome, FRAME_MS};
+use crate::line::{
+    to_f32, to_i16, Briefing, Line, LineError, LineInput, TransferOutcome, FRAME_MS,
+};
 use crate::speech::stt::SpeechToText;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeechStream};
 use crate::speech::turn::EndOfTurn;
@@ -42,6 +45,8 @@ pub struct Voices {
     pub vad: Option<VadModel>,
     /// Smart Turn; without it the silence window alone ends the caller's turns.
     pub end_of_turn: Option<Arc<EndOfTurn>>,
+    /// The language model's intent scorer for turns the script's phrases cannot decide.
+    pub scorer: Option<Arc<dyn TurnScorer>>,
 }
 
 /// When each step of a caller turn happened, in ms from the call's start.
@@ -156,7 +161,7 @@ pub fn run_audio_call(
 ) -> Result<AudioCallReport, CallError> {
     let (ctx, _in_call) = start_call(config, &call, line_kind, &script, store);
     let mut session = Session {
-        agent: Agent::new(script, ctx, None),
+        agent: Agent::new(script, ctx, voices.scorer.clone()),
         voices: voices.clone(),
         endpointer: Endpointer::new(detector(voices.vad.as_ref()), endpoint)
             .with_end_of_turn(voices.end_of_turn.clone().map(|m| m as Arc<dyn TurnModel>)),
@@ -317,8 +322,20 @@ pub fn run_audio_call(
                         context: &context,
                     });
                     let warm = matches!(mode, crate::agent::script::HandoffMode::Warm);
+                    let briefing_audio = if warm {
+                        session.briefing(&context)
+                    } else {
+                        Vec::new()
+                    };
+                    let briefing = warm.then_some(Briefing {
+                        text: &context,
+                        audio: &briefing_audio,
+                        answer_within: std::time::Duration::from_secs(u64::from(
+                            config.handoff.warm_timeout_s,
+                        )),
+                    });
                     match line
-                        .transfer(&number, warm, &context)
+                        .transfer(&number, briefing.as_ref())
                         .map_err(CallError::Line)?
                     {
                         TransferOutcome::Connected => break,
@@ -551,6 +568,27 @@ impl Session {
         self.turns[turn].end_ms = (self.t_ms + line.queued_ms()) as i64;
         self.start_next();
         Ok(())
+    }
+
+    /// A warm transfer's context in the call's voice, for the human. Synthesized on the
+    /// speaker's own thread; the caller, told to hold, waits meanwhile. Empty when neither voice
+    /// could speak it (the human is then connected without it).
+    fn briefing(&self, context: &str) -> Vec<i16> {
+        let stream = self
+            .voices
+            .speaker
+            .stream(context.to_string(), CancelToken::new());
+        let mut audio = Vec::new();
+        for piece in stream.receiver.iter() {
+            audio.extend(to_i16(&piece.samples));
+        }
+        match stream.finish() {
+            Ok(_) => audio,
+            Err(e) => {
+                warn!(error = %e, "the warm transfer's briefing could not be spoken");
+                Vec::new()
+            }
+        }
     }
 
     fn box_talking(&self, line: &dyn Line) -> bool {

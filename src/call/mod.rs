@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::engine::CallEvent;
 use crate::agent::summary::{Direction, LineKind, Speaker, TranscriptEntry};
+use crate::agent::understand::TurnScorer;
 use crate::agent::{Agent, CallContext, Event, Script, Summary, Then};
 use crate::config::Config;
 use crate::fleet::{ActivationGate, CallInProgress};
@@ -67,8 +68,21 @@ pub fn run_text_call(
     store: &mut Store,
     watch: &mut dyn FnMut(Utterance),
 ) -> Result<Summary, CallError> {
+    run_scored_text_call(config, script, call, None, caller_lines, store, watch)
+}
+
+/// [`run_text_call`] with the language model's scorer for turns the phrases cannot decide.
+pub fn run_scored_text_call(
+    config: &Config,
+    script: Arc<Script>,
+    call: TextCall,
+    scorer: Option<Arc<dyn TurnScorer>>,
+    caller_lines: &[String],
+    store: &mut Store,
+    watch: &mut dyn FnMut(Utterance),
+) -> Result<Summary, CallError> {
     let (ctx, _in_call) = start_call(config, &call, LineKind::Text, &script, store);
-    let mut agent = Agent::new(script, ctx.clone(), None);
+    let mut agent = Agent::new(script, ctx.clone(), scorer);
     let mut turns: Vec<TurnRow> = Vec::new();
     let mut t_ms = 0u64;
 

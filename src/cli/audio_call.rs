@@ -70,6 +70,7 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
         speaker: Arc::new(speaker),
         vad,
         end_of_turn,
+        scorer: super::llm::live_scorer(config, script)?,
     })
 }
 

@@ -1,6 +1,7 @@
 //! `callbox llm …` (a prompt answered by the configured language model, streamed; or a caller
-//! turn scored against labels) and `callbox bench llm` (load time, prompt and generation speed,
-//! time to first token with and without the cached prefix, scorer latency).
+//! turn scored against labels), `callbox bench llm` (load time, prompt and generation speed,
+//! time to first token with and without the cached prefix, scorer latency), and the scorer that
+//! live calls use ([`live_scorer`], per the `[llm]` configuration).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use crate::agent::Script;
 use crate::config::Config;
 use crate::models::{Manifest, ModelEntry};
 use crate::speech::llm::{
-    grounded_system, GenerateOptions, GroundedAnswerer, LanguageModel, LlmScorer,
+    grounded_system, GenerateOptions, GroundedAnswerer, LanguageModel, LlmScorer, ScorerThread,
 };
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +69,31 @@ pub fn configured_model(config: &Config) -> anyhow::Result<PathBuf> {
         .find(|f| f.path.ends_with(".gguf"))
         .with_context(|| format!("model {} has no GGUF file", entry.id))?;
     Ok(entry.file_path(&config.models.dir, file))
+}
+
+/// The intent scorer live calls use, per `llm.scorer`: on its own thread, loading the configured
+/// model in the background. Unset, it runs when the model is installed; `false` turns it off;
+/// `true` requires the model.
+pub fn live_scorer(
+    config: &Config,
+    script: &Script,
+) -> anyhow::Result<Option<Arc<dyn TurnScorer>>> {
+    if config.llm.scorer == Some(false) {
+        return Ok(None);
+    }
+    let path = configured_model(config)?;
+    if config.llm.scorer.is_none() && !path.is_file() {
+        tracing::info!(
+            model = %path.display(),
+            "the language model is not installed: the script's phrases decide alone"
+        );
+        return Ok(None);
+    }
+    let timeout = Duration::from_millis(u64::from(config.llm.scorer_timeout_ms));
+    let scorer = ScorerThread::spawn(path, script, timeout).context(
+        "llm.scorer is on but the language model cannot be used (models/fetch installs it)",
+    )?;
+    Ok(Some(Arc::new(scorer)))
 }
 
 fn load(config: &Config, model: Option<&Path>) -> anyhow::Result<Arc<LanguageModel>> {
@@ -162,6 +188,25 @@ pub struct LlmBench {
     /// Tensors converted to Q8_0 at load (formats without a SIMD kernel).
     pub converted_to_q8_0: usize,
     pub peak_rss_mb: f64,
+    /// llama.cpp on the same file, tokens and threads (`--reference`).
+    pub reference: Option<ReferenceBench>,
+}
+
+/// What `tests/tools/llama_cpp_bench.py` measured with llama.cpp.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReferenceBench {
+    pub implementation: String,
+    pub threads: usize,
+    pub load_ms: f64,
+    pub prompt_tokens_per_s: f64,
+    pub generation_tokens_per_s: f64,
+    pub ttft_uncached_ms: f64,
+    pub ttft_cached_ms: f64,
+    /// Greedy ids llama.cpp generated after the uncached prompt.
+    pub generated: Vec<u32>,
+    /// How many of the first generated ids are the same as candle's.
+    #[serde(default)]
+    pub same_first_tokens: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -180,6 +225,7 @@ pub fn bench(
     model: Option<&Path>,
     runs: usize,
     max_tokens: usize,
+    reference: bool,
 ) -> anyhow::Result<LlmBench> {
     let started = Instant::now();
     let m = load(config, model)?;
@@ -198,8 +244,10 @@ pub fn bench(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut prefix_tokens = 0;
     let mut turn_tokens = 0;
+    let mut generated = Vec::new();
     for _ in 0..runs {
         let g = m.generate(None, &full, &options, &mut |_| {})?;
+        generated = g.ids.clone();
         prompt_rate.push(g.prompt_tokens as f64 / g.prompt_time.as_secs_f64());
         if g.generated_tokens > 1 {
             gen_rate.push((g.generated_tokens - 1) as f64 / g.generation_time.as_secs_f64());
@@ -226,6 +274,27 @@ pub fn bench(
         scorer.rank("my pills are running low", &labels)?;
         scorer_ms.push(ms(t.elapsed()));
     }
+    let threads = candle_threads();
+    let reference = if reference {
+        let prefix = m.prefix(&system)?;
+        let request = serde_json::json!({
+            "model": m.info().path,
+            "threads": threads,
+            "prefix": prefix.tokens(),
+            "turn": m.continuation_tokens(&prefix, &user),
+            "max_tokens": max_tokens,
+            "runs": runs,
+        });
+        let mut r = llama_cpp_bench(&request)?;
+        r.same_first_tokens = generated
+            .iter()
+            .zip(&r.generated)
+            .take_while(|(a, b)| a == b)
+            .count();
+        Some(r)
+    } else {
+        None
+    };
     Ok(LlmBench {
         model: m.info().path.display().to_string(),
         architecture: m.info().architecture.clone(),
@@ -244,10 +313,53 @@ pub fn bench(
         scorer_turn_ms: median(scorer_ms),
         scorer_labels: labels.len(),
         runs,
-        threads: candle_threads(),
+        threads,
         converted_to_q8_0: m.info().converted_to_q8_0,
         peak_rss_mb: crate::system::resources::peak_rss_bytes().map_or(0.0, |b| b as f64 / 1e6),
+        reference,
     })
+}
+
+/// Runs llama.cpp's bench script in the reference environment (`tests/tools/pyenv-llama`, which
+/// builds llama-cpp-python on first use) with `request` on its stdin.
+fn llama_cpp_bench(request: &serde_json::Value) -> anyhow::Result<ReferenceBench> {
+    use std::process::{Command, Stdio};
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools");
+    eprintln!(
+        "reference: preparing llama-cpp-python (the first time builds llama.cpp: many minutes)"
+    );
+    let env = Command::new(tools.join("pyenv-llama"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run tests/tools/pyenv-llama")?;
+    anyhow::ensure!(
+        env.status.success(),
+        "tests/tools/pyenv-llama failed ({})",
+        env.status
+    );
+    let python = String::from_utf8(env.stdout)
+        .context("pyenv-llama printed no path")?
+        .trim()
+        .to_string();
+    let mut child = Command::new(&python)
+        .arg(tools.join("llama_cpp_bench.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot run {python}"))?;
+    child
+        .stdin
+        .take()
+        .context("no stdin for the bench script")?
+        .write_all(request.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "llama_cpp_bench.py failed ({})",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).context("llama_cpp_bench.py printed no JSON result")
 }
 
 /// The size of candle's CPU worker pool: `CANDLE_NUM_THREADS` when set, else what candle
@@ -288,4 +400,31 @@ pub fn print_bench(b: &LlmBench) {
     );
     println!("  peak memory         {:.0} MB resident", b.peak_rss_mb);
     println!("  medians of {} runs", b.runs);
+    if let Some(r) = &b.reference {
+        let ratio = |ours: f64, theirs: f64| if theirs > 0.0 { ours / theirs } else { 0.0 };
+        println!(
+            "{} on the same file, tokens and {} threads:",
+            r.implementation, r.threads
+        );
+        println!(
+            "  prompt              {:.0} tok/s (candle {:.2}x)",
+            r.prompt_tokens_per_s,
+            ratio(b.prompt_tokens_per_s, r.prompt_tokens_per_s)
+        );
+        println!(
+            "  generation          {:.1} tok/s (candle {:.2}x)",
+            r.generation_tokens_per_s,
+            ratio(b.generation_tokens_per_s, r.generation_tokens_per_s)
+        );
+        println!(
+            "  first token         {:.0} ms uncached, {:.0} ms with the prefix cached",
+            r.ttft_uncached_ms, r.ttft_cached_ms
+        );
+        println!("  load                {:.0} ms", r.load_ms);
+        println!(
+            "  greedy output       the first {} of {} tokens are candle's",
+            r.same_first_tokens,
+            r.generated.len()
+        );
+    }
 }

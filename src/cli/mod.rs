@@ -24,7 +24,7 @@ use sha2::Digest;
 
 use crate::agent::script::ScriptError;
 use crate::agent::Script;
-use crate::call::{run_text_call, TextCall, Utterance};
+use crate::call::{run_scored_text_call, TextCall, Utterance};
 use crate::config::{Config, ConfigError, ConfigSource, LogTarget};
 use crate::models::{self, Manifest};
 use crate::store::{DbKey, OpenMode, Store, StoredScript};
@@ -146,6 +146,10 @@ pub enum BenchCommand {
         /// A GGUF file instead of the configured model.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Also run llama.cpp (llama-cpp-python, built into the reference environment of
+        /// tests/tools on first use: many minutes) on the same file, tokens and threads.
+        #[arg(long)]
+        reference: bool,
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -278,9 +282,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runs,
             max_tokens,
             model,
+            reference,
             json,
         }) => {
-            let stats = llm::bench(&config, model.as_deref(), runs.max(1), max_tokens.max(2))?;
+            let stats = llm::bench(
+                &config,
+                model.as_deref(),
+                runs.max(1),
+                max_tokens.max(2),
+                reference,
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
@@ -621,7 +632,8 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         report = Some(r);
         summary
     } else {
-        run_text_call(config, script, call, &lines, &mut store, &mut watch)?
+        let scorer = llm::live_scorer(config, &script)?;
+        run_scored_text_call(config, script, call, scorer, &lines, &mut store, &mut watch)?
     };
     let json = serde_json::to_string_pretty(&summary)?;
     if args.json {

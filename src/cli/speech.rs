@@ -77,12 +77,12 @@ pub struct BenchSttArgs {
     #[arg(long)]
     pub json: bool,
     /// The candle configurations to measure, among f32, q8_0 (key/value-cached decoder; logits
-    /// with the q8_0 embedding), q8_0-f32-logits (logits with its f32 copy), f32-uncached,
+    /// with the q8_0 embedding), q8_0-f32-encoder (the same with the f32 encoder, as calls run it), q8_0-f32-logits (logits with its f32 copy), f32-uncached,
     /// q8_0-uncached (candle-transformers' decoder) and f32-30s (30 s window).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "f32,q8_0,f32-uncached,f32-30s"
+        default_value = "f32,q8_0,q8_0-f32-encoder,f32-uncached,f32-30s"
     )]
     pub only: Vec<String>,
     /// Silence appended after each utterance, in mel frames (10 ms each).
@@ -212,34 +212,74 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The candle configurations: (name, quantized, padded to 30 s, cached decoder, logits with the
-/// quantized embedding).
-const CANDLE_CONFIGS: [(&str, bool, bool, bool, bool); 6] = [
-    ("f32", false, false, true, false),
-    ("q8_0", true, false, true, true),
-    ("q8_0-f32-logits", true, false, true, false),
-    ("f32-uncached", false, false, false, false),
-    ("q8_0-uncached", true, false, false, false),
-    ("f32-30s", false, true, true, false),
-];
+/// The candle configurations the bench can measure, by name, with `tail_frames` of silence.
+fn candle_configs(tail_frames: usize) -> [(&'static str, SttOptions); 7] {
+    let f32 = SttOptions {
+        quantized: false,
+        pad_to_30s: false,
+        workers: 1,
+        cached_decoder: true,
+        quantized_logits: false,
+        tail_frames,
+        dense_encoder: false,
+    };
+    let q8_0 = SttOptions {
+        quantized: true,
+        quantized_logits: true,
+        ..f32
+    };
+    [
+        ("f32", f32),
+        ("q8_0", q8_0),
+        (
+            "q8_0-f32-encoder",
+            SttOptions {
+                dense_encoder: true,
+                ..q8_0
+            },
+        ),
+        (
+            "q8_0-f32-logits",
+            SttOptions {
+                quantized_logits: false,
+                ..q8_0
+            },
+        ),
+        (
+            "f32-uncached",
+            SttOptions {
+                cached_decoder: false,
+                ..f32
+            },
+        ),
+        (
+            "q8_0-uncached",
+            SttOptions {
+                cached_decoder: false,
+                quantized_logits: false,
+                ..q8_0
+            },
+        ),
+        (
+            "f32-30s",
+            SttOptions {
+                pad_to_30s: true,
+                ..f32
+            },
+        ),
+    ]
+}
 
-/// Measures one configuration of [`CANDLE_CONFIGS`] in this process.
+/// Measures one configuration of [`candle_configs`] in this process.
 fn bench_worker(config: &Config, args: &BenchSttArgs, which: &str) -> anyhow::Result<ExitCode> {
-    let Some(&(_, quantized, pad_to_30s, cached_decoder, quantized_logits)) =
-        CANDLE_CONFIGS.iter().find(|c| c.0 == which)
+    let Some((_, options)) = candle_configs(args.tail_frames)
+        .into_iter()
+        .find(|(name, _)| *name == which)
     else {
         bail!("unknown configuration {which}");
     };
     let dir = model_dir(config, &args.model)?;
     let started = Instant::now();
-    let options = SttOptions {
-        quantized,
-        pad_to_30s,
-        workers: 1,
-        cached_decoder,
-        quantized_logits,
-        tail_frames: args.tail_frames,
-    };
     let model = SpeechToText::load_with(&dir, options)?;
     let load_s = started.elapsed().as_secs_f64();
     let mut timed = Vec::new();
@@ -355,7 +395,10 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let mut configs: Vec<(&'static str, String, Process)> = Vec::new();
     for which in &args.only {
-        if !CANDLE_CONFIGS.iter().any(|c| c.0 == which) {
+        if !candle_configs(args.tail_frames)
+            .iter()
+            .any(|(name, _)| *name == which)
+        {
             bail!("unknown configuration {which}");
         }
         let mut p = Process::new(&exe);

@@ -74,8 +74,10 @@ pub struct Config {
     pub unit: UnitConfig,
     pub store: StoreConfig,
     pub models: ModelsConfig,
+    pub llm: LlmConfig,
     pub agent: AgentConfig,
     pub sip: SipConfig,
+    pub handoff: HandoffConfig,
     pub audio: AudioConfig,
     pub endpoint: EndpointConfig,
     pub modem: Option<ModemConfig>,
@@ -128,6 +130,16 @@ pub struct ModelsConfig {
     pub tts: String,
 }
 
+/// `[llm]`: how live calls use the language model.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// `scorer`: ask the model about turns the script's phrases cannot decide. Unset: yes when
+    /// the configured model is installed.
+    pub scorer: Option<bool>,
+    /// `scorer_timeout_ms`: how long a call waits for the scorer before the rules decide alone.
+    pub scorer_timeout_ms: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// `clinic`, `law` (built-in scripts) or a path to a script file.
@@ -154,6 +166,14 @@ pub struct SipConfig {
     pub registrar: Option<String>,
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+}
+
+/// How the line hands a caller to a person.
+#[derive(Debug, Clone)]
+pub struct HandoffConfig {
+    /// How long the human's phone rings on a warm transfer before the box gives up and takes a
+    /// message.
+    pub warm_timeout_s: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -234,9 +254,13 @@ struct RawConfig {
     #[serde(default)]
     models: RawModels,
     #[serde(default)]
+    llm: RawLlm,
+    #[serde(default)]
     agent: RawAgent,
     #[serde(default)]
     sip: RawSip,
+    #[serde(default)]
+    handoff: RawHandoff,
     #[serde(default)]
     audio: RawAudio,
     #[serde(default)]
@@ -284,6 +308,13 @@ struct RawModels {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawLlm {
+    scorer: Option<bool>,
+    scorer_timeout_ms: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAgent {
     script: Option<String>,
     silence_reprompt_s: Option<u32>,
@@ -301,6 +332,12 @@ struct RawSip {
     registrar: Option<String>,
     user: Option<String>,
     password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHandoff {
+    warm_timeout_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -506,8 +543,27 @@ impl Validator<'_> {
             ),
         };
         let models = self.models(raw.models);
+        let llm = LlmConfig {
+            scorer: raw.llm.scorer,
+            scorer_timeout_ms: self.range(
+                "llm.scorer_timeout_ms",
+                raw.llm.scorer_timeout_ms,
+                3000,
+                100,
+                600_000,
+            ),
+        };
         let agent = self.agent(raw.agent);
         let sip = self.sip(raw.sip);
+        let handoff = HandoffConfig {
+            warm_timeout_s: self.range(
+                "handoff.warm_timeout_s",
+                raw.handoff.warm_timeout_s,
+                20,
+                2,
+                120,
+            ),
+        };
         for (key, dev) in [
             ("audio.capture_device", &raw.audio.capture_device),
             ("audio.playback_device", &raw.audio.playback_device),
@@ -555,8 +611,10 @@ impl Validator<'_> {
             unit,
             store,
             models,
+            llm,
             agent,
             sip,
+            handoff,
             audio,
             endpoint,
             modem,

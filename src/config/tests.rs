@@ -117,6 +117,22 @@ fn out_of_range_number() {
 }
 
 #[test]
+fn warm_transfer_timeout_defaults_and_is_bounded() {
+    let c = Config::parse(GOOD, "good.toml", ConfigSource::Embedded).unwrap();
+    assert_eq!(c.handoff.warm_timeout_s, 20);
+    let c = Config::parse(
+        &format!("{GOOD}\n[handoff]\nwarm_timeout_s = 8\n"),
+        "good.toml",
+        ConfigSource::Embedded,
+    )
+    .unwrap();
+    assert_eq!(c.handoff.warm_timeout_s, 8);
+    let p = one_problem(&format!("{GOOD}\n[handoff]\nwarm_timeout_s = 600\n"));
+    assert_eq!(p.key, "handoff.warm_timeout_s");
+    assert_eq!(p.valid, "2 to 120");
+}
+
+#[test]
 fn unit_id_must_be_topic_safe() {
     let p = one_problem(&GOOD.replace("clinic-7", "Clinic 7/#"));
     assert_eq!(p.key, "unit.id");

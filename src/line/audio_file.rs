@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Frame, Line, LineError, LineInput, TransferOutcome, FRAME_MS, FRAME_SAMPLES, RATE};
+use super::{
+    Briefing, Frame, Line, LineError, LineInput, TransferOutcome, FRAME_MS, FRAME_SAMPLES, RATE,
+};
 
 /// What the simulated caller does next.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,9 +323,9 @@ impl Line for AudioFileLine {
     fn transfer(
         &mut self,
         target: &str,
-        warm: bool,
-        _context: &str,
+        briefing: Option<&Briefing<'_>>,
     ) -> Result<TransferOutcome, LineError> {
+        let warm = briefing.is_some();
         self.transfers.push(TransferRequest {
             t_ms: self.now_ms(),
             target: target.to_string(),

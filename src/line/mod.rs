@@ -47,6 +47,17 @@ pub enum TransferOutcome {
     Failed,
 }
 
+/// What a warm transfer tells the human before the caller is connected.
+#[derive(Debug, Clone, Copy)]
+pub struct Briefing<'a> {
+    /// The agent's context summary (who, why, what was collected).
+    pub text: &'a str,
+    /// The same words spoken in the call's voice, 16 kHz mono.
+    pub audio: &'a [i16],
+    /// How long the human's phone may ring before the box gives up.
+    pub answer_within: std::time::Duration,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LineError {
     #[error("the line is closed")]
@@ -68,13 +79,12 @@ pub trait Line: Send {
     /// RMS level (0–1) of the box's audio played during the last frame, so echo of it in the
     /// caller channel can be told from the caller.
     fn played_level(&self) -> f32;
-    /// Transfers the caller to `target` (a number or SIP URI); `warm` speaks `context` to the
-    /// human first.
+    /// Transfers the caller to `target` (a number or SIP URI): cold without a briefing; warm
+    /// with one, which the human hears before the caller is connected.
     fn transfer(
         &mut self,
         target: &str,
-        warm: bool,
-        context: &str,
+        briefing: Option<&Briefing<'_>>,
     ) -> Result<TransferOutcome, LineError>;
     /// Ends the call from the box's side.
     fn hang_up(&mut self) -> Result<(), LineError>;

@@ -48,11 +48,13 @@ pub fn voices() -> &'static Voices {
             speaker: Arc::new(speaker),
             vad: Some(vad),
             end_of_turn: Some(Arc::new(end_of_turn)),
+            scorer: None,
         }
     })
 }
 
 /// The caller's lines spoken by the Piper voice and heard through a telephone line, as 16 kHz.
+#[allow(dead_code)]
 pub fn caller_speech(lines: &[&str]) -> Vec<Vec<i16>> {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("caller-speech");
     let piper = default_models_dir().join("piper-joe/en_US-joe-medium.onnx");

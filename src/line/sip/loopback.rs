@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::baresip::{Baresip, PeerError};
 use super::media::MediaStats;
 use super::{SipError, SipLine, SipOptions, SipUa};
-use crate::line::{to_f32, CallerTurn, Line, LineError, LineInput, TransferOutcome};
+use crate::line::{to_f32, Briefing, CallerTurn, Line, LineError, LineInput, TransferOutcome};
 use crate::speech::audio::{read_wav, resample, write_wav, AudioError};
 
 #[derive(Debug, thiserror::Error)]
@@ -110,10 +110,9 @@ impl Line for HeardLine<'_> {
     fn transfer(
         &mut self,
         target: &str,
-        warm: bool,
-        context: &str,
+        briefing: Option<&Briefing<'_>>,
     ) -> Result<TransferOutcome, LineError> {
-        self.line.transfer(target, warm, context)
+        self.line.transfer(target, briefing)
     }
     fn hang_up(&mut self) -> Result<(), LineError> {
         self.line.hang_up()

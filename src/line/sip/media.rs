@@ -186,6 +186,11 @@ impl MediaHandle {
         self.input.recv_timeout(timeout)
     }
 
+    /// The next input if one is waiting.
+    pub fn try_next(&self) -> Result<LineInput, mpsc::TryRecvError> {
+        self.input.try_recv()
+    }
+
     pub fn play(&self, samples: &[i16]) {
         lock(&self.shared.playout).extend(samples.iter().copied());
     }
@@ -611,8 +616,13 @@ impl MediaLoop {
     fn deliver_input(&mut self, session: &Negotiated) -> Result<(), ()> {
         if self.shared.hung_up.load(Ordering::SeqCst) {
             if !self.hang_up_sent {
-                self.hang_up_sent = true;
-                return self.sender.send(LineInput::HungUp).map_err(|_| ());
+                // Never blocks: a call that stopped reading its line must still be able to
+                // stop this thread; a full queue is tried again at the next tick.
+                match self.sender.try_send(LineInput::HungUp) {
+                    Ok(()) => self.hang_up_sent = true,
+                    Err(TrySendError::Full(_)) => {}
+                    Err(TrySendError::Disconnected(_)) => return Err(()),
+                }
             }
             return Ok(());
         }

@@ -3,7 +3,8 @@
 //! ([`ua`]); the project owns the SDP offer/answer ([`sdp`]), RTP and the jitter buffer ([`rtp`]),
 //! RTCP reports ([`rtcp`]), G.711 ([`g711`]) and G.722 framing ([`g722`]), the 8↔16 kHz rate
 //! change ([`rate`]) and the paced media loop ([`media`]). The box registers with a PBX
-//! ([`registration`]) and places calls too ([`outbound`]).
+//! ([`registration`]) and places calls too ([`outbound`]); a warm transfer calls the human,
+//! briefs them and bridges the two calls ([`warm`]).
 //! A call reaches the rest of the box as a [`SipLine`], one more [`Line`].
 
 pub mod baresip;
@@ -19,11 +20,12 @@ pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod ua;
+pub mod warm;
 
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::line::{Line, LineError, LineInput, TransferOutcome, FRAME_SAMPLES, RATE};
+use crate::line::{Briefing, Line, LineError, LineInput, TransferOutcome, FRAME_SAMPLES, RATE};
 use media::{MediaHandle, MediaStats};
 
 pub use outbound::{DialError, DialOptions, DialOutcome, Dialed};
@@ -39,6 +41,12 @@ pub(crate) enum CallCommand {
         target: String,
         done: mpsc::Sender<TransferOutcome>,
     },
+    /// Places a second call from the box (a warm transfer's call to the human).
+    Dial {
+        target: String,
+        options: DialOptions,
+        done: mpsc::Sender<Result<Dialed, DialError>>,
+    },
 }
 
 /// Longest wait for the signalling task to carry out a hang-up.
@@ -50,9 +58,12 @@ const MEDIA_WAIT: Duration = Duration::from_secs(2);
 
 /// One SIP call, as a [`Line`].
 pub struct SipLine {
-    media: MediaHandle,
+    /// `None` once a warm transfer handed the call's media to the bridge.
+    media: Option<MediaHandle>,
     commands: tokio::sync::mpsc::UnboundedSender<CallCommand>,
     closed: bool,
+    /// The caller hung up while the line was busy with a transfer: the next input says so.
+    hung_up_during_transfer: bool,
 }
 
 impl SipLine {
@@ -61,24 +72,53 @@ impl SipLine {
         commands: tokio::sync::mpsc::UnboundedSender<CallCommand>,
     ) -> SipLine {
         SipLine {
-            media,
+            media: Some(media),
             commands,
             closed: false,
+            hung_up_during_transfer: false,
         }
     }
 
-    /// Packet and jitter counts of the call so far.
+    /// Packet and jitter counts of the call so far (as they stood when a warm transfer
+    /// bridged it: zero from then on).
     pub fn media_stats(&self) -> MediaStats {
-        self.media.stats()
+        self.media.as_ref().map(|m| m.stats()).unwrap_or_default()
+    }
+
+    fn media(&self) -> Result<&MediaHandle, LineError> {
+        match &self.media {
+            Some(media) if !self.closed => Ok(media),
+            _ => Err(LineError::Closed),
+        }
+    }
+
+    /// The call's signalling is over (the caller hung up): a transfer fails, and the next
+    /// input is the hang-up.
+    fn caller_left(&mut self) -> TransferOutcome {
+        self.hung_up_during_transfer = true;
+        TransferOutcome::Failed
+    }
+
+    /// Waits until at most `samples` of the box's audio are still queued.
+    fn drain_to(&self, samples: usize, within: Duration) {
+        let until = std::time::Instant::now() + within;
+        while let Some(media) = &self.media {
+            if media.queued_samples() <= samples || std::time::Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
 impl Line for SipLine {
     fn next(&mut self) -> Result<LineInput, LineError> {
-        if self.closed {
-            return Err(LineError::Closed);
+        if self.hung_up_during_transfer {
+            self.hung_up_during_transfer = false;
+            self.closed = true;
+            return Ok(LineInput::HungUp);
         }
-        match self.media.next(MEDIA_WAIT) {
+        match self.media()?.next(MEDIA_WAIT) {
             Ok(LineInput::HungUp) => {
                 self.closed = true;
                 Ok(LineInput::HungUp)
@@ -95,45 +135,44 @@ impl Line for SipLine {
     }
 
     fn play(&mut self, samples: &[i16]) -> Result<(), LineError> {
-        if self.closed {
-            return Err(LineError::Closed);
-        }
-        self.media.play(samples);
+        self.media()?.play(samples);
         Ok(())
     }
 
     fn queued_ms(&self) -> u64 {
-        (self.media.queued_samples() as u64 * 1000) / u64::from(RATE)
+        let queued = self.media.as_ref().map_or(0, |m| m.queued_samples());
+        (queued as u64 * 1000) / u64::from(RATE)
     }
 
     fn flush(&mut self) {
-        self.media.flush();
+        if let Some(media) = &self.media {
+            media.flush();
+        }
     }
 
     fn played_level(&self) -> f32 {
-        self.media.played_level()
+        self.media.as_ref().map_or(0.0, |m| m.played_level())
     }
 
     fn transfer(
         &mut self,
         target: &str,
-        _warm: bool,
-        _context: &str,
+        briefing: Option<&Briefing<'_>>,
     ) -> Result<TransferOutcome, LineError> {
-        if self.closed {
-            return Err(LineError::Closed);
-        }
+        self.media()?;
         // Let the box's last words ("I'm putting you through") reach the caller first.
-        while self.media.queued_samples() > FRAME_SAMPLES {
-            std::thread::sleep(Duration::from_millis(20));
+        self.drain_to(FRAME_SAMPLES, TRANSFER_WAIT);
+        if let Some(briefing) = briefing {
+            return self.warm_transfer(target, briefing);
         }
         let (done, outcome) = mpsc::channel();
-        self.commands
-            .send(CallCommand::Transfer {
-                target: target.to_string(),
-                done,
-            })
-            .map_err(|_| LineError::Closed)?;
+        let sent = self.commands.send(CallCommand::Transfer {
+            target: target.to_string(),
+            done,
+        });
+        if sent.is_err() {
+            return Ok(self.caller_left());
+        }
         let outcome = outcome
             .recv_timeout(TRANSFER_WAIT)
             .unwrap_or(TransferOutcome::Failed);
@@ -148,10 +187,7 @@ impl Line for SipLine {
             return Ok(());
         }
         // The goodbye is heard to its end before the BYE.
-        let drained_by = std::time::Instant::now() + Duration::from_secs(30);
-        while self.media.queued_samples() > 0 && std::time::Instant::now() < drained_by {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.drain_to(0, Duration::from_secs(30));
         self.closed = true;
         let (done, finished) = mpsc::channel();
         self.commands
@@ -169,6 +205,8 @@ impl Drop for SipLine {
             let (done, _) = mpsc::channel();
             let _ = self.commands.send(CallCommand::HangUp { done });
         }
-        self.media.stop();
+        if let Some(media) = self.media.as_mut() {
+            media.stop();
+        }
     }
 }

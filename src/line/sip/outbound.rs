@@ -17,7 +17,7 @@ use rsipstack::sip::{Response, StatusCode, StatusCodeKind};
 use super::digest;
 use super::media::{MediaHandle, MediaSockets};
 use super::sdp::{self, Direction, Negotiated};
-use super::ua::{transfer_uri, ActiveCall, Agent, CallSignalling};
+use super::ua::{ActiveCall, Agent, CallSignalling};
 use super::SipLine;
 
 /// The payload type the box offers for RFC 4733 telephone events.
@@ -164,20 +164,26 @@ fn unanswered(
     }
 }
 
+/// A call being placed, as a boxed future: an answered call's signalling may place another
+/// (a warm transfer's second call), so the type cannot be left opaque.
+pub(super) type Dialing = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Dialed, DialError>> + Send + 'static>,
+>;
+
 /// Places a call to `target` (a number, sent to the PBX, or a `sip:` URI).
-pub(super) async fn dial(
-    agent: Arc<Agent>,
-    target: &str,
-    options: DialOptions,
-) -> Result<Dialed, DialError> {
+pub(super) fn dial(agent: Arc<Agent>, target: &str, options: DialOptions) -> Dialing {
+    let target = target.to_string();
+    Box::pin(async move { place(agent, &target, options).await })
+}
+
+async fn place(agent: Arc<Agent>, target: &str, options: DialOptions) -> Result<Dialed, DialError> {
     let domain = agent.domain();
-    let callee =
-        rsipstack::sip::Uri::try_from(transfer_uri(target, &domain).as_str()).map_err(|e| {
-            DialError::BadTarget {
-                target: target.to_string(),
-                reason: e.to_string(),
-            }
-        })?;
+    let callee = rsipstack::sip::Uri::try_from(agent.uri_of(target).as_str()).map_err(|e| {
+        DialError::BadTarget {
+            target: target.to_string(),
+            reason: e.to_string(),
+        }
+    })?;
     let caller_user = options
         .caller
         .clone()

@@ -24,7 +24,7 @@ use rsipstack::sip::prelude::*;
 use rsipstack::sip::{Header, Method, StatusCode};
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transport::udp::UdpConnection;
-use rsipstack::transport::TransportLayer;
+use rsipstack::transport::{TcpListenerConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio::sync::{mpsc as async_mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,7 @@ use super::registration::{
 };
 use super::sdp::{self, Codec, Negotiated, SdpError};
 use super::{CallCommand, SipLine};
+use crate::config::SipTransport;
 use crate::line::TransferOutcome;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +45,7 @@ pub enum SipError {
     Runtime(std::io::Error),
     #[error("cannot listen for SIP on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
-    #[error("sip.transport = {0}: only udp is supported so far")]
+    #[error("sip.transport = {0}: not supported (use udp or tcp)")]
     Transport(&'static str),
     #[error("cannot read the SIP password from {path}: {reason}")]
     Password { path: String, reason: String },
@@ -56,6 +57,9 @@ pub enum SipError {
 #[derive(Debug, Clone)]
 pub struct SipOptions {
     pub listen: SocketAddr,
+    /// UDP only, or TCP as well: the box then listens on TCP (and UDP) at `listen`, its Contact
+    /// says `transport=tcp`, and it registers and places calls over TCP.
+    pub transport: SipTransport,
     /// The user part of the box's Contact (its extension).
     pub user: String,
     /// Calls in progress at most; more get 486 Busy Here.
@@ -76,6 +80,7 @@ impl SipOptions {
     pub fn new(listen: SocketAddr) -> SipOptions {
         SipOptions {
             listen,
+            transport: SipTransport::Udp,
             user: "callbox".into(),
             max_calls: 4,
             answer_after_rings: 1,
@@ -89,13 +94,11 @@ impl SipOptions {
     /// The options the `[sip]` section asks for: where to listen, how many calls, how many
     /// rings, and the registration (the password read from `sip.password_file`).
     pub fn from_config(sip: &crate::config::SipConfig) -> Result<SipOptions, SipError> {
-        use crate::config::SipTransport;
-        match sip.transport {
-            SipTransport::Udp => {}
-            SipTransport::Tcp => return Err(SipError::Transport("tcp")),
-            SipTransport::Tls => return Err(SipError::Transport("tls")),
+        if sip.transport == SipTransport::Tls {
+            return Err(SipError::Transport("tls"));
         }
         let mut options = SipOptions::new(sip.listen);
+        options.transport = sip.transport;
         options.max_calls = sip.max_calls;
         options.answer_after_rings = sip.answer_after_rings;
         if let Some(user) = &sip.user {
@@ -159,9 +162,22 @@ impl SipUa {
         let cancel = CancellationToken::new();
         let (call_sender, calls) = mpsc::channel();
         let active = Arc::new(AtomicU32::new(0));
-        let listen = options.listen;
-        if let Some(registration) = &options.registration {
+        let mut options = options;
+        if options.transport == SipTransport::Tls {
+            return Err(SipError::Transport("tls"));
+        }
+        let tcp = options.transport == SipTransport::Tcp;
+        let listen = if tcp {
+            tcp_port_for(options.listen)?
+        } else {
+            options.listen
+        };
+        if let Some(registration) = options.registration.as_mut() {
             registration.registrar_uri()?;
+            if tcp && !registration.registrar.contains("transport=") {
+                let uri = registration.registrar_uri()?.to_string();
+                registration.registrar = format!("{uri};transport=tcp");
+            }
         }
         let (agent, registration) = runtime.block_on(async {
             let transport = TransportLayer::new(cancel.clone());
@@ -180,6 +196,15 @@ impl SipUa {
                     reason: e.to_string(),
                 })?;
             transport.add_transport(connection.into());
+            if tcp {
+                let listener = TcpListenerConnection::new(local, None).await.map_err(|e| {
+                    SipError::Listen {
+                        addr: local,
+                        reason: e.to_string(),
+                    }
+                })?;
+                transport.add_transport(listener.into());
+            }
             let endpoint = EndpointBuilder::new()
                 .with_cancel_token(cancel.clone())
                 .with_transport_layer(transport)
@@ -318,7 +343,12 @@ pub(super) struct Agent {
 
 impl Agent {
     pub(super) fn contact(&self) -> rsipstack::sip::Uri {
-        let text = format!("sip:{}@{}", self.options.user, self.options.listen);
+        let text = format!(
+            "sip:{}@{}{}",
+            self.options.user,
+            self.options.listen,
+            self.transport_param()
+        );
         rsipstack::sip::Uri::try_from(text.as_str()).unwrap_or_default()
     }
 
@@ -326,6 +356,24 @@ impl Agent {
     /// takes the address the REGISTER leaves from).
     fn registered_contact(&self) -> Option<rsipstack::sip::Uri> {
         (!self.options.listen.ip().is_unspecified()).then(|| self.contact())
+    }
+
+    /// The URI parameter that sends requests over the configured transport.
+    pub(super) fn transport_param(&self) -> &'static str {
+        match self.options.transport {
+            SipTransport::Tcp => ";transport=tcp",
+            _ => "",
+        }
+    }
+
+    /// Where a number or URI is reached: [`transfer_uri`], over the box's transport.
+    pub(super) fn uri_of(&self, target: &str) -> String {
+        let uri = transfer_uri(target, &self.domain());
+        if uri.contains(";transport=") {
+            uri
+        } else {
+            format!("{uri}{}", self.transport_param())
+        }
     }
 
     pub(super) fn media_ip(&self) -> IpAddr {
@@ -575,6 +623,31 @@ async fn answer(agent: Arc<Agent>, mut tx: Transaction) {
     call.run(states).await;
 }
 
+/// The address to listen on with TCP (and UDP) too: a port of 0 becomes one that is free for
+/// both, since rsipstack's TCP listener binds only once the endpoint serves.
+fn tcp_port_for(listen: SocketAddr) -> Result<SocketAddr, SipError> {
+    let failed = |e: std::io::Error| SipError::Listen {
+        addr: listen,
+        reason: e.to_string(),
+    };
+    if listen.port() != 0 {
+        std::net::TcpListener::bind(listen).map_err(failed)?;
+        return Ok(listen);
+    }
+    let mut last = None;
+    for _ in 0..20 {
+        let tcp = std::net::TcpListener::bind(listen).map_err(failed)?;
+        let addr = tcp.local_addr().map_err(failed)?;
+        match std::net::UdpSocket::bind(addr) {
+            Ok(_) => return Ok(addr),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(failed(last.unwrap_or_else(|| {
+        std::io::Error::other("no port free for both TCP and UDP")
+    })))
+}
+
 /// Counts a call as active until dropped.
 pub(super) struct ActiveCall(pub(super) Arc<AtomicU32>);
 
@@ -693,6 +766,14 @@ impl CallSignalling {
                             let _ = done.send(());
                             break;
                         }
+                        Some(CallCommand::Dial { target, options, done }) => {
+                            // The second call runs on its own; this call's signalling goes on
+                            // (the caller may hang up while the human's phone rings).
+                            let agent = self.agent.clone();
+                            tokio::spawn(async move {
+                                let _ = done.send(outbound::dial(agent, &target, options).await);
+                            });
+                        }
                         Some(CallCommand::Transfer { target, done }) => {
                             match self.refer(&target).await {
                                 Ok(()) => transfer = Some(PendingTransfer {
@@ -752,7 +833,7 @@ impl CallSignalling {
 
     /// Sends REFER; Ok when the peer accepted to try it.
     async fn refer(&self, target: &str) -> Result<(), String> {
-        let uri = transfer_uri(target, &self.agent.domain());
+        let uri = self.agent.uri_of(target);
         let uri = rsipstack::sip::Uri::try_from(uri.as_str())
             .map_err(|e| format!("bad transfer target: {e}"))?;
         match self.dialog.refer(uri, None, None).await {
@@ -802,7 +883,7 @@ fn sipfrag_status(body: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SipConfig, SipTransport};
+    use crate::config::SipConfig;
 
     fn sip_config(dir: &std::path::Path) -> SipConfig {
         let password_file = dir.join("sip-password");
@@ -847,9 +928,12 @@ mod tests {
             Err(SipError::Registration(RegistrationError::BadRegistrar(_)))
         ));
         let mut config = sip_config(dir.path());
-        config.transport = SipTransport::Tcp;
+        config.transport = SipTransport::Tls;
         let error = SipOptions::from_config(&config).err().unwrap().to_string();
-        assert!(error.contains("only udp"), "{error}");
+        assert!(error.contains("tls: not supported"), "{error}");
+        config.transport = SipTransport::Tcp;
+        let options = SipOptions::from_config(&config).expect("tcp is supported");
+        assert_eq!(options.transport, SipTransport::Tcp);
     }
 
     #[test]

@@ -1,22 +1,26 @@
-//! The language model: quantized GGUF chat models on candle (llama-architecture SmolLM2; Gemma 3
-//! weights through candle's `quantized_gemma3`), with the tokenizer built from the GGUF's own
-//! metadata. It helps the agent understand turns its rules cannot decide ([`LlmScorer`], a
+//! The language model: quantized GGUF chat models on candle (llama-architecture SmolLM2 through
+//! candle's `quantized_llama`; Gemma 3 through our own [`gemma3`] module), with the tokenizer built from the GGUF's own metadata
+//! (byte-level BPE or SentencePiece-style). It helps the agent understand turns its rules cannot decide ([`LlmScorer`], a
 //! [`crate::agent::understand::TurnScorer`]) and writes text on request; it never decides what the
 //! business's script decides. It also answers callers' questions from the script's knowledge
 //! only, checked against those facts ([`GroundedAnswerer`]), and writes the call's summary text
 //! ([`summary_text`], with the agent's template as fallback).
 //!
 //! Inference is synchronous and CPU-bound: callers run it on their own threads, never on an
-//! async runtime thread. One [`LanguageModel`] is loaded once and shared through an `Arc`; the
+//! async runtime thread; live calls reach the scorer through [`ScorerThread`], which runs it on a
+//! dedicated thread and waits a bounded time. One [`LanguageModel`] is loaded once and shared through an `Arc`; the
 //! weights sit behind a mutex so one inference runs at a time. A fixed prompt start (system prompt
 //! and script context) is evaluated once into a [`Prefix`] whose KV cache later prompts reuse.
 
 mod answer;
 mod chat;
+mod gemma3;
 mod model;
 mod scorer;
+mod sentencepiece;
 mod summarize;
 pub mod tokenizer;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -28,6 +32,7 @@ pub use model::{
 pub use scorer::LlmScorer;
 pub use summarize::{summary_text, SummarySource};
 pub use tokenizer::Tokenizer;
+pub use worker::ScorerThread;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
@@ -49,7 +54,9 @@ pub enum LlmError {
     UnsupportedArchitecture(String),
     #[error("the GGUF metadata lacks {0}")]
     MissingMetadata(String),
-    #[error("unsupported tokenizer {0:?}: only byte-level BPE (gpt2) is built in")]
+    #[error(
+        "unsupported tokenizer {0:?}: byte-level BPE (gpt2) and SentencePiece (llama) are built in"
+    )]
     UnsupportedTokenizer(String),
     #[error("bad tokenizer data: {0}")]
     Tokenizer(String),

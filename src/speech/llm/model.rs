@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{quantized_gemma3, quantized_llama};
+use candle_transformers::models::quantized_llama;
 
 use super::chat::{ChatTemplate, Prompt};
+use super::gemma3::Gemma3;
 use super::tokenizer::Tokenizer;
 use super::LlmError;
 
@@ -32,7 +33,7 @@ pub const ARCHITECTURES: [&str; 2] = ["llama", "gemma3"];
 #[derive(Debug, Clone)]
 pub(crate) enum Weights {
     Llama(quantized_llama::ModelWeights),
-    Gemma3(quantized_gemma3::ModelWeights),
+    Gemma3(Gemma3),
 }
 
 impl Weights {
@@ -43,10 +44,9 @@ impl Weights {
         pos: usize,
         device: &Device,
     ) -> Result<Vec<f32>, LlmError> {
-        let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
         let logits = match self {
-            Weights::Llama(m) => m.forward(&input, pos)?,
-            Weights::Gemma3(m) => m.forward(&input, pos)?,
+            Weights::Llama(m) => m.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, pos)?,
+            Weights::Gemma3(m) => m.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, pos)?,
         };
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
@@ -172,9 +172,7 @@ fn build<R: Read + Seek>(
     device: &Device,
 ) -> Result<Weights, candle_core::Error> {
     match architecture {
-        "gemma3" => {
-            quantized_gemma3::ModelWeights::from_gguf(content, reader, device).map(Weights::Gemma3)
-        }
+        "gemma3" => Gemma3::from_gguf(&content, reader, device, MAX_CONTEXT).map(Weights::Gemma3),
         _ => quantized_llama::ModelWeights::from_gguf(content, reader, device).map(Weights::Llama),
     }
 }
@@ -221,9 +219,16 @@ pub struct Prefix {
     tokens: Vec<u32>,
     state: Weights,
     logits: Vec<f32>,
+    /// The prefix ends inside a user turn (Gemma's system text), which the next user turn continues.
+    user_open: bool,
 }
 
 impl Prefix {
+    /// The token ids evaluated into this prefix.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
@@ -289,7 +294,7 @@ impl Default for GenerateOptions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// The model ended its turn (`<|im_end|>` or end of text).
+    /// The model ended its turn (`<|im_end|>`, `<end_of_turn>` or end of text).
     EndOfTurn,
     /// `max_tokens` reached.
     Length,
@@ -298,6 +303,8 @@ pub enum StopReason {
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub text: String,
+    /// The generated token ids (without the end-of-turn token).
+    pub ids: Vec<u32>,
     /// Prompt tokens evaluated for this call (not counting the reused prefix).
     pub prompt_tokens: usize,
     pub prefix_tokens: usize,
@@ -316,6 +323,8 @@ pub struct LanguageModel {
     weights: Mutex<Weights>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
+    /// Tokens every sequence starts with (Gemma's `<bos>`).
+    sequence_start: Vec<u32>,
     stop_ids: Vec<u32>,
     info: ModelInfo,
 }
@@ -344,17 +353,23 @@ impl LanguageModel {
             .get("general.name")
             .and_then(|v| v.to_string().ok())
             .cloned();
-        let context = md
-            .get(&format!("{architecture}.context_length"))
-            .and_then(|v| v.to_u32().ok())
-            .map_or(MAX_CONTEXT, |c| (c as usize).min(MAX_CONTEXT));
+        let claimed = |key: &str| {
+            md.get(&format!("{architecture}.{key}"))
+                .and_then(|v| v.to_u32().ok())
+                .map(|c| c as usize)
+        };
+        let context = claimed("context_length").map_or(MAX_CONTEXT, |c| c.min(MAX_CONTEXT));
         let tensors = checked.content.tensor_infos.len();
         let converted_to_q8_0 = slow_tensors(&checked.content);
         let file_size = checked.file_size;
-        let template = ChatTemplate::ChatMl;
-        let end = tokenizer
-            .token_id(template.end_of_turn())
-            .ok_or_else(|| LlmError::Tokenizer("the vocabulary has no <|im_end|> token".into()))?;
+        let template = ChatTemplate::for_architecture(&architecture);
+        let end = tokenizer.token_id(template.end_of_turn()).ok_or_else(|| {
+            LlmError::Tokenizer(format!(
+                "the vocabulary has no {} token",
+                template.end_of_turn()
+            ))
+        })?;
+        let sequence_start = template.sequence_start().encode(&tokenizer);
         let mut stop_ids = vec![end];
         stop_ids.extend(tokenizer.eos_id.filter(|e| *e != end));
         let weights = load_weights(path, checked, &Device::Cpu)?;
@@ -380,6 +395,7 @@ impl LanguageModel {
             weights: Mutex::new(weights),
             tokenizer,
             template,
+            sequence_start,
             stop_ids,
             info,
         })
@@ -420,9 +436,30 @@ impl LanguageModel {
         }
     }
 
+    /// The tokens of `prompt` as evaluated after `prefix`, or at the start of a sequence.
+    fn prompt_tokens(&self, prefix: Option<&Prefix>, prompt: &Prompt) -> Vec<u32> {
+        match prefix {
+            Some(p) => prompt.encode_after(&self.tokenizer, p.user_open),
+            None => {
+                let text = prompt.encode(&self.tokenizer);
+                if text.is_empty() {
+                    return text;
+                }
+                let mut tokens = self.sequence_start.clone();
+                tokens.extend(text);
+                tokens
+            }
+        }
+    }
+
+    /// The ids `prompt` is evaluated as after `prefix` (to run the same tokens elsewhere).
+    pub fn continuation_tokens(&self, prefix: &Prefix, prompt: &Prompt) -> Vec<u32> {
+        self.prompt_tokens(Some(prefix), prompt)
+    }
+
     /// Evaluates a prompt start once; later prompts passed with it skip those tokens.
     pub fn prefix(&self, prompt: &Prompt) -> Result<Prefix, LlmError> {
-        let tokens = prompt.encode(&self.tokenizer);
+        let tokens = self.prompt_tokens(None, prompt);
         if tokens.is_empty() {
             return Err(LlmError::Invalid("an empty prefix".into()));
         }
@@ -433,12 +470,13 @@ impl LanguageModel {
             tokens,
             state: session.state,
             logits: session.logits,
+            user_open: prompt.leaves_user_open(false),
         })
     }
 
     /// A longer prefix: `prefix` followed by `prompt`, evaluated from `prefix`'s cache.
     pub fn extend(&self, prefix: &Prefix, prompt: &Prompt) -> Result<Prefix, LlmError> {
-        let tokens = prompt.encode(&self.tokenizer);
+        let tokens = self.prompt_tokens(Some(prefix), prompt);
         let weights = self.lock();
         let mut session = self.start(&weights, Some(prefix));
         session.feed(&tokens)?;
@@ -448,6 +486,7 @@ impl LanguageModel {
             tokens: all,
             state: session.state,
             logits: session.logits,
+            user_open: prompt.leaves_user_open(prefix.user_open),
         })
     }
 
@@ -461,7 +500,7 @@ impl LanguageModel {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, LlmError> {
         let started = Instant::now();
-        let tokens = prompt.encode(&self.tokenizer);
+        let tokens = self.prompt_tokens(prefix, prompt);
         if tokens.is_empty() && prefix.is_none() {
             return Err(LlmError::Invalid("an empty prompt".into()));
         }
@@ -509,6 +548,7 @@ impl LanguageModel {
         let first = first_token_at.unwrap_or_else(Instant::now);
         Ok(Generation {
             text,
+            ids: generated.clone(),
             prompt_tokens: tokens.len(),
             prefix_tokens: prefix.map_or(0, Prefix::len),
             generated_tokens: generated.len(),

@@ -105,6 +105,14 @@ impl LlmScorer {
         Ok(raw.iter().zip(&set.baseline).map(|(r, b)| r - b).collect())
     }
 
+    /// Computes a label set's prompt and calibration now rather than on its first turn.
+    pub fn prepare(&self, labels: &[Label]) -> Result<(), LlmError> {
+        if labels.is_empty() {
+            return Err(LlmError::Invalid("no labels to score".into()));
+        }
+        self.label_set(labels).map(|_| ())
+    }
+
     /// The prefix, answers and baseline of a label set, computed on first use.
     fn label_set(&self, labels: &[Label]) -> Result<Arc<LabelSet>, LlmError> {
         let texts: Vec<String> = labels.iter().map(label_text).collect();

@@ -1,13 +1,18 @@
-//! Byte-level BPE (GPT-2 style), built from a GGUF file's own metadata: `tokenizer.ggml.tokens`,
-//! `tokenizer.ggml.merges`, the token types (control tokens such as `<|im_start|>` are matched
-//! whole) and the bos/eos ids. No external tokenizer crate: the GPT-2 byte↔unicode table, a
-//! hand-written pre-tokenizer equivalent to GPT-2's split pattern (with single digits split first,
-//! as the `smollm` pre-tokenizer does) and rank-ordered merges are all here.
+//! The tokenizer built from a GGUF file's own metadata, of the kind `tokenizer.ggml.model` names:
+//! byte-level BPE (`gpt2`: SmolLM2) here, SentencePiece-style BPE (`llama`: Gemma) in
+//! [`super::sentencepiece`].
+//!
+//! Byte-level BPE (GPT-2 style) reads `tokenizer.ggml.tokens`, `tokenizer.ggml.merges`, the
+//! token types (control tokens such as `<|im_start|>` are matched whole) and the bos/eos ids. No
+//! external tokenizer crate: the GPT-2 byte↔unicode table, a hand-written pre-tokenizer
+//! equivalent to GPT-2's split pattern (with single digits split first, as the `smollm`
+//! pre-tokenizer does) and rank-ordered merges are all here.
 
 use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 
+use super::sentencepiece::SentencePiece;
 use super::LlmError;
 
 /// GGUF token type of control tokens (`<|im_start|>`), and of user-defined ones.
@@ -26,8 +31,23 @@ pub enum PreTokenizer {
     DigitsThenGpt2,
 }
 
+/// A GGUF model's tokenizer, whichever kind the file names.
 #[derive(Debug)]
 pub struct Tokenizer {
+    model: Model,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+}
+
+#[derive(Debug)]
+enum Model {
+    ByteLevel(ByteLevel),
+    SentencePiece(SentencePiece),
+}
+
+/// Byte-level BPE with a merge list (GPT-2, SmolLM2).
+#[derive(Debug)]
+pub struct ByteLevel {
     tokens: Vec<String>,
     ids: HashMap<String, u32>,
     /// (left id, right id) → (rank, merged id).
@@ -42,8 +62,6 @@ pub struct Tokenizer {
     byte_ids: [u32; 256],
     unknown_id: Option<u32>,
     pre: PreTokenizer,
-    pub bos_id: Option<u32>,
-    pub eos_id: Option<u32>,
 }
 
 fn meta<'a>(content: &'a Content, key: &str) -> Result<&'a Value, LlmError> {
@@ -55,6 +73,20 @@ fn meta<'a>(content: &'a Content, key: &str) -> Result<&'a Value, LlmError> {
 
 fn meta_u32(content: &Content, key: &str) -> Option<u32> {
     content.metadata.get(key).and_then(|v| v.to_u32().ok())
+}
+
+/// The GGUF's token types (`tokenizer.ggml.token_type`; none when absent, 1 — normal — for an
+/// entry that is not an integer).
+pub(super) fn token_types(content: &Content) -> Result<Vec<i32>, LlmError> {
+    Ok(match content.metadata.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|_| LlmError::Tokenizer("token_type is not an array".into()))?
+            .iter()
+            .map(|t| t.to_i32().unwrap_or(1))
+            .collect(),
+        None => Vec::new(),
+    })
 }
 
 fn strings(value: &Value, key: &str) -> Result<Vec<String>, LlmError> {
@@ -89,31 +121,98 @@ fn bytes_to_unicode() -> [char; 256] {
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer from the GGUF metadata; only `tokenizer.ggml.model = gpt2` is supported.
+    /// Builds the tokenizer the GGUF metadata describes: `tokenizer.ggml.model` is `gpt2`
+    /// (byte-level BPE) or `llama` (SentencePiece-style BPE with scores).
     pub fn from_gguf(content: &Content) -> Result<Tokenizer, LlmError> {
-        let model = meta(content, "tokenizer.ggml.model")?
+        let kind = meta(content, "tokenizer.ggml.model")?
             .to_string()
             .map_err(|_| LlmError::Tokenizer("tokenizer.ggml.model is not a string".into()))?;
-        if model != "gpt2" {
-            return Err(LlmError::UnsupportedTokenizer(model.clone()));
-        }
         let tokens = strings(
             meta(content, "tokenizer.ggml.tokens")?,
             "tokenizer.ggml.tokens",
         )?;
+        let model = match kind.as_str() {
+            "gpt2" => Model::ByteLevel(ByteLevel::from_gguf(content, tokens)?),
+            "llama" => Model::SentencePiece(SentencePiece::from_gguf(content, tokens)?),
+            _ => return Err(LlmError::UnsupportedTokenizer(kind.clone())),
+        };
+        let vocab = match &model {
+            Model::ByteLevel(m) => m.vocab_size(),
+            Model::SentencePiece(m) => m.vocab_size(),
+        };
+        let id = |key: &str| meta_u32(content, key).filter(|id| (*id as usize) < vocab);
+        Ok(Tokenizer {
+            model,
+            bos_id: id("tokenizer.ggml.bos_token_id"),
+            eos_id: id("tokenizer.ggml.eos_token_id"),
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.model {
+            Model::ByteLevel(m) => m.vocab_size(),
+            Model::SentencePiece(m) => m.vocab_size(),
+        }
+    }
+
+    /// The id of a token string, e.g. `<|im_end|>`.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        match &self.model {
+            Model::ByteLevel(m) => m.token_id(token),
+            Model::SentencePiece(m) => m.token_id(token),
+        }
+    }
+
+    /// Control tokens: never produced from plain text, left out of decoded text on request.
+    pub fn is_special(&self, id: u32) -> bool {
+        match &self.model {
+            Model::ByteLevel(m) => m.is_special(id),
+            Model::SentencePiece(m) => m.is_special(id),
+        }
+    }
+
+    /// Encodes text. With `allow_special`, control-token strings in the text (`<|im_start|>`)
+    /// become their single ids; without it they are encoded as plain text, so a caller's words
+    /// can never open or close a chat turn.
+    pub fn encode(&self, text: &str, allow_special: bool) -> Vec<u32> {
+        match &self.model {
+            Model::ByteLevel(m) => m.encode(text, allow_special),
+            Model::SentencePiece(m) => {
+                let mut out = Vec::new();
+                m.encode(text, allow_special, &mut out);
+                out
+            }
+        }
+    }
+
+    /// The raw bytes of one token (a control token yields its own text).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match &self.model {
+            Model::ByteLevel(m) => m.token_bytes(id),
+            Model::SentencePiece(m) => m.token_bytes(id),
+        }
+    }
+
+    /// Decodes ids to text; with `skip_special`, control tokens are left out.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            if skip_special && self.is_special(id) {
+                continue;
+            }
+            bytes.extend(self.token_bytes(id));
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl ByteLevel {
+    fn from_gguf(content: &Content, tokens: Vec<String>) -> Result<ByteLevel, LlmError> {
         let merges = strings(
             meta(content, "tokenizer.ggml.merges")?,
             "tokenizer.ggml.merges",
         )?;
-        let types: Vec<i32> = match content.metadata.get("tokenizer.ggml.token_type") {
-            Some(v) => v
-                .to_vec()
-                .map_err(|_| LlmError::Tokenizer("token_type is not an array".into()))?
-                .iter()
-                .map(|t| t.to_i32().unwrap_or(1))
-                .collect(),
-            None => Vec::new(),
-        };
+        let types = token_types(content)?;
         let pre = match content
             .metadata
             .get("tokenizer.ggml.pre")
@@ -123,9 +222,7 @@ impl Tokenizer {
             Some("smollm") | Some("starcoder") | Some("refact") => PreTokenizer::DigitsThenGpt2,
             _ => PreTokenizer::Gpt2,
         };
-        let mut tokenizer = Tokenizer::new(tokens, &merges, &types, pre)?;
-        tokenizer.bos_id = meta_u32(content, "tokenizer.ggml.bos_token_id");
-        tokenizer.eos_id = meta_u32(content, "tokenizer.ggml.eos_token_id");
+        let mut tokenizer = ByteLevel::new(tokens, &merges, &types, pre)?;
         tokenizer.unknown_id = meta_u32(content, "tokenizer.ggml.unknown_token_id");
         Ok(tokenizer)
     }
@@ -137,7 +234,7 @@ impl Tokenizer {
         merges: &[String],
         types: &[i32],
         pre: PreTokenizer,
-    ) -> Result<Tokenizer, LlmError> {
+    ) -> Result<ByteLevel, LlmError> {
         let ids: HashMap<String, u32> = tokens
             .iter()
             .enumerate()
@@ -184,7 +281,7 @@ impl Tokenizer {
             }
         }
         specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
-        Ok(Tokenizer {
+        Ok(ByteLevel {
             tokens,
             ids,
             merges: merge_map,
@@ -195,8 +292,6 @@ impl Tokenizer {
             byte_ids,
             unknown_id: None,
             pre,
-            bos_id: None,
-            eos_id: None,
         })
     }
 
@@ -299,18 +394,6 @@ impl Tokenizer {
             }
         }
         bytes
-    }
-
-    /// Decodes ids to text; with `skip_special`, control tokens are left out.
-    pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
-        let mut bytes = Vec::new();
-        for &id in ids {
-            if skip_special && self.is_special(id) {
-                continue;
-            }
-            bytes.extend(self.token_bytes(id));
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// The character GPT-2 uses for a byte (`Ġ` for a space).
@@ -459,6 +542,14 @@ mod tests {
 
     /// A tiny byte-level vocabulary: every byte, plus merges for "he", "hel", "hell", "hello".
     fn tiny() -> Tokenizer {
+        Tokenizer {
+            model: Model::ByteLevel(tiny_byte_level()),
+            bos_id: None,
+            eos_id: None,
+        }
+    }
+
+    fn tiny_byte_level() -> ByteLevel {
         let table = bytes_to_unicode();
         let mut tokens: Vec<String> = table.iter().map(|c| c.to_string()).collect();
         for t in ["he", "ll", "hell", "hello", "<|im_start|>"] {
@@ -470,7 +561,7 @@ mod tests {
             .collect();
         let mut types = vec![1; tokens.len()];
         *types.last_mut().unwrap() = TOKEN_TYPE_CONTROL;
-        Tokenizer::new(tokens, &merges, &types, PreTokenizer::Gpt2).unwrap()
+        ByteLevel::new(tokens, &merges, &types, PreTokenizer::Gpt2).unwrap()
     }
 
     #[test]
@@ -483,7 +574,7 @@ mod tests {
         let plain = t.encode("<|im_start|>", false);
         assert!(plain.len() > 1 && !plain.contains(&start));
         assert_eq!(t.decode(&plain, false), "<|im_start|>");
-        assert_eq!(t.byte_char(b' '), 'Ġ');
+        assert_eq!(tiny_byte_level().byte_char(b' '), 'Ġ');
     }
 
     #[test]

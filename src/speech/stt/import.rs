@@ -116,6 +116,25 @@ pub struct CandleConfig {
     pub begin_suppress_tokens: Vec<u32>,
 }
 
+impl CandleConfig {
+    /// The same, as candle-transformers' whisper models take it.
+    pub fn whisper_config(&self) -> candle_transformers::models::whisper::Config {
+        let d = &self.dims;
+        candle_transformers::models::whisper::Config {
+            num_mel_bins: d.num_mel_bins,
+            max_source_positions: d.max_source_positions,
+            d_model: d.d_model,
+            encoder_attention_heads: d.encoder_attention_heads,
+            encoder_layers: d.encoder_layers,
+            vocab_size: d.vocab_size,
+            max_target_positions: d.max_target_positions,
+            decoder_attention_heads: d.decoder_attention_heads,
+            decoder_layers: d.decoder_layers,
+            suppress_tokens: self.suppress_tokens.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Stamp {
     converter: u32,

@@ -18,6 +18,7 @@
 
 pub mod ct2;
 pub mod decoder;
+pub mod encoder;
 pub mod import;
 pub mod mel;
 pub mod tokenizer;
@@ -33,6 +34,9 @@ use candle_transformers::models::whisper::{self as w, model as fmodel, quantized
 use decoder::{TextDecoder, Weights};
 use import::{CandleConfig, CANDLE_DIR, CONFIG_FILE, GGUF_FILE, SAFETENSORS_FILE};
 use tokenizer::{Tokenizer, TokenizerError};
+
+/// Where the encoder's tensors are in the converted weights (candle's names).
+const ENCODER_PREFIX: &str = "model.encoder";
 
 /// Least number of mel frames the encoder runs on (1 s).
 pub const MIN_FRAMES: usize = 100;
@@ -103,6 +107,10 @@ pub struct SttOptions {
     pub quantized_logits: bool,
     /// Silence appended after the audio, in mel frames, when encoding its own length.
     pub tail_frames: usize,
+    /// With the quantized weights, run the encoder on the f32 weights: its matrix products span
+    /// hundreds of frames, where f32's tuned matrix product beats the q8_0 kernels, while the
+    /// decoder's one-token steps stay q8_0 (docs/stt.md has the figures).
+    pub dense_encoder: bool,
 }
 
 impl Default for SttOptions {
@@ -114,16 +122,18 @@ impl Default for SttOptions {
             cached_decoder: true,
             quantized_logits: true,
             tail_frames: TAIL_FRAMES,
+            dense_encoder: false,
         }
     }
 }
 
 impl SttOptions {
-    /// How calls load the recognizer: the q8_0 weights, which are faster and as accurate on the
-    /// test set (docs/stt.md).
+    /// How calls load the recognizer: the q8_0 weights for decoding and the f32 ones for the
+    /// encoder, which is fastest and as accurate on the test set (docs/stt.md).
     pub fn for_calls() -> SttOptions {
         SttOptions {
             quantized: true,
+            dense_encoder: true,
             ..SttOptions::default()
         }
     }
@@ -243,6 +253,9 @@ impl Drop for Lease<'_> {
 pub struct SpeechToText {
     pool: Pool,
     decoder: TextDecoder,
+    /// The f32 encoder every worker uses instead of its own quantized one
+    /// ([`SttOptions::dense_encoder`]).
+    dense_encoder: Option<encoder::AudioEncoder>,
     config: CandleConfig,
     tokenizer: Tokenizer,
     log_mel: mel::LogMel,
@@ -275,8 +288,10 @@ impl SpeechToText {
         } else {
             SAFETENSORS_FILE
         });
+        let dense = candle_dir.join(SAFETENSORS_FILE);
         let cfg_path = candle_dir.join(CONFIG_FILE);
-        if !weights.exists() || !cfg_path.exists() {
+        let dense_needed = !options.quantized || options.dense_encoder;
+        if !weights.exists() || !cfg_path.exists() || (dense_needed && !dense.exists()) {
             return Err(SttError::NotImported {
                 dir: dir.display().to_string(),
             });
@@ -291,18 +306,7 @@ impl SpeechToText {
                 path: cfg_path.display().to_string(),
                 source,
             })?;
-        let wcfg = w::Config {
-            num_mel_bins: config.dims.num_mel_bins,
-            max_source_positions: config.dims.max_source_positions,
-            d_model: config.dims.d_model,
-            encoder_attention_heads: config.dims.encoder_attention_heads,
-            encoder_layers: config.dims.encoder_layers,
-            vocab_size: config.dims.vocab_size,
-            max_target_positions: config.dims.max_target_positions,
-            decoder_attention_heads: config.dims.decoder_attention_heads,
-            decoder_layers: config.dims.decoder_layers,
-            suppress_tokens: config.suppress_tokens.clone(),
-        };
+        let wcfg = config.whisper_config();
         let device = Device::Cpu;
         let workers = options.workers.max(1);
         // Every decoder is built from the same loaded tensors: candle tensors share their storage.
@@ -330,6 +334,19 @@ impl SpeechToText {
                 TextDecoder::load(&Weights::Full(&vb), &config.dims, false)?,
             )
         };
+        let dense_encoder = if options.quantized && options.dense_encoder {
+            // Mapped, so that only the encoder's tensors are read (the file holds the whole
+            // model). SAFETY: the file is mapped read-only; the importer replaces it by renaming
+            // a new file into place (`import::write_atomic`), never by writing into it.
+            let vb =
+                unsafe { VarBuilder::from_mmaped_safetensors(&[&dense], DType::F32, &device)? };
+            Some(encoder::AudioEncoder::load(
+                vb.pp(ENCODER_PREFIX),
+                &config.dims,
+            )?)
+        } else {
+            None
+        };
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let vocab = config.dims.vocab_size;
         let mut suppress = vec![false; vocab];
@@ -351,6 +368,7 @@ impl SpeechToText {
                 returned: Condvar::new(),
             },
             decoder,
+            dense_encoder,
             config,
             tokenizer,
             log_mel,
@@ -446,7 +464,10 @@ impl SpeechToText {
         let mut lease = self.pool.take()?;
         let model = lease.model();
         let started = Instant::now();
-        let audio = model.encode(&mel)?;
+        let audio = match &self.dense_encoder {
+            Some(encoder) => encoder.forward(&mel)?,
+            None => model.encode(&mel)?,
+        };
         timings.encode += started.elapsed();
         timings.frames += frames;
         let started = Instant::now();

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
 
+use super::stt::encoder::EncoderLayer;
 use super::stt::mel;
 
 /// The sub-directory of the model directory the importer writes.
@@ -39,7 +40,6 @@ const N_MELS: usize = 80;
 const D_MODEL: usize = 384;
 const HEADS: usize = 6;
 const LAYERS: usize = 4;
-const FFN: usize = 1536;
 const POOL: usize = 256;
 const LN_EPS: f64 = 1e-5;
 /// The reference normalizes the waveform with this added to the variance.
@@ -66,64 +66,6 @@ fn linear(
     (inputs, outputs): (usize, usize),
 ) -> candle_core::Result<Linear> {
     candle_nn::linear(inputs, outputs, vb.pp(module))
-}
-
-struct EncoderLayer {
-    attn_norm: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    ffn_norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl EncoderLayer {
-    fn load(vb: &VarBuilder, layer: &str) -> candle_core::Result<EncoderLayer> {
-        let attn = format!("{layer}.self_attn");
-        let square = (D_MODEL, D_MODEL);
-        Ok(EncoderLayer {
-            attn_norm: candle_nn::layer_norm(
-                D_MODEL,
-                LN_EPS,
-                vb.pp(format!("{layer}.self_attn_layer_norm")),
-            )?,
-            q: linear(vb, &format!("{attn}.q_proj"), square)?,
-            k: candle_nn::linear_no_bias(D_MODEL, D_MODEL, vb.pp(format!("{attn}.k_proj")))?,
-            v: linear(vb, &format!("{attn}.v_proj"), square)?,
-            out: linear(vb, &format!("{attn}.out_proj"), square)?,
-            ffn_norm: candle_nn::layer_norm(
-                D_MODEL,
-                LN_EPS,
-                vb.pp(format!("{layer}.final_layer_norm")),
-            )?,
-            fc1: linear(vb, &format!("{layer}.fc1"), (D_MODEL, FFN))?,
-            fc2: linear(vb, &format!("{layer}.fc2"), (FFN, D_MODEL))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let head_dim = D_MODEL / HEADS;
-        let h = self.attn_norm.forward(x)?;
-        let heads = |y: Tensor| {
-            y.reshape((b, t, HEADS, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = heads((self.q.forward(&h)? * (head_dim as f64).powf(-0.5))?)?;
-        let k = heads(self.k.forward(&h)?)?;
-        let v = heads(self.v.forward(&h)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let context = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, D_MODEL))?;
-        let x = (x + self.out.forward(&context)?)?;
-        let h = self.fc1.forward(&self.ffn_norm.forward(&x)?)?.gelu_erf()?;
-        x + self.fc2.forward(&h)?
-    }
 }
 
 /// Smart Turn v3: the encoder and the pooling classifier. Shareable between calls.
@@ -171,7 +113,7 @@ impl EndOfTurn {
             ..Conv1dConfig::default()
         };
         let layers = (0..LAYERS)
-            .map(|i| EncoderLayer::load(vb, &format!("encoder.layers.{i}")))
+            .map(|i| EncoderLayer::load(vb.pp(format!("encoder.layers.{i}")), D_MODEL))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(EndOfTurn {
             conv1: candle_nn::conv1d(N_MELS, D_MODEL, 3, conv(1), vb.pp("encoder.conv1"))?,
@@ -227,7 +169,7 @@ impl EndOfTurn {
         let x = self.conv2.forward(&x)?.gelu_erf()?;
         let mut x = x.transpose(1, 2)?.broadcast_add(&self.positions)?;
         for layer in &self.layers {
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, HEADS)?;
         }
         let x = self.final_norm.forward(&x)?;
         // Attention pooling over time.

@@ -11,6 +11,7 @@
 //! hyper-parameters that leave no trace in the weights (dilations, the spline's tail bound) are
 //! the constants of Piper's training configuration, named where they are used.
 mod decoder;
+mod dense;
 mod duration;
 mod encoder;
 mod flow;
@@ -24,6 +25,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::phonemes::VoiceConfig;
 use decoder::Decoder;
+use dense::Signal;
 use duration::DurationPredictor;
 use encoder::TextEncoder;
 use flow::CouplingFlow;
@@ -185,11 +187,7 @@ impl Vits {
         seed: u64,
     ) -> Result<Vec<f32>, VitsError> {
         let z = self.latent(ids, scales, seed, &|| false)?;
-        if z.dim(2)? == 0 {
-            return Ok(Vec::new());
-        }
-        let audio = self.decoder.forward(&z)?;
-        Ok(audio.flatten_all()?.to_vec1::<f32>()?)
+        self.decoder.forward(&z)
     }
 
     /// Synthesizes like `synthesize` but hands the audio out piece by piece as the decoder
@@ -207,9 +205,6 @@ impl Vits {
         emit: &mut dyn FnMut(Vec<f32>),
     ) -> Result<(), VitsError> {
         let z = self.latent(ids, scales, seed, stop)?;
-        if z.dim(2)? == 0 {
-            return Ok(());
-        }
         if self.decoder.forward_windows(&z, first_frames, stop, emit)? {
             Ok(())
         } else {
@@ -217,7 +212,7 @@ impl Vits {
         }
     }
 
-    /// Encoder, durations, alignment, prior sample and flow: the latent `[1, C, frames]` the
+    /// Encoder, durations, alignment, prior sample and flow: the latent `[C, frames]` the
     /// decoder turns into audio.
     fn latent(
         &self,
@@ -225,7 +220,7 @@ impl Vits {
         scales: Scales,
         seed: u64,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Tensor, VitsError> {
+    ) -> Result<Signal, VitsError> {
         if ids.is_empty() {
             return Err(VitsError::EmptyInput);
         }
@@ -257,11 +252,7 @@ impl Vits {
             .flat_map(|(i, &d)| std::iter::repeat_n(i as u32, d))
             .collect();
         if index.is_empty() {
-            return Ok(Tensor::zeros(
-                (1, m_p.dim(1)?, 0),
-                DType::F32,
-                &Device::Cpu,
-            )?);
+            return Ok(Signal::zeros(m_p.dim(1)?, 0, 0));
         }
         checkpoint()?;
         let index = Tensor::new(index.as_slice(), &Device::Cpu)?;
@@ -273,7 +264,7 @@ impl Vits {
         } else {
             m
         };
-        let z = self.flow.reverse(&z_p)?;
+        let z = self.flow.reverse(&Signal::from_tensor(&z_p, 0)?)?;
         checkpoint()?;
         Ok(z)
     }

@@ -1,5 +1,5 @@
-//! The building blocks: 1-D convolutions with "same" padding, transposed convolutions and
-//! layer norm over the channel axis, all on `[1, channels, time]` tensors.
+//! The building blocks of the encoder and the duration predictor on candle: 1-D convolutions
+//! with "same" padding and layer norm over the channel axis, on `[1, channels, time]` tensors.
 use candle_core::{Tensor, D};
 
 use super::{bad, VitsError, Weights};
@@ -57,11 +57,6 @@ impl Conv1d {
         })
     }
 
-    /// How many input samples on each side one output sample depends on.
-    pub(crate) fn reach(&self) -> usize {
-        self.padding
-    }
-
     pub(crate) fn in_channels(&self) -> usize {
         self.weight.dims()[1] * self.groups
     }
@@ -107,48 +102,6 @@ fn depthwise(
     out.ok_or_else(|| bad("depthwise kernel", "has no taps"))
 }
 
-/// A `ConvTranspose1d` upsampling by `stride`, weight `[in, out, k]`, cropping `padding` samples
-/// on both sides as PyTorch does.
-pub(crate) struct ConvTranspose1d {
-    weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-    padding: usize,
-}
-
-impl ConvTranspose1d {
-    pub(crate) fn new(
-        weight: Tensor,
-        bias: Tensor,
-        stride: usize,
-        padding: usize,
-    ) -> Result<ConvTranspose1d, VitsError> {
-        let out = weight.dims()[1];
-        Ok(ConvTranspose1d {
-            weight: weight.contiguous()?,
-            bias: bias.reshape((1, out, 1))?,
-            stride,
-            padding,
-        })
-    }
-
-    pub(crate) fn stride(&self) -> usize {
-        self.stride
-    }
-
-    /// How many input samples on each side (at the input's rate) one output sample depends on.
-    pub(crate) fn reach(&self) -> usize {
-        self.weight.dims()[2].div_ceil(self.stride)
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, VitsError> {
-        // Unpadded (candle's fast path), then cropped: the same as PyTorch's `padding`.
-        let y = x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
-        let len = y.dim(2)? - 2 * self.padding;
-        Ok(y.narrow(2, self.padding, len)?.broadcast_add(&self.bias)?)
-    }
-}
-
 /// Layer norm over the channel axis of `[1, channels, time]` (VITS's `LayerNorm`, eps 1e-5).
 pub(crate) struct ChannelNorm {
     gamma: Tensor,
@@ -168,8 +121,4 @@ impl ChannelNorm {
         let y = candle_nn::ops::layer_norm(&t, &self.gamma, &self.beta, 1e-5)?;
         Ok(y.transpose(1, 2)?.contiguous()?)
     }
-}
-
-pub(crate) fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor, VitsError> {
-    Ok(x.maximum(&x.affine(slope, 0.0)?)?)
 }

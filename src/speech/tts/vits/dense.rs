@@ -1,0 +1,613 @@
+//! Plain-slice kernels for the convolutional parts of the network (the flow's WaveNet stacks and
+//! the HiFi-GAN decoder), where candle's CPU convolutions are slow: an im2col copy per
+//! convolution and one allocating pass per activation, bias and residual sum.
+//!
+//! A signal is channel-major rows with zero margins, so a convolution is one matrix product per
+//! tap over shifted views of its input (no copy), computed tile by tile in time so the output
+//! tile stays in cache across the taps; a transposed convolution is one matrix product and an
+//! overlap-add; biases are added while the tile is in cache. The products run on `gemm` (the
+//! kernels under candle's own matmul), the output channels split across rayon's threads.
+use std::ops::Range;
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use super::{bad, VitsError};
+
+/// Output columns per matrix product: the output tile and its input rows stay in L2 across taps.
+const TILE: usize = 512;
+/// Output rows per parallel task (a multiple of the matrix kernels' register block).
+const ROWS_PER_TASK: usize = 16;
+
+/// A `[channels, len]` signal, row by row, each row with `margin` zeros before and after it, so
+/// a convolution that reaches `margin` samples outside reads the zeros of "same" padding.
+#[derive(Debug, Clone)]
+pub(crate) struct Signal {
+    channels: usize,
+    len: usize,
+    margin: usize,
+    data: Vec<f32>,
+}
+
+impl Signal {
+    pub(crate) fn zeros(channels: usize, len: usize, margin: usize) -> Signal {
+        Signal {
+            channels,
+            len,
+            margin,
+            data: vec![0.0; channels * (len + 2 * margin)],
+        }
+    }
+
+    /// From a `[1, channels, len]` tensor.
+    pub(crate) fn from_tensor(t: &Tensor, margin: usize) -> Result<Signal, VitsError> {
+        let (_, channels, len) = t.dims3()?;
+        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        let mut s = Signal::zeros(channels, len, margin);
+        for (c, row) in values.chunks_exact(len.max(1)).take(channels).enumerate() {
+            s.row_mut(c).copy_from_slice(&row[..len]);
+        }
+        Ok(s)
+    }
+
+    pub(crate) fn channels(&self) -> usize {
+        self.channels
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn stride(&self) -> usize {
+        self.len + 2 * self.margin
+    }
+
+    pub(crate) fn row(&self, c: usize) -> &[f32] {
+        let start = c * self.stride() + self.margin;
+        &self.data[start..start + self.len]
+    }
+
+    pub(crate) fn row_mut(&mut self, c: usize) -> &mut [f32] {
+        let start = c * self.stride() + self.margin;
+        let len = self.len;
+        &mut self.data[start..start + len]
+    }
+
+    /// Columns `[from, from + len)` of channels `channels`, with `margin` zeros around each row.
+    pub(crate) fn slice(
+        &self,
+        channels: Range<usize>,
+        from: usize,
+        len: usize,
+        margin: usize,
+    ) -> Signal {
+        let mut out = Signal::zeros(channels.len(), len, margin);
+        for (o, c) in channels.enumerate() {
+            out.row_mut(o)
+                .copy_from_slice(&self.row(c)[from..from + len]);
+        }
+        out
+    }
+
+    /// The same rows in the opposite channel order.
+    pub(crate) fn flip_channels(&mut self) {
+        let stride = self.stride();
+        let mut rows: Vec<&mut [f32]> = self.data.chunks_exact_mut(stride.max(1)).collect();
+        let n = rows.len();
+        for i in 0..n / 2 {
+            let (head, tail) = rows.split_at_mut(n - 1 - i);
+            head[i].swap_with_slice(tail[0]);
+        }
+    }
+
+    /// Channel-major values without margins.
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.channels * self.len);
+        for c in 0..self.channels {
+            out.extend_from_slice(self.row(c));
+        }
+        out
+    }
+
+    /// Each row's interior, mutable, with its channel index; in parallel for long signals.
+    fn for_rows(&mut self, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+        let (stride, margin, len) = (self.stride(), self.margin, self.len);
+        if stride == 0 {
+            return;
+        }
+        let each = |(c, row): (usize, &mut [f32])| f(c, &mut row[margin..margin + len]);
+        if self.data.len() >= PARALLEL_ELEMENTS {
+            self.data.par_chunks_mut(stride).enumerate().for_each(each);
+        } else {
+            self.data.chunks_mut(stride).enumerate().for_each(each);
+        }
+    }
+}
+
+/// Element-wise passes over fewer values than this stay on the calling thread.
+const PARALLEL_ELEMENTS: usize = 1 << 16;
+
+/// `dst = leaky_relu(src)` on the interiors (`dst`'s margins stay zero); same shape.
+pub(crate) fn leaky_relu_into(src: &Signal, slope: f32, dst: &mut Signal) {
+    debug_assert_eq!((src.channels, src.len), (dst.channels, dst.len));
+    dst.for_rows(|c, out| {
+        for (o, &x) in out.iter_mut().zip(src.row(c)) {
+            *o = if x >= 0.0 { x } else { x * slope };
+        }
+    });
+}
+
+/// `acc += x` on the interiors; same shape.
+pub(crate) fn add_into(acc: &mut Signal, x: &Signal) {
+    debug_assert_eq!((acc.channels, acc.len), (x.channels, x.len));
+    acc.for_rows(|c, out| {
+        for (o, &v) in out.iter_mut().zip(x.row(c)) {
+            *o += v;
+        }
+    });
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, each row-major with the given row strides (columns are
+/// contiguous): the bounds are checked here, so the one unsafe call below stays inside them.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let fits = |len: usize, rows: usize, rs: usize, cols: usize| {
+        rows == 0 || (rs >= cols && (rows - 1) * rs + cols <= len)
+    };
+    assert!(
+        fits(dst.len(), m, dst_rs, n)
+            && fits(lhs.len(), m, lhs_rs, k)
+            && fits(rhs.len(), k, rhs_rs, n),
+        "matmul operands out of bounds"
+    );
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // SAFETY: every element gemm reads or writes — rows `0..m` (resp. `k`) at the given row
+    // stride, columns `0..n` (resp. `k`) contiguous — lies within the slices, as asserted above;
+    // `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            1,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The values of a rank-3 weight times `scale`, each moved to `index(d0, d1, d2)`.
+fn laid_out(
+    weight: &Tensor,
+    scale: f32,
+    index: impl Fn(usize, usize, usize) -> usize,
+) -> Result<Vec<f32>, VitsError> {
+    let (n0, n1, n2) = weight.dims3()?;
+    let values = weight.flatten_all()?.to_vec1::<f32>()?;
+    let mut laid = vec![0.0; values.len()];
+    for a in 0..n0 {
+        for b in 0..n1 {
+            for c in 0..n2 {
+                laid[index(a, b, c)] = values[(a * n1 + b) * n2 + c] * scale;
+            }
+        }
+    }
+    Ok(laid)
+}
+
+/// A `[outputs]` bias times `scale`.
+fn biases(name: &str, bias: &Tensor, outputs: usize, scale: f32) -> Result<Vec<f32>, VitsError> {
+    let values = bias.flatten_all()?.to_vec1::<f32>()?;
+    if values.len() != outputs {
+        return Err(bad(
+            name,
+            format!("{} biases for {outputs} outputs", values.len()),
+        ));
+    }
+    Ok(values.iter().map(|v| v * scale).collect())
+}
+
+/// A 1-D convolution with "same" padding (odd kernel), weights laid out once as `[tap][out][in]`.
+pub(crate) struct DenseConv {
+    outputs: usize,
+    inputs: usize,
+    taps: usize,
+    dilation: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl DenseConv {
+    /// From a `[out, in, k]` weight and optional `[out]` bias, both multiplied by `scale`.
+    pub(crate) fn new(
+        name: &str,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        dilation: usize,
+        scale: f32,
+    ) -> Result<DenseConv, VitsError> {
+        let (outputs, inputs, taps) = weight.dims3()?;
+        if taps % 2 == 0 {
+            return Err(bad(
+                name,
+                format!("even kernel {taps} has no centred padding"),
+            ));
+        }
+        let laid = laid_out(weight, scale, |o, i, t| (t * outputs + o) * inputs + i)?;
+        let bias = match bias {
+            Some(b) => biases(name, b, outputs, scale)?,
+            None => vec![0.0; outputs],
+        };
+        Ok(DenseConv {
+            outputs,
+            inputs,
+            taps,
+            dilation,
+            weight: laid,
+            bias,
+        })
+    }
+
+    /// How many input samples on each side one output sample depends on.
+    pub(crate) fn reach(&self) -> usize {
+        (self.taps - 1) / 2 * self.dilation
+    }
+
+    pub(crate) fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    pub(crate) fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// The convolution of `x` (whose margin must be at least `reach`), in a new signal with
+    /// `margin` zeros around each row.
+    pub(crate) fn forward(&self, x: &Signal, margin: usize) -> Signal {
+        let mut out = Signal::zeros(self.outputs, x.len, margin);
+        self.accumulate(x, 0..self.outputs, &mut out);
+        out
+    }
+
+    /// `dst += bias + conv(x)` for the output channels `rows` (`dst` has that many channels).
+    pub(crate) fn accumulate(&self, x: &Signal, rows: Range<usize>, dst: &mut Signal) {
+        assert!(
+            x.channels == self.inputs
+                && x.margin >= self.reach()
+                && dst.channels == rows.len()
+                && dst.len == x.len
+                && rows.end <= self.outputs,
+            "convolution shapes: {}→{} over {}×{} (margin {}) into {}×{}",
+            self.inputs,
+            self.outputs,
+            x.channels,
+            x.len,
+            x.margin,
+            dst.channels,
+            dst.len
+        );
+        let len = x.len;
+        if len == 0 || rows.is_empty() {
+            return;
+        }
+        let (dst_stride, dst_margin) = (dst.stride(), dst.margin);
+        let first_row = rows.start;
+        let task = |(group, chunk): (usize, &mut [f32])| {
+            let row0 = first_row + group * ROWS_PER_TASK;
+            let m = chunk.len() / dst_stride;
+            let out = &mut chunk[dst_margin..];
+            for t0 in (0..len).step_by(TILE) {
+                let n = TILE.min(len - t0);
+                for tap in 0..self.taps {
+                    let w = &self.weight[(tap * self.outputs + row0) * self.inputs..];
+                    let from = x.margin - self.reach() + tap * self.dilation + t0;
+                    matmul(
+                        &mut out[t0..],
+                        dst_stride,
+                        w,
+                        self.inputs,
+                        &x.data[from..],
+                        x.stride(),
+                        (m, n, self.inputs),
+                        true,
+                    );
+                }
+                for r in 0..m {
+                    let b = self.bias[row0 + r];
+                    for v in &mut out[r * dst_stride + t0..r * dst_stride + t0 + n] {
+                        *v += b;
+                    }
+                }
+            }
+        };
+        let chunk = ROWS_PER_TASK * dst_stride;
+        if rows.len() * len * self.inputs * self.taps >= PARALLEL_MACS {
+            dst.data.par_chunks_mut(chunk).enumerate().for_each(task);
+        } else {
+            dst.data.chunks_mut(chunk).enumerate().for_each(task);
+        }
+    }
+}
+
+/// Products smaller than this many multiply-adds stay on the calling thread.
+const PARALLEL_MACS: usize = 1 << 20;
+
+/// A transposed 1-D convolution (weight `[in, out, k]`) upsampling by `stride` and cropping
+/// `padding` samples on both sides as PyTorch does; weights laid out once as `[out·k][in]`.
+pub(crate) struct DenseUpsample {
+    inputs: usize,
+    outputs: usize,
+    taps: usize,
+    stride: usize,
+    padding: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// Input frames per product of the transposed convolution.
+const UPSAMPLE_TILE: usize = 128;
+
+impl DenseUpsample {
+    /// `scale` multiplies the weights (not the bias).
+    pub(crate) fn new(
+        name: &str,
+        weight: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        padding: usize,
+        scale: f32,
+    ) -> Result<DenseUpsample, VitsError> {
+        let (inputs, outputs, taps) = weight.dims3()?;
+        if stride == 0 || 2 * padding > taps + stride {
+            return Err(bad(
+                name,
+                format!("stride {stride}, padding {padding}, kernel {taps}"),
+            ));
+        }
+        let laid = laid_out(weight, scale, |i, o, t| (o * taps + t) * inputs + i)?;
+        let bias = biases(name, bias, outputs, 1.0)?;
+        Ok(DenseUpsample {
+            inputs,
+            outputs,
+            taps,
+            stride,
+            padding,
+            weight: laid,
+            bias,
+        })
+    }
+
+    pub(crate) fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// How many input samples on each side (at the input's rate) one output sample depends on.
+    pub(crate) fn reach(&self) -> usize {
+        self.taps.div_ceil(self.stride)
+    }
+
+    /// Output length for `len` input samples.
+    fn out_len(&self, len: usize) -> usize {
+        if len == 0 {
+            return 0;
+        }
+        ((len - 1) * self.stride + self.taps).saturating_sub(2 * self.padding)
+    }
+
+    /// The transposed convolution of `x`, in a new signal with `margin` zeros around each row.
+    /// Each task owns output channels; within it, input tiles are multiplied into columns
+    /// `[channel·k + tap][frame]` which are added, shifted by `frame·stride + tap − padding`,
+    /// into the output range the tile owns.
+    pub(crate) fn forward(&self, x: &Signal, margin: usize) -> Signal {
+        assert_eq!(x.channels, self.inputs, "upsampling input channels");
+        let len = x.len;
+        let out_len = self.out_len(len);
+        let mut out = Signal::zeros(self.outputs, out_len, margin);
+        if out_len == 0 {
+            return out;
+        }
+        let (stride, taps, pad) = (self.stride, self.taps, self.padding);
+        let out_stride = out.stride();
+        let tiles = len.div_ceil(UPSAMPLE_TILE);
+        let task = |(group, chunk): (usize, &mut [f32]), cols: &mut Vec<f32>| {
+            let row0 = group * ROWS_PER_TASK;
+            let m = chunk.len() / out_stride;
+            for (r, row) in chunk.chunks_mut(out_stride).enumerate() {
+                row[margin..margin + out_len].fill(self.bias[row0 + r]);
+            }
+            for tile in 0..tiles {
+                // Outputs [o0, o1) belong to this tile; inputs [a, b) reach them.
+                let o0 = tile * UPSAMPLE_TILE * stride;
+                let o1 = if tile + 1 == tiles {
+                    out_len
+                } else {
+                    (tile + 1) * UPSAMPLE_TILE * stride
+                };
+                if o0 >= o1 {
+                    continue;
+                }
+                let a = (o0 + pad + 1).saturating_sub(taps).div_ceil(stride);
+                let b = len.min((o1 - 1 + pad) / stride + 1);
+                if a >= b {
+                    continue;
+                }
+                let n = b - a;
+                cols.resize(m * taps * n, 0.0);
+                matmul(
+                    cols,
+                    n,
+                    &self.weight[row0 * taps * self.inputs..],
+                    self.inputs,
+                    &x.data[x.margin + a..],
+                    x.stride(),
+                    (m * taps, n, self.inputs),
+                    false,
+                );
+                for r in 0..m {
+                    let row =
+                        &mut chunk[r * out_stride + margin..r * out_stride + margin + out_len];
+                    for tap in 0..taps {
+                        let col = &cols[(r * taps + tap) * n..(r * taps + tap + 1) * n];
+                        // Frame t lands on t·stride + tap − pad, kept when inside [o0, o1).
+                        let lo = (o0 + pad).saturating_sub(tap).div_ceil(stride).max(a);
+                        let hi = (o1 + pad).saturating_sub(tap).div_ceil(stride).min(b);
+                        for t in lo..hi {
+                            row[t * stride + tap - pad] += col[t - a];
+                        }
+                    }
+                }
+            }
+        };
+        let chunk = ROWS_PER_TASK * out_stride;
+        if self.outputs * taps * len * self.inputs >= PARALLEL_MACS {
+            out.data
+                .par_chunks_mut(chunk)
+                .enumerate()
+                .for_each_init(Vec::new, |cols, item| task(item, cols));
+        } else {
+            let mut cols = Vec::new();
+            out.data
+                .chunks_mut(chunk)
+                .enumerate()
+                .for_each(|item| task(item, &mut cols));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn tensor(v: Vec<f32>, dims: &[usize]) -> Tensor {
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "at {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    /// `[1, C, T]` plus a `[C]` bias, flattened.
+    fn plus_bias(x: &Tensor, b: &Tensor) -> Vec<f32> {
+        let b = b.reshape((1, b.dim(0).unwrap(), 1)).unwrap();
+        let y = x.broadcast_add(&b).unwrap();
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn convolution_matches_candle() {
+        for &(cin, cout, k, dil, len) in &[
+            (3, 5, 3, 1, 7),
+            (8, 20, 5, 2, 700),
+            (17, 33, 7, 12, 1100),
+            (4, 4, 1, 1, 0),
+            (6, 2, 3, 3, 2),
+        ] {
+            let x = tensor(values(cin * len, 1), &[1, cin, len]);
+            let w = tensor(values(cout * cin * k, 2), &[cout, cin, k]);
+            let b = tensor(values(cout, 3), &[cout]);
+            let pad = (k - 1) / 2 * dil;
+            let want = if len == 0 {
+                Vec::new()
+            } else {
+                plus_bias(&x.conv1d(&w, pad, 1, dil, 1).unwrap(), &b)
+            };
+            let conv = DenseConv::new("w", &w, Some(&b), dil, 1.0).unwrap();
+            let got = conv.forward(&Signal::from_tensor(&x, pad + 1).unwrap(), 2);
+            close(&got.to_vec(), &want);
+            // A part of the outputs accumulated onto what is there.
+            let mut part = Signal::zeros(cout - 1, len, 0);
+            part.for_rows(|_, r| r.fill(1.0));
+            conv.accumulate(&Signal::from_tensor(&x, pad).unwrap(), 1..cout, &mut part);
+            let shifted: Vec<f32> = want[len.min(want.len())..]
+                .iter()
+                .map(|v| v + 1.0)
+                .collect();
+            close(&part.to_vec(), &shifted);
+        }
+    }
+
+    #[test]
+    fn transposed_convolution_matches_candle() {
+        for &(cin, cout, stride, k, len) in &[
+            (4, 3, 2, 4, 5),
+            (16, 24, 8, 16, 300),
+            (9, 5, 4, 8, 129),
+            (3, 2, 3, 5, 1),
+        ] {
+            let pad = (k - stride) / 2;
+            let x = tensor(values(cin * len, 4), &[1, cin, len]);
+            let w = tensor(values(cin * cout * k, 5), &[cin, cout, k]);
+            let b = tensor(values(cout, 6), &[cout]);
+            let full = x.conv_transpose1d(&w, 0, 0, stride, 1, 1).unwrap();
+            let out = full.dim(2).unwrap() - 2 * pad;
+            let want = plus_bias(&full.narrow(2, pad, out).unwrap(), &b);
+            let up = DenseUpsample::new("w", &w, &b, stride, pad, 1.0).unwrap();
+            let got = up.forward(&Signal::from_tensor(&x, 1).unwrap(), 3);
+            assert_eq!(got.len(), out);
+            close(&got.to_vec(), &want);
+        }
+    }
+
+    #[test]
+    fn flipping_reverses_the_channels() {
+        let mut s = Signal::from_tensor(&tensor(values(15, 7), &[1, 5, 3]), 1).unwrap();
+        let rows: Vec<Vec<f32>> = (0..5).map(|c| s.row(c).to_vec()).collect();
+        s.flip_channels();
+        for c in 0..5 {
+            assert_eq!(s.row(c), rows[4 - c].as_slice());
+        }
+    }
+}

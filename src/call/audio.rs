@@ -8,9 +8,11 @@
 //! the transcript was ready, when the reply text was ready and when its first audio went out: the
 //! latency the caller feels.
 //!
-//! A turn the end-of-turn model ended is transcribed at once, speculatively: if the caller goes
-//! on before its transcript is back, that transcript is dropped unseen and the turn continues;
-//! the agent only ever hears committed turns.
+//! A turn the end-of-turn model ended is transcribed at once, speculatively, and its transcript
+//! held until the endpointer confirms the end (the pause lasted long enough and the transcript
+//! answers what the agent asked, see [`Endpointer::confirm`]): if the caller goes on first, the
+//! transcript is dropped unseen and the turn continues; the agent only ever hears final turns.
+//! After each reply the endpointer learns what the agent asked for.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -139,11 +141,13 @@ struct Heard {
     compute_ms: u64,
 }
 
-/// A turn ended speculatively, waiting for its transcript.
+/// A turn ended speculatively, waiting for its transcript and for the end to be confirmed.
 struct Speculation {
     /// The recognizer job.
     id: u64,
     speech_start_ms: u64,
+    /// Its transcript, once back, held until the endpointer confirms the end.
+    heard: Option<Heard>,
 }
 
 /// Runs one call on `line` to its end and records it. Returns the summary and the timings.
@@ -240,6 +244,7 @@ pub fn run_audio_call(
                             session.speculation = Some(Speculation {
                                 id,
                                 speech_start_ms: start,
+                                heard: None,
                             });
                         }
                         pending_stt += 1;
@@ -260,7 +265,9 @@ pub fn run_audio_call(
                         // The caller went on: the speculative transcript will be dropped.
                         if let Some(s) = session.speculation.take() {
                             debug!("the caller went on after a likely end of turn");
-                            session.dropped.push(s.id);
+                            if s.heard.is_none() {
+                                session.dropped.push(s.id);
+                            }
                             session.speculations_dropped += 1;
                             session.caller_speech_start_ms = Some(s.speech_start_ms);
                         }
@@ -289,15 +296,19 @@ pub fn run_audio_call(
                 session.dropped.swap_remove(i);
                 continue;
             }
-            if session.speculation.as_ref().is_some_and(|s| s.id == id) {
-                session.speculation = None;
-                session.endpointer.commit();
-            }
-            match result {
-                Ok(h) => session.heard(h, watch),
-                Err(e) => warn!(error = %e, "a caller turn could not be transcribed"),
+            match (result, session.speculation.as_mut()) {
+                (Ok(h), Some(s)) if s.id == id => s.heard = Some(h),
+                (Ok(h), _) => session.heard(h, watch),
+                (Err(e), speculation) => {
+                    warn!(error = %e, "a caller turn could not be transcribed");
+                    if speculation.is_some_and(|s| s.id == id) {
+                        session.speculation = None;
+                        session.endpointer.commit();
+                    }
+                }
             }
         }
+        session.confirm_speculation(watch);
         session.pump_audio(line)?;
         if session.box_talking(line) {
             // Silence is counted from when the box stops talking.
@@ -347,7 +358,8 @@ pub fn run_audio_call(
                 }
                 Some(Then::Listen) | None => {
                     let silent_for = t.saturating_sub(session.last_activity_ms);
-                    if pending_stt == 0
+                    let transcribing = pending_stt > 0 || session.speculation.is_some();
+                    if !transcribing
                         && !session.endpointer.in_turn()
                         && silent_for >= session.reprompt_ms
                     {
@@ -355,7 +367,7 @@ pub fn run_audio_call(
                         session.last_activity_ms = t;
                         let reply = session.agent.handle(Event::Silence, t);
                         session.reply(reply, None, watch);
-                    } else if session.agent.is_over() && pending_stt == 0 {
+                    } else if session.agent.is_over() && !transcribing {
                         line.hang_up().map_err(CallError::Line)?;
                         break;
                     }
@@ -447,6 +459,7 @@ impl Session {
         if !matches!(reply.then, Then::Listen) {
             self.then = Some(reply.then.clone());
         }
+        self.endpointer.expect(self.agent.expectation());
         if reply.say.is_empty() {
             return;
         }
@@ -481,6 +494,26 @@ impl Session {
                 held: Vec::new(),
                 playing: false,
             });
+        }
+    }
+
+    /// The held transcript of a speculatively ended turn goes to the agent once the endpointer
+    /// confirms the end; the turn ended when it became final.
+    fn confirm_speculation(&mut self, watch: &mut dyn FnMut(Utterance)) {
+        let Some(text) = self
+            .speculation
+            .as_ref()
+            .and_then(|s| s.heard.as_ref())
+            .map(|h| h.text.clone())
+        else {
+            return;
+        };
+        let Some(final_ms) = self.endpointer.confirm(&text) else {
+            return;
+        };
+        if let Some(mut h) = self.speculation.take().and_then(|s| s.heard) {
+            h.turn_end_ms = h.turn_end_ms.max(final_ms);
+            self.heard(h, watch);
         }
     }
 

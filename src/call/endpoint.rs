@@ -4,10 +4,13 @@
 //!
 //! The end of a turn is decided by Smart Turn when its model is installed: after a short pause
 //! the turn's audio goes to the model on this endpointer's own worker thread (the frame loop
-//! never waits for it), and a "likely done" ends the turn at once, speculatively: if the caller
-//! speaks again before the call committed the turn, the turn resumes with all its audio. A
-//! "not done" keeps listening and the model is asked again at a longer pause. The configured
-//! silence window is the upper bound, and the only rule without the model.
+//! never waits for it), and a "likely done" ends the turn at once, speculatively, so the call
+//! can start transcribing it. The held end becomes final only once the pause has lasted the
+//! confirmation pause and the transcript is a whole answer to what the agent asked
+//! ([`TurnExpectation`]): a caller dictating a number is not cut off between its groups. If the
+//! caller speaks again first, the turn resumes with all its audio. A "not done" keeps listening
+//! and the model is asked again at a longer pause. The silence window (longer while the caller
+//! dictates) is the upper bound, and the only rule without the model.
 //!
 //! The box's own voice leaking back into the caller channel (line echo) must not count as the
 //! caller: a frame is speech only when it is clearly louder than the echo the box's current
@@ -17,6 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
+use crate::agent::TurnExpectation;
 use crate::line::{frame_rms, to_f32, Frame, FRAME_MS, FRAME_SAMPLES};
 use crate::speech::turn::{EndOfTurn, TurnError, WINDOW_SAMPLES};
 
@@ -105,6 +109,11 @@ pub struct EndpointOptions {
     pub turn_pause_ms: u64,
     /// The end-of-turn probability from which the turn is taken as over.
     pub turn_threshold: f32,
+    /// Pause after which a turn the model found likely done may become final (with a whole
+    /// answer as its transcript); the recognizer works meanwhile.
+    pub confirm_ms: u64,
+    /// The silence window while the caller dictates ([`TurnExpectation::is_dictation`]).
+    pub dictation_silence_ms: u64,
     /// Audio kept from before the detected start, so the first syllable is not lost.
     pub preroll_ms: u64,
     /// Silence kept after the last speech in the turn's audio (the rest of the pause is cut:
@@ -122,6 +131,8 @@ pub struct EndpointOptions {
 pub const DEFAULT_SILENCE_WINDOW_MS: u64 = 700;
 pub const DEFAULT_TURN_PAUSE_MS: u64 = 200;
 pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
+pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 400;
+pub const DEFAULT_DICTATION_WINDOW_MS: u64 = 1_500;
 
 impl Default for EndpointOptions {
     fn default() -> Self {
@@ -130,6 +141,8 @@ impl Default for EndpointOptions {
             end_silence_ms: DEFAULT_SILENCE_WINDOW_MS,
             turn_pause_ms: DEFAULT_TURN_PAUSE_MS,
             turn_threshold: DEFAULT_TURN_THRESHOLD,
+            confirm_ms: DEFAULT_CONFIRM_PAUSE_MS,
+            dictation_silence_ms: DEFAULT_DICTATION_WINDOW_MS,
             preroll_ms: 300,
             tail_ms: 200,
             max_turn_ms: 30_000,
@@ -145,6 +158,8 @@ impl EndpointOptions {
             end_silence_ms: u64::from(config.silence_window_ms),
             turn_pause_ms: u64::from(config.smart_turn_pause_ms),
             turn_threshold: config.smart_turn_threshold,
+            confirm_ms: u64::from(config.confirm_pause_ms),
+            dictation_silence_ms: u64::from(config.dictation_window_ms),
             ..EndpointOptions::default()
         }
     }
@@ -175,8 +190,9 @@ pub enum Endpoint {
     /// The caller started talking; `at_ms` is the first speech frame.
     SpeechStarted { at_ms: u64 },
     /// The caller's turn is over: its audio (16 kHz), when the speech ended and what decided.
-    /// A speculative end ([`TurnEnd::is_speculative`]) holds until [`Endpointer::commit`] or
-    /// the silence window; before that the caller speaking again resumes the turn.
+    /// A speculative end ([`TurnEnd::is_speculative`]) holds until [`Endpointer::confirm`]
+    /// accepts its transcript or the silence window passes; before that the caller speaking
+    /// again resumes the turn.
     TurnEnded {
         audio: Vec<i16>,
         speech_end_ms: u64,
@@ -324,6 +340,12 @@ pub struct Endpointer {
     /// The pause at which the model is asked next.
     next_ask_ms: u64,
     decisions: Vec<Decision>,
+    /// What the agent asked for: how patient to be with this turn's pauses.
+    expecting: TurnExpectation,
+    /// The end of the last frame heard (call time, ms).
+    now_ms: u64,
+    /// When the last held end became final.
+    committed_ms: u64,
 }
 
 impl Endpointer {
@@ -346,7 +368,44 @@ impl Endpointer {
             next_id: 0,
             next_ask_ms: options.turn_pause_ms,
             decisions: Vec::new(),
+            expecting: TurnExpectation::Open,
+            now_ms: 0,
+            committed_ms: 0,
         }
+    }
+
+    /// What the agent's question asks for; applies from the caller's next pause.
+    pub fn expect(&mut self, expecting: TurnExpectation) {
+        self.expecting = expecting;
+    }
+
+    /// The silence that ends the turn whatever the model says.
+    fn window_ms(&self) -> u64 {
+        if self.expecting.is_dictation() {
+            self.options
+                .dictation_silence_ms
+                .max(self.options.end_silence_ms)
+        } else {
+            self.options.end_silence_ms
+        }
+    }
+
+    /// Whether the speculatively ended turn whose transcript is `transcript` is final, and since
+    /// when (call time, ms): once the pause has lasted the confirmation pause with a transcript
+    /// that is a whole answer to what was asked (the turn is then committed), or once the
+    /// silence window made it final whatever its transcript. `None`: keep holding it; the
+    /// caller may go on, else the window decides.
+    pub fn confirm(&mut self, transcript: &str) -> Option<u64> {
+        if self.phase != Phase::Tentative {
+            return Some(self.committed_ms);
+        }
+        let confirmed = self.silence_run_ms >= self.options.confirm_ms
+            && self.expecting.is_complete(transcript);
+        if confirmed {
+            self.commit();
+            return Some(self.committed_ms);
+        }
+        None
     }
 
     /// Lets `model` end turns after short pauses, on a thread of its own. If the thread cannot
@@ -373,6 +432,7 @@ impl Endpointer {
     pub fn commit(&mut self) {
         if self.phase == Phase::Tentative {
             self.phase = Phase::Idle;
+            self.committed_ms = self.now_ms;
             // The turn's last audio is the next turn's pre-roll.
             let keep = (self.options.preroll_ms / FRAME_MS) as usize * FRAME_SAMPLES;
             let turn = std::mem::take(&mut self.turn);
@@ -411,6 +471,7 @@ impl Endpointer {
         self.played_levels.rotate_right(1);
         self.played_levels[0] = played_rms;
         let echo = self.played_levels.iter().cloned().fold(0.0, f32::max);
+        self.now_ms = t_ms + FRAME_MS;
         let p = self.vad.speech_probability(frame);
         let speech = p >= 0.5 && frame_rms(frame) > echo * self.options.echo_margin;
 
@@ -460,7 +521,7 @@ impl Endpointer {
                         at_ms: t_ms + FRAME_MS - self.speech_run_ms,
                     });
                 }
-                if self.silence_run_ms >= self.options.end_silence_ms {
+                if self.silence_run_ms >= self.window_ms() {
                     // The silence window confirms the speculative end.
                     self.commit();
                 }
@@ -471,7 +532,7 @@ impl Endpointer {
                 if too_long {
                     return Some(self.end_turn(TurnEnd::MaxLength));
                 }
-                if self.silence_run_ms >= self.options.end_silence_ms {
+                if self.silence_run_ms >= self.window_ms() {
                     return Some(self.end_turn(TurnEnd::Silence));
                 }
                 if let Some(probability) = likely_done {
@@ -486,17 +547,18 @@ impl Endpointer {
     /// Asks the model when the pause has reached the next asking point, none is pending, and
     /// its answer can come before the silence window ends the turn anyway.
     fn maybe_ask(&mut self, t_ms: u64) {
-        let Some(judge) = self.judge.as_mut() else {
-            return;
-        };
         let pause = self.silence_run_ms;
-        if self.asking.is_some() || pause == 0 || pause < self.next_ask_ms {
+        if self.judge.is_none() || self.asking.is_some() || pause == 0 || pause < self.next_ask_ms {
             return;
         }
         // A re-ask is skipped when its answer would come after the window ends the turn anyway;
         // the first question of a pause is always asked.
         let reask = self.next_ask_ms > self.options.turn_pause_ms;
-        if reask && pause as f64 + judge.last_compute_ms >= self.options.end_silence_ms as f64 {
+        let silence_window = self.window_ms() as f64;
+        let Some(judge) = self.judge.as_mut() else {
+            return;
+        };
+        if reask && pause as f64 + judge.last_compute_ms >= silence_window {
             return;
         }
         let window = &self.turn[self.turn.len().saturating_sub(WINDOW_SAMPLES)..];
@@ -786,6 +848,85 @@ mod tests {
             matches!(events.first(), Some((_, Endpoint::SpeechStarted { .. }))),
             "{events:?}"
         );
+    }
+
+    #[test]
+    fn a_likely_end_is_final_only_after_the_confirmation_pause_with_a_whole_answer() {
+        let mut ep = judged(0.9);
+        let first = plan(&[(false, 200), (true, 1000), (false, 300)]);
+        let events = play(&mut ep, 0, &first);
+        assert!(matches!(
+            events.last(),
+            Some((_, Endpoint::TurnEnded { ended_by, .. })) if ended_by.is_speculative()
+        ));
+        // 300 ms of pause: not yet, whatever the transcript.
+        assert_eq!(ep.confirm("I have a question about my bill."), None);
+        let more = plan(&[(false, 100)]);
+        play(&mut ep, first.len(), &more);
+        // An answer ending in part of a number is held.
+        assert_eq!(ep.confirm("my number is five five five"), None);
+        // 400 ms of pause: final at the frame that made it 400 ms.
+        assert_eq!(ep.confirm("I have a question about my bill."), Some(1_600));
+        let events = play(&mut ep, first.len() + more.len(), &plan(&[(true, 200)]));
+        assert!(
+            matches!(events.first(), Some((_, Endpoint::SpeechStarted { .. }))),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_dictated_number_is_held_until_it_is_whole_and_resumes_between_groups() {
+        let mut ep = judged(0.9);
+        ep.expect(TurnExpectation::PhoneNumber);
+        let group = plan(&[(false, 200), (true, 800), (false, 600)]);
+        let events = play(&mut ep, 0, &group);
+        assert!(matches!(
+            events.last(),
+            Some((_, Endpoint::TurnEnded { ended_by, .. })) if ended_by.is_speculative()
+        ));
+        assert_eq!(ep.confirm("555, 234."), None);
+        let rest = plan(&[(true, 800), (false, 500)]);
+        let events = play(&mut ep, group.len(), &rest);
+        assert_eq!(events[0].1, Endpoint::TurnResumed { at_ms: 1_600 });
+        assert!(matches!(
+            events.last(),
+            Some((_, Endpoint::TurnEnded { ended_by, .. })) if ended_by.is_speculative()
+        ));
+        assert_eq!(ep.confirm("555, 234, 9876."), Some(2_900));
+    }
+
+    #[test]
+    fn a_held_end_with_an_unfinished_answer_is_final_at_the_silence_window() {
+        let mut ep = judged(0.9);
+        let events = play(
+            &mut ep,
+            0,
+            &plan(&[(false, 200), (true, 1000), (false, 800)]),
+        );
+        assert_eq!(events.len(), 2, "{events:?}");
+        // The window (700 ms after the speech ended at 1 200) made it final.
+        assert_eq!(ep.confirm("my number is five five five"), Some(1_900));
+    }
+
+    #[test]
+    fn a_caller_dictating_gets_the_longer_window_without_the_model() {
+        let mut ep = endpointer();
+        ep.expect(TurnExpectation::PhoneNumber);
+        let events = play(
+            &mut ep,
+            0,
+            &plan(&[(false, 200), (true, 1000), (false, 2000)]),
+        );
+        assert_eq!(events.len(), 2, "{events:?}");
+        // Speech ends after frame 59; the 1 500 ms dictation window, not the 700 ms one.
+        assert_eq!(events[1].0, 59 + 75);
+        assert!(matches!(
+            events[1].1,
+            Endpoint::TurnEnded {
+                ended_by: TurnEnd::Silence,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -40,15 +40,8 @@ pub const CALLER_PAUSE_MS: u64 = 600;
 /// Loads the speech models of the configuration, once, for the calls of this process.
 pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
     let manifest = Manifest::embedded();
-    let Some(stt_entry) = manifest.get(&config.models.stt) else {
-        bail!(
-            "no speech-to-text model `{}` in the manifest",
-            config.models.stt
-        );
-    };
     let started = std::time::Instant::now();
-    let stt = SpeechToText::load_with(&stt_entry.dir(&config.models.dir), SttOptions::for_calls())
-        .context("cannot load the speech-to-text model (run `callbox models import`)")?;
+    let stt = load_stt(config)?;
     let speaker = Speaker::installed(
         &config.models.dir,
         &config.models.tts,
@@ -72,6 +65,19 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
         end_of_turn,
         scorer: super::llm::live_scorer(config, script)?,
     })
+}
+
+/// The configuration's speech-to-text model, set up for calls.
+pub fn load_stt(config: &Config) -> anyhow::Result<SpeechToText> {
+    let manifest = Manifest::embedded();
+    let Some(stt_entry) = manifest.get(&config.models.stt) else {
+        bail!(
+            "no speech-to-text model `{}` in the manifest",
+            config.models.stt
+        );
+    };
+    SpeechToText::load_with(&stt_entry.dir(&config.models.dir), SttOptions::for_calls())
+        .context("cannot load the speech-to-text model (run `callbox models import`)")
 }
 
 /// Silero VAD, when it is installed; without it the energy detector listens.

@@ -18,16 +18,17 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::audio_call::{load_end_of_turn, load_vad, load_voices};
+use super::audio_call::{load_end_of_turn, load_stt, load_vad, load_voices};
 use crate::agent::summary::LineKind;
-use crate::agent::Script;
+use crate::agent::{Script, TurnExpectation};
 use crate::call::audio::{run_audio_call, BargeIn, TurnTiming, Voices};
 use crate::call::endpoint::{detector, Decision, EndpointOptions, Endpointer, TurnEnd, TurnModel};
 use crate::call::TextCall;
 use crate::config::Config;
 use crate::line::audio_file::{AudioFileLine, AudioFileOptions, CallerAction, LineEvent};
-use crate::line::{frame_rms, to_i16, Frame, FRAME_MS, FRAME_SAMPLES};
+use crate::line::{frame_rms, to_f32, to_i16, Frame, FRAME_MS, FRAME_SAMPLES};
 use crate::models::Manifest;
+use crate::speech::stt::SpeechToText;
 use crate::speech::testset::{self, Condition, Voice};
 use crate::speech::turn::testset::{self as paused, stretch_pauses};
 use crate::store::{OpenMode, Store};
@@ -151,11 +152,14 @@ pub struct TurnFigures {
     pub turn: usize,
     /// End of the caller's speech → first audio of the reply on the line (the headline).
     pub wait_ms: u64,
-    /// End of speech → the endpointer ending the turn (Smart Turn's pause and answer, or the
-    /// silence window, and the VAD's hangover).
+    /// End of speech → the turn final (Smart Turn's pause and answer and the confirmation
+    /// pause, or the silence window, and the VAD's hangover).
     pub endpointing_ms: u64,
-    /// The turn ended → the recognizer starting (a wait for a free decoder).
+    /// The turn ended → the recognizer starting (a wait for a free decoder); 0 for a turn
+    /// transcribed speculatively before it was final.
     pub stt_queue_ms: u64,
+    /// The recognizer's time the caller waited: all of it, or for a turn transcribed
+    /// speculatively, only what was left when the turn became final.
     pub stt_ms: u64,
     pub agent_ms: f64,
     /// Reply text → its first audio on the line: synthesis of the first chunk and playout start.
@@ -276,7 +280,8 @@ pub fn run(config: &Config, args: BenchCallArgs) -> anyhow::Result<std::process:
         let Some(model) = load_end_of_turn(config, &manifest)? else {
             bail!("Smart Turn is not imported: there are no end-of-turn decisions to measure");
         };
-        let decisions = decision_set(config, vad.as_ref(), model)?;
+        let stt = load_stt(config)?;
+        let decisions = decision_set(config, vad.as_ref(), model, Some(&stt))?;
         Report {
             smart_turn: false,
             end_of_turn: Some(decisions),
@@ -315,6 +320,7 @@ fn bench(config: &Config, args: &BenchCallArgs) -> anyhow::Result<Report> {
             config,
             voices.vad.as_ref(),
             Arc::clone(model),
+            Some(&voices.stt),
         )?),
         None => None,
     };
@@ -539,8 +545,14 @@ impl Felt {
                 .min_by_key(|end| end.abs_diff(t.caller_speech_end_ms))
                 .filter(|end| end.abs_diff(t.caller_speech_end_ms) <= 600);
             let end = end_of_speech.unwrap_or(t.caller_speech_end_ms);
-            let stt_started = t.stt_done_ms.saturating_sub(t.stt_compute_ms);
             let turn_end = t.turn_end_ms.max(end);
+            let (stt_queue_ms, stt_ms) = if t.ended_by.is_speculative() {
+                let left = t.stt_done_ms.saturating_sub(turn_end);
+                (0, left.min(t.stt_compute_ms))
+            } else {
+                let stt_started = t.stt_done_ms.saturating_sub(t.stt_compute_ms);
+                (stt_started.saturating_sub(turn_end), t.stt_compute_ms)
+            };
             turns.push(TurnFigures {
                 concurrent,
                 call,
@@ -548,8 +560,8 @@ impl Felt {
                 turn: i + 1,
                 wait_ms: first_audio.saturating_sub(end),
                 endpointing_ms: turn_end - end,
-                stt_queue_ms: stt_started.saturating_sub(turn_end),
-                stt_ms: t.stt_compute_ms,
+                stt_queue_ms,
+                stt_ms,
                 agent_ms: t.agent_compute_us as f64 / 1000.0,
                 tts_first_ms: first_audio.saturating_sub(t.reply_ready_ms),
                 end_from_audio: end_of_speech.is_some(),
@@ -749,6 +761,26 @@ pub struct DecisionSet {
     pub mid_pause_ms: u64,
     pub silence_window_ms: u64,
     pub by_pause: Vec<PauseDecisions>,
+    /// The configured pause and threshold with the confirmation gate, when a recognizer ran.
+    pub gated: Option<GatedDecisions>,
+}
+
+/// Smart Turn's first answers at the configured pause and threshold, then the same once the
+/// confirmation gate has passed them: the pause lasted `confirm_ms` and the transcript so far
+/// is a whole answer to what the caller was asked (a number's callers were asked for their
+/// number, the date of birth's for it, the others an open question).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GatedDecisions {
+    pub turn_pause_ms: u64,
+    pub threshold: f32,
+    pub confirm_ms: u64,
+    pub ungated: ThresholdDecisions,
+    pub gated: ThresholdDecisions,
+    /// "Likely done" answers the gate held, mid-turn and at a true end.
+    pub held_mid_turn: usize,
+    pub held_at_end: usize,
+    /// The recognizer's time per gate (ms).
+    pub stt_cost: Spread,
 }
 
 /// Smart Turn asked after one length of pause.
@@ -787,11 +819,13 @@ const MID_PAUSE_MS: usize = 600;
 const END_TOLERANCE_MS: u64 = 150;
 
 /// Runs the paused and complete callers through the endpointer (Silero VAD, Smart Turn asked
-/// but never acting) off the clock, once per pause length, and scores the answers.
+/// but never acting) off the clock, once per pause length, and scores the answers; with `stt`,
+/// the configured pause's answers again through the confirmation gate.
 fn decision_set(
     config: &Config,
     vad: Option<&crate::speech::vad::VadModel>,
     model: Arc<crate::speech::turn::EndOfTurn>,
+    stt: Option<&SpeechToText>,
 ) -> anyhow::Result<DecisionSet> {
     let models = crate::models::default_models_dir();
     let cache = models.parent().unwrap_or(&models).join("bench-call-speech");
@@ -816,6 +850,9 @@ fn decision_set(
     }
     let model: Arc<dyn TurnModel> = model;
     let mut by_pause = Vec::new();
+    let configured_pause = u64::from(config.endpoint.smart_turn_pause_ms);
+    // The configured pause's first questions, per caller: (asked at, true end, probability).
+    let mut configured_asks: Vec<Vec<(u64, bool, f32)>> = Vec::new();
     for pause in TURN_PAUSES_MS {
         let options = EndpointOptions {
             turn_pause_ms: pause,
@@ -838,8 +875,14 @@ fn decision_set(
             }
             let decisions = ep.take_decisions();
             let done = |d: &Decision| d.asked_ms + END_TOLERANCE_MS >= *end_ms;
-            for d in decisions.iter().filter(|d| d.pause_ms < first_ask_below) {
-                first_asks.push((done(d), d.probability));
+            let firsts: Vec<(u64, bool, f32)> = decisions
+                .iter()
+                .filter(|d| d.pause_ms < first_ask_below)
+                .map(|d| (d.asked_ms, done(d), d.probability))
+                .collect();
+            first_asks.extend(firsts.iter().map(|&(_, done, p)| (done, p)));
+            if pause == configured_pause {
+                configured_asks.push(firsts);
             }
             per_caller.push(
                 decisions
@@ -852,24 +895,9 @@ fn decision_set(
         let by_threshold = THRESHOLDS
             .iter()
             .map(|&threshold| {
-                let yes = |&(_, p): &(bool, f32)| p >= threshold;
-                let tp = first_asks.iter().filter(|a| a.0 && yes(a)).count();
-                let fp = first_asks.iter().filter(|a| !a.0 && yes(a)).count();
-                let fn_ = first_asks.iter().filter(|a| a.0 && !yes(a)).count();
-                let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-                ThresholdDecisions {
-                    threshold,
-                    precision: ratio(tp, tp + fp),
-                    recall: ratio(tp, tp + fn_),
-                    callers_cut: per_caller
-                        .iter()
-                        .filter(|c| c.iter().any(|a| !a.0 && yes(a)))
-                        .count(),
-                    ends_found: per_caller
-                        .iter()
-                        .filter(|c| c.iter().any(|a| a.0 && yes(a)))
-                        .count(),
-                }
+                score(threshold, &first_asks, &per_caller, |&(_, p)| {
+                    p >= threshold
+                })
             })
             .collect();
         by_pause.push(PauseDecisions {
@@ -880,13 +908,121 @@ fn decision_set(
             by_threshold,
         });
     }
+    let gated = match stt {
+        Some(stt) => Some(gate_decisions(
+            config,
+            stt,
+            &lines,
+            &callers,
+            &configured_asks,
+        )?),
+        None => None,
+    };
     Ok(DecisionSet {
+        gated,
         paused_callers: paused::PAUSED_LINES.len(),
         mid_pauses: callers.iter().map(|c| c.2).sum(),
         complete_callers: paused::COMPLETE_LINES.len(),
         mid_pause_ms: MID_PAUSE_MS as u64,
         silence_window_ms: u64::from(config.endpoint.silence_window_ms),
         by_pause,
+    })
+}
+
+/// Precision and recall of the answers `yes` takes as "likely done" among `asks` (true end,
+/// probability), with the callers they cut and the ends they found among `per_caller`.
+fn score(
+    threshold: f32,
+    asks: &[(bool, f32)],
+    per_caller: &[Vec<(bool, f32)>],
+    yes: impl Fn(&(bool, f32)) -> bool,
+) -> ThresholdDecisions {
+    let tp = asks.iter().filter(|a| a.0 && yes(a)).count();
+    let fp = asks.iter().filter(|a| !a.0 && yes(a)).count();
+    let fn_ = asks.iter().filter(|a| a.0 && !yes(a)).count();
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    ThresholdDecisions {
+        threshold,
+        precision: ratio(tp, tp + fp),
+        recall: ratio(tp, tp + fn_),
+        callers_cut: per_caller
+            .iter()
+            .filter(|c| c.iter().any(|a| !a.0 && yes(a)))
+            .count(),
+        ends_found: per_caller
+            .iter()
+            .filter(|c| c.iter().any(|a| a.0 && yes(a)))
+            .count(),
+    }
+}
+
+/// What the agent would have asked each caller of the set for.
+fn expectation_of(line: &str) -> TurnExpectation {
+    if crate::agent::extract::phone_number(line).is_some() {
+        TurnExpectation::PhoneNumber
+    } else if line.contains("date of birth") {
+        TurnExpectation::Date
+    } else {
+        TurnExpectation::Open
+    }
+}
+
+/// The configured pause's first answers through the confirmation gate: each "likely done" is
+/// transcribed as the call would (the caller's audio up to the question) and passes when the
+/// pause lasts the confirmation pause and the transcript is a whole answer.
+fn gate_decisions(
+    config: &Config,
+    stt: &SpeechToText,
+    lines: &[&str],
+    callers: &[(Vec<i16>, u64, usize)],
+    asks: &[Vec<(u64, bool, f32)>],
+) -> anyhow::Result<GatedDecisions> {
+    let threshold = config.endpoint.smart_turn_threshold;
+    let confirm_ms = u64::from(config.endpoint.confirm_pause_ms);
+    eprintln!("the confirmation gate on the likely ends…");
+    let mut ungated = Vec::new();
+    let mut gated = Vec::new();
+    let (mut held_mid_turn, mut held_at_end) = (0, 0);
+    let mut stt_ms = Vec::new();
+    for ((line, (audio, _, _)), caller_asks) in lines.iter().zip(callers).zip(asks) {
+        let expecting = expectation_of(line);
+        let mut caller_ungated = Vec::new();
+        let mut caller_gated = Vec::new();
+        for &(asked_ms, done, p) in caller_asks {
+            let likely = p >= threshold;
+            let mut passes = false;
+            if likely {
+                let pause_lasts = done || MID_PAUSE_MS as u64 >= confirm_ms;
+                let heard = &audio[..(asked_ms as usize * 16).min(audio.len())];
+                let started = Instant::now();
+                let text = stt.transcribe(&to_f32(heard))?.text;
+                stt_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                passes = pause_lasts && expecting.is_complete(&text);
+                if !passes {
+                    *if done {
+                        &mut held_at_end
+                    } else {
+                        &mut held_mid_turn
+                    } += 1;
+                }
+            }
+            caller_ungated.push((done, if likely { 1.0 } else { 0.0 }));
+            caller_gated.push((done, if passes { 1.0 } else { 0.0 }));
+        }
+        ungated.push(caller_ungated);
+        gated.push(caller_gated);
+    }
+    let flat = |c: &[Vec<(bool, f32)>]| c.iter().flatten().copied().collect::<Vec<_>>();
+    let yes = |a: &(bool, f32)| a.1 > 0.5;
+    Ok(GatedDecisions {
+        turn_pause_ms: u64::from(config.endpoint.smart_turn_pause_ms),
+        threshold,
+        confirm_ms,
+        ungated: score(threshold, &flat(&ungated), &ungated, yes),
+        gated: score(threshold, &flat(&gated), &gated, yes),
+        held_mid_turn,
+        held_at_end,
+        stt_cost: Spread::of(stt_ms),
     })
 }
 
@@ -916,6 +1052,22 @@ fn print_decisions(d: &DecisionSet) {
                 t.threshold, t.precision, t.recall, t.callers_cut, t.ends_found
             );
         }
+    }
+    if let Some(g) = &d.gated {
+        println!(
+            "\nwith the confirmation gate ({} ms pause, whole answer; first asked at {} ms, threshold {:.1}; recognizer {:.0} / {:.0} ms per gate):",
+            g.confirm_ms, g.turn_pause_ms, g.threshold, g.stt_cost.p50, g.stt_cost.p95
+        );
+        for (name, t) in [("likely done", &g.ungated), ("gated", &g.gated)] {
+            println!(
+                "{:>12}: precision {:.2}, recall {:.2}, {} callers cut, {} ends found",
+                name, t.precision, t.recall, t.callers_cut, t.ends_found
+            );
+        }
+        println!(
+            "  held by the gate: {} mid-turn, {} at a true end",
+            g.held_mid_turn, g.held_at_end
+        );
     }
 }
 
@@ -1177,13 +1329,14 @@ mod tests {
             event(10_300, "caller speech end"),
         ];
         let timings = [
+            // Transcribed speculatively from 4 400: 200 ms of it left when the turn was final.
             TurnTiming {
                 caller_speech_end_ms: 4_160,
                 turn_end_ms: 4_700,
                 ended_by: TurnEnd::SmartTurn { probability: 0.8 },
-                stt_done_ms: 5_400,
-                reply_ready_ms: 5_400,
-                first_audio_ms: Some(5_620),
+                stt_done_ms: 4_900,
+                reply_ready_ms: 4_900,
+                first_audio_ms: Some(5_120),
                 stt_compute_ms: 500,
                 agent_compute_us: 300,
             },
@@ -1214,10 +1367,10 @@ mod tests {
         assert_eq!(felt.turns.len(), 2);
         let t = &felt.turns[0];
         assert!(t.end_from_audio);
-        assert_eq!(t.wait_ms, 5_620 - 4_100);
+        assert_eq!(t.wait_ms, 5_120 - 4_100);
         assert_eq!(
             (t.endpointing_ms, t.stt_queue_ms, t.stt_ms, t.tts_first_ms),
-            (600, 200, 500, 220)
+            (600, 0, 200, 220)
         );
         assert_eq!(
             t.endpointing_ms + t.stt_queue_ms + t.stt_ms + t.tts_first_ms,

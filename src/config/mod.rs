@@ -191,6 +191,10 @@ pub struct EndpointConfig {
     pub smart_turn_pause_ms: u32,
     /// Smart Turn probability from which the turn is over.
     pub smart_turn_threshold: f32,
+    /// Pause after which a turn Smart Turn found likely done becomes final.
+    pub confirm_pause_ms: u32,
+    /// Silence window while the caller dictates a phone number, a date or a name.
+    pub dictation_window_ms: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +357,8 @@ struct RawEndpoint {
     silence_window_ms: Option<u32>,
     smart_turn_pause_ms: Option<u32>,
     smart_turn_threshold: Option<f64>,
+    confirm_pause_ms: Option<u32>,
+    dictation_window_ms: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -734,7 +740,8 @@ impl Validator<'_> {
 
     fn endpoint(&mut self, raw: RawEndpoint) -> EndpointConfig {
         use crate::call::endpoint::{
-            DEFAULT_SILENCE_WINDOW_MS, DEFAULT_TURN_PAUSE_MS, DEFAULT_TURN_THRESHOLD,
+            DEFAULT_CONFIRM_PAUSE_MS, DEFAULT_DICTATION_WINDOW_MS, DEFAULT_SILENCE_WINDOW_MS,
+            DEFAULT_TURN_PAUSE_MS, DEFAULT_TURN_THRESHOLD,
         };
         let window = self.range(
             "endpoint.silence_window_ms",
@@ -769,10 +776,40 @@ impl Validator<'_> {
             Some(t) => t as f32,
             None => DEFAULT_TURN_THRESHOLD,
         };
+        let confirm = self.range(
+            "endpoint.confirm_pause_ms",
+            raw.confirm_pause_ms,
+            DEFAULT_CONFIRM_PAUSE_MS as u32,
+            0,
+            5_000,
+        );
+        if confirm > window {
+            self.report(
+                "endpoint.confirm_pause_ms",
+                format!("{confirm} ms is longer than silence_window_ms ({window} ms)"),
+                "a pause no longer than endpoint.silence_window_ms",
+            );
+        }
+        let dictation = self.range(
+            "endpoint.dictation_window_ms",
+            raw.dictation_window_ms,
+            DEFAULT_DICTATION_WINDOW_MS as u32,
+            200,
+            10_000,
+        );
+        if dictation < window {
+            self.report(
+                "endpoint.dictation_window_ms",
+                format!("{dictation} ms is shorter than silence_window_ms ({window} ms)"),
+                "a window no shorter than endpoint.silence_window_ms",
+            );
+        }
         EndpointConfig {
             silence_window_ms: window,
             smart_turn_pause_ms: pause,
             smart_turn_threshold: threshold,
+            confirm_pause_ms: confirm,
+            dictation_window_ms: dictation,
         }
     }
 

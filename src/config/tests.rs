@@ -276,4 +276,14 @@ fn endpoint_keys_default_and_are_checked() {
     ));
     assert_eq!(p.key, "endpoint.smart_turn_pause_ms");
     assert!(p.message.contains("not shorter"), "{p:?}");
+    assert_eq!(
+        (c.endpoint.confirm_pause_ms, c.endpoint.dictation_window_ms),
+        (400, 1_500)
+    );
+    let p = one_problem(&format!(
+        "{GOOD}\n[endpoint]\nsilence_window_ms = 600\ndictation_window_ms = 500\n"
+    ));
+    assert_eq!(p.key, "endpoint.dictation_window_ms");
+    let p = one_problem(&format!("{GOOD}\n[endpoint]\nconfirm_pause_ms = 900\n"));
+    assert_eq!(p.key, "endpoint.confirm_pause_ms");
 }

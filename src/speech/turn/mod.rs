@@ -18,6 +18,7 @@
 //! `docs/vad-and-end-of-turn.md`.
 
 pub mod import;
+pub mod testset;
 
 use std::path::{Path, PathBuf};
 

@@ -66,7 +66,7 @@ pub fn simulate_sip(
                 LineKind::Sip,
                 line,
                 &voices,
-                EndpointOptions::configured(&config.endpoint),
+                EndpointOptions::default(),
                 store,
                 watch,
             )

@@ -18,7 +18,6 @@
 //! `docs/vad-and-end-of-turn.md`.
 
 pub mod import;
-pub mod testset;
 
 use std::path::{Path, PathBuf};
 

@@ -889,27 +889,38 @@ fn over_tcp_the_box_calls_a_named_extension_through_the_pbx() {
         ua.dial(" ", DialOptions::default()),
         Err(DialError::BadTarget { .. })
     ));
-    let dialed = ua.dial("frank", DialOptions::default()).expect("dial");
+    box_calls_through_the_pbx(&ua, &kamailio, "frank", "proto=tcp", &phone);
+    phone.quit();
+}
+
+/// The box dials `target` through kamailio, answering its 407; the challenge and the relay went
+/// over `proto` ("proto=tcp"), and audio flows both ways until the box hangs up.
+fn box_calls_through_the_pbx(
+    ua: &SipUa,
+    kamailio: &Kamailio,
+    target: &str,
+    proto: &str,
+    phone: &Baresip,
+) {
+    let dialed = ua.dial(target, DialOptions::default()).expect("dial");
     assert_eq!(
         dialed.outcome,
         DialOutcome::Answered,
-        "{}\n{}",
-        phone.log(),
-        kamailio.log()
+        "{:#?}\n{}",
+        kamailio.steps(),
+        phone.log()
     );
-    let challenged = logged_step(&kamailio, "INVITE challenged 407 from=callbox", "a 407");
-    assert!(challenged.contains("proto=tcp"), "{challenged}");
+    let challenged = logged_step(kamailio, "INVITE challenged 407 from=callbox", "a 407");
+    assert!(challenged.contains(proto), "{challenged}");
     let relayed = logged_step(
-        &kamailio,
-        "INVITE from=callbox relayed to=frank",
+        kamailio,
+        &format!("INVITE from=callbox relayed to={target}"),
         "the PBX relayed the box's call",
     );
-    assert!(relayed.contains("proto=tcp"), "{relayed}");
+    assert!(relayed.contains(proto), "{relayed}");
     let mut line = dialed.line.expect("an answered call has a line");
     assert_audio_flows(&mut line);
     line.hang_up().expect("BYE");
-    drop(line);
-    phone.quit();
 }
 
 /// The box's options for kamailio's TLS port, trusting `ca`.
@@ -978,26 +989,7 @@ fn over_tls_the_box_registers_takes_a_call_and_places_one() {
     drop(line);
 
     // The box calls the phone over TLS, answering kamailio's 407.
-    let dialed = ua.dial("204", DialOptions::default()).expect("dial");
-    assert_eq!(
-        dialed.outcome,
-        DialOutcome::Answered,
-        "{:#?}\n{}",
-        kamailio.steps(),
-        phone.log()
-    );
-    let challenged = logged_step(&kamailio, "INVITE challenged 407 from=callbox", "a 407");
-    assert!(challenged.contains("proto=tls"), "{challenged}");
-    let relayed = logged_step(
-        &kamailio,
-        "INVITE from=callbox relayed to=204",
-        "the PBX relayed the box's call",
-    );
-    assert!(relayed.contains("proto=tls"), "{relayed}");
-    let mut line = dialed.line.expect("an answered call has a line");
-    assert_audio_flows(&mut line);
-    line.hang_up().expect("BYE");
-    drop(line);
+    box_calls_through_the_pbx(&ua, &kamailio, "204", "proto=tls", &phone);
     phone.quit();
 }
 

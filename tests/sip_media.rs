@@ -8,6 +8,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[path = "support/sip_tones.rs"]
+mod sip_tones;
+
+use sip_tones::{recording_of, share_at, tone, tone_seconds, write_source};
+
 use callbox::line::sip::baresip::{Baresip, PhoneSetup};
 use callbox::line::sip::g711;
 use callbox::line::sip::media::{MediaHandle, MediaSockets, MediaStats};
@@ -15,38 +20,11 @@ use callbox::line::sip::rtcp::{self, ReportBlock, RtcpPacket, SenderInfo};
 use callbox::line::sip::rtp::{self, RtpHeader};
 use callbox::line::sip::sdp::{Codec, Direction, Negotiated};
 use callbox::line::sip::{SipOptions, SipUa};
-use callbox::line::{to_f32, Briefing, Line, LineInput, TransferOutcome};
-use callbox::speech::audio::{read_wav, write_wav};
+use callbox::line::{Briefing, Line, LineInput, TransferOutcome};
+use callbox::speech::audio::read_wav;
 
 /// Calls run one at a time: two at once would share two cores with the media threads.
 static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn tone(hz: f64, rate: u32, seconds: f64, amplitude: f64) -> Vec<i16> {
-    (0..(f64::from(rate) * seconds) as usize)
-        .map(|i| {
-            (amplitude * (2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(rate)).sin())
-                as i16
-        })
-        .collect()
-}
-
-/// Power of `hz` in `samples` relative to their whole power (Goertzel).
-fn share_at(samples: &[i16], rate: u32, hz: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in samples {
-        let s0 = f64::from(x) + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
-    let total: f64 = samples.iter().map(|&x| f64::from(x).powi(2)).sum();
-    2.0 * power / (samples.len() as f64 * total.max(1e-9))
-}
-
-fn write_source(path: &Path, samples: &[i16], rate: u32) {
-    write_wav(path, &to_f32(samples), rate).expect("write the phone's microphone WAV");
-}
 
 struct Call {
     stats: MediaStats,
@@ -354,26 +332,6 @@ fn gaps_in_a_stream_are_counted_and_reported_and_bad_rtcp_is_dropped() {
             sources: vec![box_ssrc]
         })
     );
-}
-
-/// Seconds of 20 ms frames of `samples` (at `rate`) that are mostly a tone at `hz`.
-fn tone_seconds(samples: &[f32], rate: u32, hz: f64) -> f64 {
-    let frame = rate as usize / 50;
-    let frames = samples
-        .chunks_exact(frame)
-        .filter(|chunk| {
-            let pcm: Vec<i16> = chunk.iter().map(|&x| (x * 32767.0) as i16).collect();
-            let loud = pcm.iter().any(|s| s.unsigned_abs() > 300);
-            loud && share_at(&pcm, rate, hz) > 0.5
-        })
-        .count();
-    frames as f64 * 0.02
-}
-
-/// What a phone recorded (the audio it received), at its own rate.
-fn recording_of(phone: &Baresip) -> (Vec<f32>, u32) {
-    let path = phone.recordings().last().cloned().expect("a recording");
-    read_wav(&path).expect("the phone's recording")
 }
 
 #[test]

@@ -270,7 +270,8 @@ pub struct Handoff {
 pub struct HandoffTarget {
     pub name: String,
     pub label: String,
-    /// Extension or phone number to transfer to.
+    /// Extension or phone number to transfer to, and any keys to press once it answers (an
+    /// extension behind an auto attendant): `"5550100,,204"`, each `,` a one-second pause.
     pub number: String,
     pub mode: HandoffMode,
     #[serde(default)]
@@ -766,16 +767,20 @@ impl Script {
                 );
             }
             v.non_empty(&format!("handoff.target.{i}.label"), &t.label);
-            let dialable = !t.number.is_empty()
-                && t.number
+            // Keys to press once it answers may follow: "5550100,,204" or "5550100;dtmf=,,204".
+            let (number, keys) = crate::line::split_dial_string(&t.number);
+            let dialable = !number.is_empty()
+                && number
                     .chars()
                     .enumerate()
-                    .all(|(j, c)| c.is_ascii_digit() || (j == 0 && c == '+'));
+                    .all(|(j, c)| c.is_ascii_digit() || (j == 0 && c == '+'))
+                && crate::line::key_steps(keys.unwrap_or_default()).is_ok();
             if !dialable {
                 v.report(
                     &format!("handoff.target.{i}.number"),
                     &format!(
-                        "{:?} is not an extension or phone number (digits, optional leading +)",
+                        "{:?} is not an extension or phone number (digits, optional leading +, \
+                         then any keys to press after a ',' pause, e.g. \"5550100,,204\")",
                         t.number
                     ),
                 );

@@ -344,6 +344,15 @@ impl Line for AudioFileLine {
         }
     }
 
+    fn send_dtmf(&mut self, digits: &str) -> Result<(), LineError> {
+        if self.ended {
+            return Err(LineError::Closed);
+        }
+        super::key_steps(digits)?;
+        self.event(format!("box pressed {digits}"));
+        Ok(())
+    }
+
     fn hang_up(&mut self) -> Result<(), LineError> {
         if !self.ended {
             self.event("box hung up");
@@ -446,5 +455,25 @@ mod tests {
             .expect("the key is pressed");
         // One frame of box audio, then 200 ms of the caller's silence.
         assert!(key_at >= 11, "{key_at}");
+    }
+
+    #[test]
+    fn keys_the_box_presses_are_in_the_timeline_and_bad_ones_named() {
+        let mut line = AudioFileLine::new(vec![CallerAction::Silent { ms: 1_000 }], fast());
+        audio_frames(&mut line, 3);
+        line.send_dtmf("5550,,204#").expect("keys");
+        assert!(matches!(
+            line.send_dtmf("12e"),
+            Err(LineError::NotAKey('e'))
+        ));
+        let pressed: Vec<&str> = line
+            .events
+            .iter()
+            .filter(|e| e.what.starts_with("box pressed"))
+            .map(|e| e.what.as_str())
+            .collect();
+        assert_eq!(pressed, ["box pressed 5550,,204#"]);
+        line.hang_up().unwrap();
+        assert!(matches!(line.send_dtmf("1"), Err(LineError::Closed)));
     }
 }

@@ -64,6 +64,48 @@ pub enum LineError {
     Closed,
     #[error("line I/O failed: {0}")]
     Io(String),
+    #[error("{0:?} is not a key to press (0-9, *, #, A-D, or ',' for a pause)")]
+    NotAKey(char),
+    #[error("this line cannot send keys: {0}")]
+    NoKeys(String),
+}
+
+/// How long a `,` in a key sequence waits (as a phone's dialer does).
+pub const PAUSE_MS: u64 = 1_000;
+
+/// One step of a key sequence the box sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStep {
+    /// A DTMF key: 0-9, `*`, `#`, A-D.
+    Press(char),
+    /// A `,`: [`PAUSE_MS`] without a key (an auto attendant is still speaking).
+    Pause,
+}
+
+/// Reads a key sequence such as `",,204#"`: keys 0-9, `*`, `#`, A-D (a-d too), each `,` a
+/// pause. Anything else is named.
+pub fn key_steps(digits: &str) -> Result<Vec<KeyStep>, LineError> {
+    digits
+        .chars()
+        .map(|c| match c.to_ascii_uppercase() {
+            ',' => Ok(KeyStep::Pause),
+            key @ ('0'..='9' | '*' | '#' | 'A'..='D') => Ok(KeyStep::Press(key)),
+            _ => Err(LineError::NotAKey(c)),
+        })
+        .collect()
+}
+
+/// Splits a dial string into the number to call and the keys to press once it answers:
+/// `"5550100;dtmf=,,204"` or `"5550100,,204"` (each `,` a pause, as on a phone) give
+/// `("5550100", Some(",,204"))`.
+pub fn split_dial_string(target: &str) -> (&str, Option<&str>) {
+    if let Some((number, keys)) = target.split_once(";dtmf=") {
+        return (number, Some(keys));
+    }
+    match target.find(',') {
+        Some(at) => (&target[..at], Some(&target[at..])),
+        None => (target, None),
+    }
 }
 
 /// One call's line, owned by that call's session.
@@ -86,6 +128,10 @@ pub trait Line: Send {
         target: &str,
         briefing: Option<&Briefing<'_>>,
     ) -> Result<TransferOutcome, LineError>;
+    /// Presses `digits` (see [`key_steps`]) on the line, as DTMF the far end hears: at once,
+    /// the box's queued audio waiting while the keys sound; [`Line::queued_ms`] counts them
+    /// until they are out.
+    fn send_dtmf(&mut self, digits: &str) -> Result<(), LineError>;
     /// Ends the call from the box's side.
     fn hang_up(&mut self) -> Result<(), LineError>;
 }
@@ -110,4 +156,37 @@ pub fn frame_rms(frame: &[i16]) -> f32 {
     }
     let sum: f64 = frame.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
     ((sum / frame.len() as f64).sqrt() / 32768.0) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_sequences_are_read_and_bad_keys_named() {
+        assert_eq!(
+            key_steps("1,#d").unwrap(),
+            vec![
+                KeyStep::Press('1'),
+                KeyStep::Pause,
+                KeyStep::Press('#'),
+                KeyStep::Press('D')
+            ]
+        );
+        assert!(matches!(key_steps("12x"), Err(LineError::NotAKey('x'))));
+        assert!(key_steps("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn dial_strings_split_into_number_and_keys() {
+        assert_eq!(split_dial_string("201"), ("201", None));
+        assert_eq!(
+            split_dial_string("5550100,,204"),
+            ("5550100", Some(",,204"))
+        );
+        assert_eq!(
+            split_dial_string("5550100;dtmf=,204#"),
+            ("5550100", Some(",204#"))
+        );
+    }
 }

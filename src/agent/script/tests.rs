@@ -651,6 +651,16 @@ fn handoff_target_problems() {
         "handoff.target.0.number",
         "is not an extension or phone number",
     );
+    // Keys to press behind an auto attendant may follow the number; bad keys are named.
+    let text = clinic_with(r#"number = "201""#, r#"number = "5550100,,204#""#);
+    let script = Script::parse(&text, "test.toml").expect("a number with keys is accepted");
+    assert_eq!(script.handoff.targets[0].number, "5550100,,204#");
+    let text = clinic_with(r#"number = "201""#, r#"number = "5550100;dtmf=,2x""#);
+    assert_problem(
+        &one_problem(&text),
+        "handoff.target.0.number",
+        "is not an extension or phone number",
+    );
     let text = clinic_with(
         "number = \"205\"\nmode = \"warm\"\n",
         "number = \"205\"\nmode = \"warm\"\ndefault = true\n",

@@ -89,6 +89,8 @@ pub struct PhoneSetup {
     pub rtcp_mux: bool,
     /// Register with this PBX (an extension of it) rather than take calls directly.
     pub registration: Option<PeerRegistration>,
+    /// Write every SIP message sent and received to the log (`baresip -s`).
+    pub sip_trace: bool,
 }
 
 impl Default for PhoneSetup {
@@ -97,6 +99,7 @@ impl Default for PhoneSetup {
             codecs: vec!["g711".into()],
             rtcp_mux: false,
             registration: None,
+            sip_trace: false,
         }
     }
 }
@@ -187,7 +190,11 @@ impl Baresip {
         };
         std::fs::write(dir.path().join("accounts"), account)?;
         let log = std::fs::File::create(dir.path().join("baresip.log"))?;
-        let child = Command::new("baresip")
+        let mut command = Command::new("baresip");
+        if setup.sip_trace {
+            command.arg("-s");
+        }
+        let child = command
             .arg("-f")
             .arg(dir.path())
             .stdin(Stdio::null())
@@ -269,6 +276,16 @@ impl Baresip {
 
     pub fn hang_up(&self) -> Result<(), PeerError> {
         self.command("hangup", "").map(|_| ())
+    }
+
+    /// Puts the call on hold (a re-INVITE offering `sendonly`).
+    pub fn hold(&self) -> Result<(), PeerError> {
+        self.command("hold", "").map(|_| ())
+    }
+
+    /// Takes the call off hold (a re-INVITE offering `sendrecv`).
+    pub fn resume(&self) -> Result<(), PeerError> {
+        self.command("resume", "").map(|_| ())
     }
 
     /// Presses a key on the phone's keypad (sent as RFC 4733 DTMF during a call).

@@ -114,6 +114,9 @@ impl Line for HeardLine<'_> {
     ) -> Result<TransferOutcome, LineError> {
         self.line.transfer(target, briefing)
     }
+    fn send_dtmf(&mut self, digits: &str) -> Result<(), LineError> {
+        self.line.send_dtmf(digits)
+    }
     fn hang_up(&mut self) -> Result<(), LineError> {
         self.line.hang_up()
     }

@@ -1,6 +1,7 @@
 //! The audio of one SIP call: a thread that, every 20 ms, reads the RTP packets that arrived,
 //! plays the jitter buffer's next slot to the call as a 16 kHz frame (DTMF events in place of
-//! audio), and sends the next 20 ms of the box's queued audio as one RTP packet; every ~5 s it
+//! audio), and sends the next 20 ms of the box's queued audio as one RTP packet (or, while the
+//! box presses keys, an RFC 4733 telephone event in its place); every ~5 s it
 //! sends an RTCP report and it reads the peer's. It owns the call's RTP and RTCP sockets; the
 //! [`SipLine`](super::SipLine) talks to it through [`MediaHandle`].
 
@@ -16,9 +17,11 @@ use super::g711;
 use super::g722::{G722Decoder, G722Encoder};
 use super::rate::{Downsampler, Upsampler};
 use super::rtcp::{self, ReceptionStats, RtcpPacket, SenderInfo};
-use super::rtp::{self, DtmfReceiver, JitterBuffer, JitterStats, Playout, RtpHeader};
+use super::rtp::{
+    self, DtmfReceiver, DtmfSender, JitterBuffer, JitterStats, KeySlot, Playout, RtpHeader,
+};
 use super::sdp::{Codec, Negotiated};
-use crate::line::{frame_rms, Frame, LineInput, FRAME_SAMPLES};
+use crate::line::{frame_rms, Frame, KeyStep, LineInput, FRAME_SAMPLES};
 
 /// RTP timestamp units per 20 ms (8 kHz clock, G.722 included).
 const CODEC_FRAME: usize = 160;
@@ -74,6 +77,10 @@ pub struct MediaStats {
     pub malformed: u64,
     pub foreign_payload: u64,
     pub dtmf_keys: u64,
+    /// Keys the box pressed (RFC 4733 events it started).
+    pub dtmf_keys_sent: u64,
+    /// Sequence number of the last RTP packet the box sent (to match the peer's reports).
+    pub last_sequence_sent: u16,
     pub frames_dropped: u64,
     pub jitter: JitterStats,
     pub jitter_ms: u32,
@@ -134,6 +141,8 @@ struct Shared {
     stats: Mutex<MediaStats>,
     /// Keys that came by SIP INFO rather than in the RTP stream.
     signalled_keys: Mutex<VecDeque<char>>,
+    /// Keys the box presses, sent in place of its audio.
+    keys_out: Mutex<DtmfSender>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +177,7 @@ impl MediaHandle {
             session: Mutex::new(session),
             stats: Mutex::new(MediaStats::default()),
             signalled_keys: Mutex::new(VecDeque::new()),
+            keys_out: Mutex::new(DtmfSender::default()),
         });
         let (sender, input) = mpsc::sync_channel(INPUT_QUEUE);
         let loop_shared = shared.clone();
@@ -195,8 +205,20 @@ impl MediaHandle {
         lock(&self.shared.playout).extend(samples.iter().copied());
     }
 
+    /// The box's audio queued, and the keys it still has to press, in samples.
     pub fn queued_samples(&self) -> usize {
-        lock(&self.shared.playout).len()
+        let keys = lock(&self.shared.keys_out).slots_left() as usize * FRAME_SAMPLES;
+        lock(&self.shared.playout).len() + keys
+    }
+
+    /// Presses keys as RFC 4733 events, ahead of the queued audio (which waits meanwhile).
+    pub fn send_keys(&self, steps: &[KeyStep]) {
+        lock(&self.shared.keys_out).push(steps);
+    }
+
+    /// Drops the keys not yet pressed.
+    pub fn drop_keys(&self) {
+        lock(&self.shared.keys_out).clear();
     }
 
     pub fn flush(&self) {
@@ -671,35 +693,59 @@ impl MediaLoop {
     }
 
     fn send(&mut self, session: &Negotiated) {
+        self.timestamp = self.timestamp.wrapping_add(CODEC_FRAME as u32);
+        let slot = self.key_slot(session);
         let mut frame = vec![0i16; FRAME_SAMPLES];
-        {
+        if slot == KeySlot::Audio {
             let mut playout = lock(&self.shared.playout);
             let n = playout.len().min(FRAME_SAMPLES);
-            for (slot, sample) in frame.iter_mut().zip(playout.drain(..n)) {
-                *slot = sample;
+            for (place, sample) in frame.iter_mut().zip(playout.drain(..n)) {
+                *place = sample;
             }
         }
         self.shared
             .played_level_bits
             .store(frame_rms(&frame).to_bits(), Ordering::Relaxed);
         // Encoded even when not sent, so the coder's state follows the audio.
-        let payload = self.encode(session.codec, &frame);
-        self.timestamp = self.timestamp.wrapping_add(CODEC_FRAME as u32);
+        let mut payload = self.encode(session.codec, &frame);
         if !session.direction.sends() {
             return;
         }
-        let header = RtpHeader {
+        let mut header = RtpHeader {
             payload_type: session.payload_type,
             marker: false,
             sequence: self.sequence,
             timestamp: self.timestamp,
             ssrc: self.ssrc,
         };
+        if let (
+            KeySlot::Event {
+                marker,
+                timestamp,
+                payload: event,
+            },
+            Some(payload_type),
+        ) = (slot, session.dtmf_payload_type)
+        {
+            header = RtpHeader {
+                payload_type,
+                marker,
+                timestamp,
+                ..header
+            };
+            payload = event.to_vec();
+            if marker {
+                lock(&self.shared.stats).dtmf_keys_sent += 1;
+            }
+        }
         self.sequence = self.sequence.wrapping_add(1);
         let packet = rtp::write(&header, &payload);
         match self.socket.send_to(&packet, session.remote) {
             Ok(_) => {
-                lock(&self.shared.stats).packets_sent += 1;
+                let mut stats = lock(&self.shared.stats);
+                stats.packets_sent += 1;
+                stats.last_sequence_sent = header.sequence;
+                drop(stats);
                 self.packets_sent = self.packets_sent.wrapping_add(1);
                 self.octets_sent = self.octets_sent.wrapping_add(payload.len() as u32);
                 self.sent_since_report = true;
@@ -709,5 +755,20 @@ impl MediaLoop {
         let mut stats = lock(&self.shared.stats);
         stats.jitter = self.jitter.stats();
         stats.jitter_ms = self.jitter.jitter_ms().round() as u32;
+    }
+
+    /// What this slot carries: a key the box presses, the quiet between keys, or audio. Keys
+    /// wait while the call is on hold, and are dropped if the far end takes no telephone
+    /// events (any more).
+    fn key_slot(&self, session: &Negotiated) -> KeySlot {
+        let mut keys = lock(&self.shared.keys_out);
+        if session.dtmf_payload_type.is_none() {
+            keys.clear();
+            return KeySlot::Audio;
+        }
+        if !session.direction.sends() {
+            return KeySlot::Audio;
+        }
+        keys.next_slot(self.timestamp)
     }
 }

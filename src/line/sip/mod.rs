@@ -26,12 +26,15 @@ pub mod warm;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::line::{Briefing, Line, LineError, LineInput, TransferOutcome, FRAME_SAMPLES, RATE};
+use crate::line::{
+    key_steps, split_dial_string, Briefing, KeyStep, Line, LineError, LineInput, TransferOutcome,
+    FRAME_SAMPLES, RATE,
+};
 use media::{MediaHandle, MediaStats};
 
 pub use outbound::{DialError, DialOptions, DialOutcome, Dialed};
 pub use registration::{RegistrationError, RegistrationOptions, RegistrationState};
-pub use ua::{IncomingCall, SipError, SipOptions, SipUa};
+pub use ua::{IncomingCall, SipError, SipOptions, SipStats, SipUa};
 
 /// What the line asks of the call's signalling task.
 pub(crate) enum CallCommand {
@@ -56,6 +59,8 @@ const HANG_UP_WAIT: Duration = Duration::from_secs(5);
 const TRANSFER_WAIT: Duration = Duration::from_secs(45);
 /// Longest silence from the media thread before the line is called broken.
 const MEDIA_WAIT: Duration = Duration::from_secs(2);
+/// How long the phone behind a cold transfer with keys to press may ring.
+const KEYED_TRANSFER_RING: Duration = Duration::from_secs(30);
 
 /// One SIP call, as a [`Line`].
 pub struct SipLine {
@@ -86,6 +91,12 @@ impl SipLine {
         self.media.as_ref().map(|m| m.stats()).unwrap_or_default()
     }
 
+    /// What the call's audio stands on now: codec, the far end's address, the box's
+    /// direction (a re-INVITE for hold makes it `recvonly`).
+    pub fn session(&self) -> Option<sdp::Negotiated> {
+        self.media.as_ref().map(|m| m.control().session())
+    }
+
     fn media(&self) -> Result<&MediaHandle, LineError> {
         match &self.media {
             Some(media) if !self.closed => Ok(media),
@@ -98,6 +109,19 @@ impl SipLine {
     fn caller_left(&mut self) -> TransferOutcome {
         self.hung_up_during_transfer = true;
         TransferOutcome::Failed
+    }
+
+    /// The keys to press on this call: refused when the far end did not agree to RFC 4733
+    /// telephone events.
+    fn press(&self, steps: &[KeyStep]) -> Result<(), LineError> {
+        let media = self.media()?;
+        if media.control().session().dtmf_payload_type.is_none() {
+            return Err(LineError::NoKeys(
+                "the far end did not agree to RFC 4733 telephone events".into(),
+            ));
+        }
+        media.send_keys(steps);
+        Ok(())
     }
 
     /// Waits until at most `samples` of the box's audio are still queued.
@@ -161,10 +185,22 @@ impl Line for SipLine {
         briefing: Option<&Briefing<'_>>,
     ) -> Result<TransferOutcome, LineError> {
         self.media()?;
+        let (number, keys) = split_dial_string(target);
+        let keys = key_steps(keys.unwrap_or_default())?;
         // Let the box's last words ("I'm putting you through") reach the caller first.
         self.drain_to(FRAME_SAMPLES, TRANSFER_WAIT);
         if let Some(briefing) = briefing {
-            return self.warm_transfer(target, briefing);
+            return self.warm_transfer(number, &keys, briefing);
+        }
+        if !keys.is_empty() {
+            // A REFER cannot press keys for the caller: the box calls, presses them, and
+            // bridges the caller (a warm transfer without a briefing).
+            let unbriefed = Briefing {
+                text: "",
+                audio: &[],
+                answer_within: KEYED_TRANSFER_RING,
+            };
+            return self.warm_transfer(number, &keys, &unbriefed);
         }
         let (done, outcome) = mpsc::channel();
         let sent = self.commands.send(CallCommand::Transfer {
@@ -181,6 +217,11 @@ impl Line for SipLine {
             self.closed = true;
         }
         Ok(outcome)
+    }
+
+    fn send_dtmf(&mut self, digits: &str) -> Result<(), LineError> {
+        let steps = key_steps(digits)?;
+        self.press(&steps)
     }
 
     fn hang_up(&mut self) -> Result<(), LineError> {

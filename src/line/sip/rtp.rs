@@ -145,6 +145,139 @@ impl DtmfReceiver {
     }
 }
 
+/// Packets (20 ms each) a key the box presses sounds for: 100 ms.
+pub const KEY_PACKETS: u32 = 5;
+/// Times the end packet of a key is sent (RFC 4733 §2.5.1.4), one per 20 ms.
+pub const END_PACKETS: u32 = 3;
+/// Quiet 20 ms slots after a key's last end packet before the next key.
+pub const KEY_GAP: u32 = 3;
+/// RTP timestamp units per 20 ms packet (8 kHz clock).
+const EVENT_STEP: u32 = 160;
+/// Volume of the box's keys: −10 dBm0.
+const KEY_VOLUME: u8 = 10;
+
+/// What the box sends in one 20 ms slot while it has keys to press.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySlot {
+    /// No keys: the box's audio goes out.
+    Audio,
+    /// A telephone-event packet goes out instead of audio.
+    Event {
+        /// Set on the first packet of a key.
+        marker: bool,
+        /// The key's start, the same in all its packets.
+        timestamp: u32,
+        payload: [u8; 4],
+    },
+    /// Between keys, or a pause: silence goes out, and the box's audio still waits.
+    Quiet,
+}
+
+/// One key being sent.
+struct Sounding {
+    event: u8,
+    timestamp: u32,
+    /// Packets of it sent so far.
+    sent: u32,
+}
+
+/// The keys the box presses, as RFC 4733 events (the sending side of [`DtmfReceiver`]): each
+/// key is a start packet with the marker bit, updates whose duration grows by 20 ms, and
+/// [`END_PACKETS`] end packets, all with the key's start timestamp and new sequence numbers;
+/// then [`KEY_GAP`] quiet slots. A pause is [`crate::line::PAUSE_MS`] of quiet.
+#[derive(Default)]
+pub struct DtmfSender {
+    queue: std::collections::VecDeque<crate::line::KeyStep>,
+    sounding: Option<Sounding>,
+    quiet: u32,
+}
+
+impl DtmfSender {
+    /// Queues keys after those still to be sent. Keys that are no DTMF key are skipped (the
+    /// line names them before they get here).
+    pub fn push(&mut self, steps: &[crate::line::KeyStep]) {
+        self.queue.extend(
+            steps
+                .iter()
+                .filter(|step| match step {
+                    crate::line::KeyStep::Press(key) => dtmf_event(*key).is_some(),
+                    crate::line::KeyStep::Pause => true,
+                })
+                .copied(),
+        );
+    }
+
+    /// Drops every key not yet sent (the far end no longer takes telephone events).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.sounding = None;
+        self.quiet = 0;
+    }
+
+    /// 20 ms slots until the last queued key is out.
+    pub fn slots_left(&self) -> u32 {
+        let per_key = KEY_PACKETS + END_PACKETS - 1 + KEY_GAP;
+        let per_pause = (crate::line::PAUSE_MS / crate::line::FRAME_MS) as u32;
+        let queued: u32 = self
+            .queue
+            .iter()
+            .map(|step| match step {
+                crate::line::KeyStep::Press(_) => per_key,
+                crate::line::KeyStep::Pause => per_pause,
+            })
+            .sum();
+        let current = self
+            .sounding
+            .as_ref()
+            .map_or(0, |s| KEY_PACKETS + END_PACKETS - 1 - s.sent + KEY_GAP);
+        queued + current + self.quiet
+    }
+
+    /// What goes out in the slot whose audio would carry `timestamp`.
+    pub fn next_slot(&mut self, timestamp: u32) -> KeySlot {
+        if self.sounding.is_none() && self.quiet == 0 {
+            match self.queue.pop_front() {
+                None => return KeySlot::Audio,
+                Some(crate::line::KeyStep::Pause) => {
+                    self.quiet = (crate::line::PAUSE_MS / crate::line::FRAME_MS) as u32;
+                }
+                Some(crate::line::KeyStep::Press(key)) => {
+                    self.sounding = dtmf_event(key).map(|event| Sounding {
+                        event,
+                        timestamp,
+                        sent: 0,
+                    });
+                }
+            }
+        }
+        if let Some(key) = self.sounding.as_mut() {
+            key.sent += 1;
+            let packet = key.sent.min(KEY_PACKETS);
+            let slot = KeySlot::Event {
+                marker: key.sent == 1,
+                timestamp: key.timestamp,
+                payload: TelephoneEvent {
+                    event: key.event,
+                    end: key.sent >= KEY_PACKETS,
+                    volume: KEY_VOLUME,
+                    duration: (packet * EVENT_STEP) as u16,
+                }
+                .write(),
+            };
+            if key.sent == KEY_PACKETS + END_PACKETS - 1 {
+                self.sounding = None;
+                self.quiet = KEY_GAP;
+            }
+            return slot;
+        }
+        if self.quiet > 0 {
+            self.quiet -= 1;
+            return KeySlot::Quiet;
+        }
+        KeySlot::Audio
+    }
+}
+
 /// What the jitter buffer gives for one 20 ms slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Playout {
@@ -463,6 +596,73 @@ mod tests {
         for key in "0123456789*#ABCD".chars() {
             assert_eq!(dtmf_event(key).and_then(dtmf_key), Some(key));
         }
+    }
+
+    #[test]
+    fn a_pressed_key_is_a_start_updates_and_three_ends_at_one_timestamp() {
+        use crate::line::KeyStep;
+        let mut sender = DtmfSender::default();
+        assert_eq!(sender.next_slot(0), KeySlot::Audio);
+        sender.push(&[KeyStep::Press('7'), KeyStep::Press('#')]);
+        let per_key = KEY_PACKETS + END_PACKETS - 1 + KEY_GAP;
+        assert_eq!(sender.slots_left(), 2 * per_key);
+        let mut slots = Vec::new();
+        let mut timestamp = 1_000u32;
+        while sender.slots_left() > 0 {
+            slots.push(sender.next_slot(timestamp));
+            timestamp += 160;
+        }
+        assert_eq!(slots.len() as u32, 2 * per_key);
+        assert_eq!(sender.next_slot(timestamp), KeySlot::Audio);
+        let events: Vec<(bool, u32, TelephoneEvent)> = slots
+            .iter()
+            .filter_map(|slot| match slot {
+                KeySlot::Event {
+                    marker,
+                    timestamp,
+                    payload,
+                } => Some((*marker, *timestamp, TelephoneEvent::parse(payload).unwrap())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(events.len(), 14);
+        let seven = &events[..7];
+        assert!(seven.iter().all(|(_, ts, e)| *ts == 1_000 && e.event == 7));
+        assert_eq!(
+            seven.iter().map(|(m, _, _)| *m).collect::<Vec<_>>(),
+            [true, false, false, false, false, false, false]
+        );
+        assert_eq!(
+            seven.iter().map(|(_, _, e)| e.duration).collect::<Vec<_>>(),
+            [160, 320, 480, 640, 800, 800, 800]
+        );
+        assert_eq!(
+            seven.iter().map(|(_, _, e)| e.end).collect::<Vec<_>>(),
+            [false, false, false, false, true, true, true]
+        );
+        // The second key starts after the gap, at its own timestamp.
+        assert_eq!(slots[7..10], [KeySlot::Quiet; 3]);
+        let (marker, start, pound) = events[7];
+        assert!(marker);
+        assert_eq!(start, 1_000 + 10 * 160);
+        assert_eq!(pound.event, 11);
+    }
+
+    #[test]
+    fn a_pause_is_a_second_of_quiet_and_clear_drops_the_rest() {
+        use crate::line::KeyStep;
+        let mut sender = DtmfSender::default();
+        sender.push(&[KeyStep::Pause, KeyStep::Press('1')]);
+        for _ in 0..50 {
+            assert_eq!(sender.next_slot(0), KeySlot::Quiet);
+        }
+        assert!(matches!(
+            sender.next_slot(0),
+            KeySlot::Event { marker: true, .. }
+        ));
+        sender.clear();
+        assert_eq!(sender.slots_left(), 0);
+        assert_eq!(sender.next_slot(0), KeySlot::Audio);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +80,9 @@ pub struct SipOptions {
     pub pbx: Option<String>,
     /// Register with a PBX (and answer its challenges on calls the box places).
     pub registration: Option<RegistrationOptions>,
+    /// RFC 3261's T1, the round-trip estimate its retransmission and cleanup timers scale
+    /// with (finished transactions are forgotten after 64 × T1): 500 ms by default.
+    pub t1: Duration,
 }
 
 impl SipOptions {
@@ -95,6 +98,7 @@ impl SipOptions {
             codecs: Codec::ALL.to_vec(),
             pbx: None,
             registration: None,
+            t1: Duration::from_millis(500),
         }
     }
 
@@ -235,6 +239,8 @@ impl SipUa {
                 .with_user_agent(USER_AGENT)
                 .with_option(EndpointOption {
                     callid_suffix: Some(call_id_host),
+                    t1: options.t1,
+                    t1x64: options.t1 * 64,
                     ..EndpointOption::default()
                 })
                 .build();
@@ -256,6 +262,7 @@ impl SipUa {
                 routes: Mutex::new(HashMap::new()),
                 call_sender,
                 active: active.clone(),
+                missed: AtomicU64::new(0),
             });
             let serve_cancel = cancel.clone();
             tokio::spawn(async move {
@@ -339,6 +346,50 @@ impl SipUa {
     pub fn active_calls(&self) -> u32 {
         self.active.load(Ordering::SeqCst)
     }
+
+    /// What the user agent holds now: all back to zero once its calls are over (finished
+    /// transactions after 64 × T1), however many calls came and went.
+    pub fn stats(&self) -> SipStats {
+        let transactions = self.agent.dialogs.endpoint.get_stats();
+        SipStats {
+            active_calls: self.active_calls(),
+            dialogs: self.agent.dialogs.len(),
+            routes: self.agent.routes.lock().map_or(0, |routes| routes.len()),
+            running_transactions: transactions.running_transactions,
+            finished_transactions: transactions.finished_transactions,
+            waiting_ack: transactions.waiting_ack,
+            missed_calls: self.agent.missed.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// The user agent's tables and counts, from [`SipUa::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SipStats {
+    pub active_calls: u32,
+    /// Dialogs rsipstack keeps.
+    pub dialogs: usize,
+    /// Calls whose dialog states are routed to their signalling task.
+    pub routes: usize,
+    pub running_transactions: usize,
+    /// Transactions kept after they ended, to answer retransmissions (for 64 × T1).
+    pub finished_transactions: usize,
+    /// 2xx answers waiting for their ACK.
+    pub waiting_ack: usize,
+    /// Calls the caller gave up on (CANCEL) while the box let them ring.
+    pub missed_calls: u64,
+}
+
+impl SipStats {
+    /// Nothing held: no call, dialog, route or transaction left.
+    pub fn is_idle(&self) -> bool {
+        self.active_calls == 0
+            && self.dialogs == 0
+            && self.routes == 0
+            && self.running_transactions == 0
+            && self.finished_transactions == 0
+            && self.waiting_ack == 0
+    }
 }
 
 impl Drop for SipUa {
@@ -367,6 +418,8 @@ pub(super) struct Agent {
     routes: Mutex<HashMap<DialogId, async_mpsc::UnboundedSender<DialogState>>>,
     call_sender: mpsc::Sender<IncomingCall>,
     pub(super) active: Arc<AtomicU32>,
+    /// Calls the caller gave up on while they rang.
+    missed: AtomicU64,
 }
 
 impl Agent {
@@ -613,6 +666,7 @@ async fn answer(agent: Arc<Agent>, mut tx: Transaction) {
                 state = states.recv() => match state {
                     None | Some(DialogState::Terminated(..)) => {
                         tracing::info!("the caller hung up while it rang");
+                        agent.missed.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                     Some(_) => {}

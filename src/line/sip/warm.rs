@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::media::MediaHandle;
 use super::{CallCommand, DialOptions, DialOutcome, SipLine};
-use crate::line::{Briefing, LineError, LineInput, TransferOutcome, RATE};
+use crate::line::{Briefing, KeyStep, LineError, LineInput, TransferOutcome, RATE};
 
 /// How long the human has to hang up after the briefing before the caller is connected anyway.
 const AFTER_BRIEFING: Duration = Duration::from_millis(400);
@@ -55,10 +55,12 @@ impl SipLine {
         }
     }
 
-    /// Calls the human, briefs them, and bridges the caller to them.
+    /// Calls the human, presses `keys` (an extension behind an auto attendant), briefs them,
+    /// and bridges the caller to them.
     pub(super) fn warm_transfer(
         &mut self,
         target: &str,
+        keys: &[KeyStep],
         briefing: &Briefing<'_>,
     ) -> Result<TransferOutcome, LineError> {
         let (done, dialed) = mpsc::channel();
@@ -108,10 +110,19 @@ impl SipLine {
             let _ = human.hang_up_now();
             return Ok(TransferOutcome::Failed);
         }
+        if !keys.is_empty() {
+            tracing::info!("warm transfer: pressing the extension's keys");
+            if let Err(e) = human.press(keys) {
+                tracing::info!(error = %e, "warm transfer: cannot press the keys");
+                let _ = human.hang_up_now();
+                return Ok(TransferOutcome::Failed);
+            }
+        }
         tracing::info!("warm transfer: the human answered; briefing them");
         let Some(human_media) = human.media.as_ref() else {
             return Ok(TransferOutcome::Failed);
         };
+        // The briefing follows the keys (queued audio waits while keys sound).
         human_media.play(briefing.audio);
         let briefed_by = Instant::now() + BRIEFING_WAIT;
         let mut quiet_since: Option<Instant> = None;
@@ -173,6 +184,7 @@ impl SipLine {
     fn hang_up_now(&mut self) -> Result<(), LineError> {
         if let Some(media) = &self.media {
             media.flush();
+            media.drop_keys();
         }
         crate::line::Line::hang_up(self)
     }

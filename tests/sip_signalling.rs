@@ -1,8 +1,9 @@
 //! The SIP line's signalling against real peers on loopback, without models: keys the box
 //! presses (RFC 4733) reach a baresip, also behind a transfer target's number; baresip puts the
 //! box's call on hold and resumes it by re-INVITE; a caller who gives up while the box lets it
-//! ring gets 487 and the box takes the next call; and thousands of short calls from a raw SIP
-//! client leave no call, dialog or transaction behind.
+//! ring gets 487 and the box takes the next call; a phone behind NAT presses a key by SIP INFO
+//! and changes codec by re-INVITE; and thousands of short calls from a raw SIP client leave no
+//! call, dialog or transaction behind.
 
 #[path = "support/sip_tones.rs"]
 mod sip_tones;
@@ -15,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use callbox::line::sip::baresip::{Baresip, PhoneEvents, PhoneSetup};
-use callbox::line::sip::sdp::Direction;
+use callbox::line::sip::rtp::{self, RtpHeader};
+use callbox::line::sip::sdp::{Codec, Direction};
 use callbox::line::sip::{SipLine, SipOptions, SipStats, SipUa};
 use callbox::line::{Line, LineInput, TransferOutcome};
 
@@ -337,9 +339,14 @@ impl RawPhone {
     }
 
     fn offer(&self) -> String {
+        self.offer_of(0, "PCMU")
+    }
+
+    /// An offer of one codec (static payload type `payload_type`) and telephone events.
+    fn offer_of(&self, payload_type: u8, encoding: &str) -> String {
         format!(
             "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-             m=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+             m=audio {} RTP/AVP {payload_type} 101\r\na=rtpmap:{payload_type} {encoding}/8000\r\n\
              a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n",
             self.rtp_port
         )
@@ -355,10 +362,10 @@ impl RawPhone {
             body,
         } = r;
         let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
-        let content_type = if body.is_empty() {
-            ""
-        } else {
-            "Content-Type: application/sdp\r\n"
+        let content_type = match (body.is_empty(), *method) {
+            (true, _) => "",
+            (false, "INFO") => "Content-Type: application/dtmf-relay\r\n",
+            (false, _) => "Content-Type: application/sdp\r\n",
         };
         let message = format!(
             "{method} sip:callbox@{to} SIP/2.0\r\n\
@@ -428,6 +435,60 @@ impl RawPhone {
     /// A whole call: INVITE, the box's 200 OK, ACK, then a BYE from the phone (or, with
     /// `box_hangs_up`, the box's BYE answered). The error says what went wrong.
     fn call(&self, call: &str, box_hangs_up: bool) -> Result<(), String> {
+        let (_, tag) = self.open(call)?;
+        if box_hangs_up {
+            let bye = self
+                .wait(call, Duration::from_secs(10), |m| {
+                    m.first_line().starts_with("BYE ")
+                })
+                .ok_or("no BYE from the box")?;
+            self.ok(&bye);
+            return Ok(());
+        }
+        self.request(call, "BYE", 2, &tag, "").map(|_| ())
+    }
+
+    /// Sends an in-dialog request (ACKed when an INVITE) and checks it gets 200 OK; returns
+    /// the answer.
+    fn request(
+        &self,
+        call: &str,
+        method: &str,
+        cseq: u32,
+        tag: &str,
+        body: &str,
+    ) -> Result<Message, String> {
+        let branch = format!("{call}{method}{cseq}");
+        let request = Request {
+            method,
+            call,
+            branch: &branch,
+            cseq,
+            to_tag: Some(tag),
+            body,
+        };
+        self.send(&request);
+        let done = self
+            .wait(call, Duration::from_secs(10), |m| {
+                m.status().is_some_and(|s| s >= 200) && m.cseq() == format!("{cseq} {method}")
+            })
+            .ok_or(format!("no answer to the {method}"))?;
+        if done.status() != Some(200) {
+            return Err(format!("the {method} got {}", done.first_line()));
+        }
+        if method == "INVITE" {
+            self.send(&Request {
+                method: "ACK",
+                branch: &format!("{branch}a"),
+                body: "",
+                ..request
+            });
+        }
+        Ok(done)
+    }
+
+    /// INVITE, the box's 200 OK, ACK: the box's answer and its To tag.
+    fn open(&self, call: &str) -> Result<(Message, String), String> {
         let offer = self.offer();
         let invite = Request {
             method: "INVITE",
@@ -454,32 +515,7 @@ impl RawPhone {
             body: "",
             ..invite
         });
-        if box_hangs_up {
-            let bye = self
-                .wait(call, Duration::from_secs(10), |m| {
-                    m.first_line().starts_with("BYE ")
-                })
-                .ok_or("no BYE from the box")?;
-            self.ok(&bye);
-            return Ok(());
-        }
-        self.send(&Request {
-            method: "BYE",
-            call,
-            branch: &format!("{call}b"),
-            cseq: 2,
-            to_tag: Some(&tag),
-            body: "",
-        });
-        let done = self
-            .wait(call, Duration::from_secs(10), |m| {
-                m.status().is_some_and(|s| s >= 200) && m.cseq().ends_with("BYE")
-            })
-            .ok_or("no answer to the BYE")?;
-        match done.status() {
-            Some(200) => Ok(()),
-            _ => Err(format!("the BYE got {}", done.first_line())),
-        }
+        Ok((answer, tag))
     }
 }
 
@@ -633,7 +669,7 @@ fn a_caller_who_gives_up_while_it_rings_gets_487_and_the_box_takes_the_next_call
 
 #[test]
 fn thousands_of_calls_leave_no_dialog_or_transaction_behind() {
-    const CALLS: usize = 2_000;
+    const CALLS: usize = 5_000;
     const PHONES: usize = 8;
     let mut options = box_options();
     options.max_calls = PHONES as u32 * 2;
@@ -702,4 +738,103 @@ fn thousands_of_calls_leave_no_dialog_or_transaction_behind() {
     stop.store(true, Ordering::SeqCst);
     answerer.join().unwrap();
     assert_eq!(taken.load(Ordering::SeqCst), CALLS as u64 + 1);
+}
+
+/// RTP packets the box sent to `socket` within `timeout` until one has `payload_type`.
+fn box_sends(socket: &UdpSocket, payload_type: u8, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buffer = [0u8; 2048];
+    while Instant::now() < until {
+        if let Ok((n, _)) = socket.recv_from(&mut buffer) {
+            if rtp::parse(&buffer[..n]).is_ok_and(|(h, _)| h.payload_type == payload_type) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn a_phone_behind_nat_presses_a_key_by_info_and_changes_codec() {
+    let ua = SipUa::start(box_options()).expect("the box's user agent");
+    // The phone's SDP names one port; its RTP really leaves from another (NAT).
+    let named = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let real = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let phone = RawPhone::new(ua.local_addr(), named.local_addr().unwrap().port());
+    let (answer, tag) = phone.open("nat").expect("the call");
+    let mut line = ua
+        .next_call(Duration::from_secs(5))
+        .expect("the call reaches the box")
+        .line;
+    let box_rtp: u16 = answer
+        .0
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|m| m.split_whitespace().next())
+        .and_then(|port| port.parse().ok())
+        .expect("the box's RTP port in its answer");
+    let silence = [0xFFu8; 160];
+    for sequence in 0..10u16 {
+        let header = RtpHeader {
+            payload_type: 0,
+            marker: false,
+            sequence,
+            timestamp: u32::from(sequence) * 160,
+            ssrc: 7,
+        };
+        real.send_to(&rtp::write(&header, &silence), ("127.0.0.1", box_rtp))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        box_sends(&real, 0, Duration::from_secs(2)),
+        "the box's RTP goes where the phone's comes from"
+    );
+
+    // A key by SIP INFO reaches the call as a key.
+    phone
+        .request("nat", "INFO", 2, &tag, "Signal=7\r\nDuration=160\r\n")
+        .expect("INFO");
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut keys = Vec::new();
+    while keys.is_empty() && Instant::now() < until {
+        if let Ok(LineInput::Dtmf(key)) = line.next() {
+            keys.push(key);
+        }
+    }
+    assert_eq!(keys, ['7']);
+
+    // A re-INVITE to PCMA: answered with PCMA, and the box's RTP follows, still to the NAT's
+    // address although the SDP names the other port again.
+    let offer = phone.offer_of(8, "PCMA");
+    let answer = phone
+        .request("nat", "INVITE", 3, &tag, &offer)
+        .expect("re-INVITE");
+    assert!(answer.0.contains("a=rtpmap:8 PCMA/8000"), "{}", answer.0);
+    let until = Instant::now() + Duration::from_secs(2);
+    // (the media loop takes the new session at its next 20 ms tick)
+    let nat = real.local_addr().unwrap();
+    while line.session().map(|s| (s.codec, s.remote)) != Some((Codec::Pcma, nat))
+        && Instant::now() < until
+    {
+        let _ = line.next();
+    }
+    let session = line.session().expect("the session");
+    assert_eq!(session.codec, Codec::Pcma);
+    assert_eq!(session.remote, nat);
+    assert!(
+        box_sends(&real, 8, Duration::from_secs(2)),
+        "PCMA after the re-INVITE"
+    );
+
+    phone.request("nat", "BYE", 4, &tag, "").expect("BYE");
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut hung_up = false;
+    while !hung_up && Instant::now() < until {
+        hung_up = matches!(line.next(), Ok(LineInput::HungUp));
+    }
+    assert!(hung_up);
 }

@@ -285,6 +285,13 @@ impl MediaControl {
     }
 }
 
+/// Symmetric RTP: the address a peer's SDP gave, and where its packets really come from.
+#[derive(Clone, Copy)]
+struct Latch {
+    sdp: SocketAddr,
+    from: SocketAddr,
+}
+
 struct MediaLoop {
     socket: UdpSocket,
     rtcp_socket: Option<UdpSocket>,
@@ -305,8 +312,8 @@ struct MediaLoop {
     ssrc: u32,
     sequence: u16,
     timestamp: u32,
-    /// Whether the peer's address was taken from its packets (symmetric RTP behind NAT).
-    latched: bool,
+    /// Where the peer's packets come from, once they came (symmetric RTP behind NAT).
+    latch: Option<Latch>,
     started: Instant,
     hang_up_sent: bool,
     /// The peer's stream as the box's reports describe it.
@@ -352,7 +359,7 @@ impl MediaLoop {
             ssrc,
             sequence: rand::random(),
             timestamp: rand::random(),
-            latched: false,
+            latch: None,
             started: Instant::now(),
             hang_up_sent: false,
             reception: None,
@@ -379,7 +386,8 @@ impl MediaLoop {
                 next_tick = now;
             }
             next_tick += tick;
-            let session = *lock(&self.shared.session);
+            let mut session = *lock(&self.shared.session);
+            self.follow_latch(&mut session);
             if session.codec != self.codec {
                 self.codec = session.codec;
                 self.g722_encoder = G722Encoder::new();
@@ -564,7 +572,7 @@ impl MediaLoop {
             Some(peer) => peer,
             None if session.rtcp_mux => session.remote,
             // RTP was latched to another address than the SDP's: RTCP follows it.
-            None if self.latched && session.remote.ip() != session.remote_rtcp.ip() => {
+            None if self.latch.is_some() && session.remote.ip() != session.remote_rtcp.ip() => {
                 SocketAddr::new(session.remote.ip(), session.remote.port().saturating_add(1))
             }
             None => session.remote_rtcp,
@@ -590,11 +598,31 @@ impl MediaLoop {
         }
     }
 
+    /// Keeps sending where the peer's packets come from when a re-INVITE (hold, resume, a new
+    /// codec) gives its SDP address again; latches anew when it gives another address.
+    fn follow_latch(&mut self, session: &mut Negotiated) {
+        let Some(latch) = self.latch else {
+            return;
+        };
+        if session.remote == latch.from {
+            return;
+        }
+        if session.remote == latch.sdp {
+            session.remote = latch.from;
+            lock(&self.shared.session).remote = latch.from;
+        } else {
+            self.latch = None;
+        }
+    }
+
     /// Symmetric RTP: send to where the peer's audio comes from, which differs from its SDP
     /// address when it is behind NAT.
     fn latch(&mut self, from: SocketAddr, session: &Negotiated) {
-        if !self.latched {
-            self.latched = true;
+        if self.latch.is_none() {
+            self.latch = Some(Latch {
+                sdp: session.remote,
+                from,
+            });
             if from != session.remote {
                 tracing::info!("RTP peer answers from another address than its SDP; sending there");
                 lock(&self.shared.session).remote = from;

@@ -838,3 +838,29 @@ fn a_phone_behind_nat_presses_a_key_by_info_and_changes_codec() {
     }
     assert!(hung_up);
 }
+
+#[test]
+fn a_call_beyond_the_limit_is_busy_and_the_line_frees_when_a_call_ends() {
+    let mut options = box_options();
+    options.max_calls = 1;
+    let ua = SipUa::start(options).expect("the box's user agent");
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = sink.local_addr().unwrap().port();
+    let first = RawPhone::new(ua.local_addr(), rtp_port);
+    let (_, tag) = first.open("first").expect("the first call");
+    let line = ua
+        .next_call(Duration::from_secs(5))
+        .expect("the first call")
+        .line;
+    assert_eq!(ua.active_calls(), 1);
+    let second = RawPhone::new(ua.local_addr(), rtp_port);
+    let busy = second.open("second").err().unwrap_or_default();
+    assert!(busy.contains("486 Busy Here"), "{busy}");
+    first.request("first", "BYE", 2, &tag, "").expect("BYE");
+    drop(line);
+    let until = Instant::now() + Duration::from_secs(3);
+    while ua.active_calls() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    second.open("third").expect("a call once the line is free");
+}

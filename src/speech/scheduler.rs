@@ -130,6 +130,8 @@ enum Fate {
 }
 
 struct Job {
+    priority: Priority,
+    queued_at: std::time::Instant,
     cancel: CancelToken,
     run: Box<dyn FnOnce(Fate) + Send>,
 }
@@ -295,6 +297,8 @@ impl Scheduler {
         self.enqueue(
             priority,
             Job {
+                priority,
+                queued_at: std::time::Instant::now(),
                 cancel: cancel.clone(),
                 run,
             },
@@ -397,7 +401,15 @@ fn work(shared: &Shared) {
         } else {
             Fate::Run
         };
+        let waited = job.queued_at.elapsed();
+        let started = std::time::Instant::now();
         (job.run)(fate);
+        tracing::debug!(
+            priority = %job.priority,
+            waited_ms = waited.as_millis() as u64,
+            ran_ms = started.elapsed().as_millis() as u64,
+            "inference job done"
+        );
     }
 }
 

@@ -10,7 +10,7 @@ use callbox::agent::Script;
 use callbox::call::audio::Voices;
 use callbox::line::to_i16;
 use callbox::models::{default_models_dir, Manifest};
-use callbox::speech::scheduler::{Scheduler, SchedulerOptions};
+use callbox::speech::scheduler::{apply_candle_threads, Scheduler, SchedulerOptions};
 use callbox::speech::stt::import::{import_model, ImportOptions};
 use callbox::speech::stt::{SpeechToText, SttOptions};
 use callbox::speech::testset::{self, Condition, Voice};
@@ -22,6 +22,9 @@ use super::voice;
 pub fn voices() -> &'static Voices {
     static VOICES: OnceLock<Voices> = OnceLock::new();
     VOICES.get_or_init(|| {
+        // As `callbox simulate` and `bench call` do: one candle thread per inference job, set
+        // before the first model runs (two per job spin against each other on two cores).
+        apply_candle_threads(1);
         let models = default_models_dir();
         let manifest = Manifest::embedded();
         let entry = manifest.get("whisper-tiny-en").expect("tiny.en");

@@ -1,6 +1,6 @@
 //! The inference scheduler with the real models: several calls transcribing at once share one
 //! loaded tiny.en through it, a speculative transcript dropped before a worker reaches it never
-//! runs, and a reply streamed by the Piper voice as one live job per chunk arrives in order and
+//! runs, and a reply streamed by the Piper voice as one reply job per chunk arrives in order and
 //! stops at a barge-in. (Queue order, refusal and shutdown are unit tests of the module.)
 
 #[path = "support/busy_workers.rs"]
@@ -96,8 +96,9 @@ fn calls_share_one_recognizer_and_a_dropped_speculation_never_runs() {
 }
 
 #[test]
-fn a_reply_streams_one_live_job_per_chunk_and_stops_at_a_barge_in() {
-    let scheduler = scheduler(2);
+fn a_reply_streams_one_job_per_chunk_ahead_of_transcriptions_and_stops_at_a_barge_in() {
+    // One worker, so the order the jobs are taken in is the order they run in.
+    let scheduler = scheduler(1);
     let voice = NeuralVoice::load(voice::VOICE, &voice::config_path(), &voice::weights())
         .expect("the Piper voice loads");
     let speaker = Arc::new(
@@ -108,13 +109,27 @@ fn a_reply_streams_one_live_job_per_chunk_and_stops_at_a_barge_in() {
     let chunks = speaker.chunks(reply);
     assert!(chunks.len() >= 5, "{chunks:?}");
 
+    // The worker is busy and another call's transcription is already waiting when the reply
+    // starts: every chunk of the reply is still taken before it (the voice keeps up with the
+    // line). That job notes how many jobs had started when its own turn came.
+    let busy = busy_workers::occupy(&scheduler, 1);
+    let counts = Arc::clone(&scheduler);
+    let other_call = scheduler
+        .submit(Priority::Live, &CancelToken::new(), move || {
+            counts.stats().ran
+        })
+        .unwrap();
+    let stream = speaker.stream(reply.to_string(), CancelToken::new());
+    busy.release();
     // Said to the end: every chunk in order, each ending with its last piece.
-    let stream = speaker.stream(
-        "Thank you. The office opens at nine.".into(),
-        CancelToken::new(),
-    );
     let pieces: Vec<_> = stream.receiver.iter().collect();
     let spoken = stream.finish().unwrap();
+    assert!(spoken.chunks.len() >= 2, "{:?}", spoken.chunks);
+    assert_eq!(
+        other_call.wait().unwrap(),
+        1 + spoken.chunks.len() as u64 + 1,
+        "the holding job, then every chunk of the reply, then the transcription"
+    );
     assert_eq!(
         (spoken.completed, spoken.cancelled),
         (spoken.chunks.len(), false)

@@ -1,8 +1,9 @@
 //! The inference scheduler: the one place where model work (speech to text, the language model,
-//! the voice) runs. A fixed set of worker threads, sized to the cores, takes jobs from two
-//! bounded queues: live work (a caller's turn being transcribed, a turn being scored, the next
-//! chunk of a reply being spoken) always before background work (summaries, prewarming a
-//! script's lines), first in first out within each. A full queue or a stopped scheduler is
+//! the voice) runs. A fixed set of worker threads, sized to the cores, takes jobs from three
+//! bounded queues in strict order: reply speech (the next chunk of what a caller is hearing, which
+//! must keep up with the line), then other live work (a caller's turn being transcribed, a turn
+//! being scored), then background work (summaries, prewarming a script's lines), first in first
+//! out within each. A full queue or a stopped scheduler is
 //! refused at once with a [`ScheduleError`]; a job whose [`CancelToken`] is raised before a
 //! worker reaches it (barge-in, dropped speculation) is never run.
 //!
@@ -22,7 +23,10 @@ use std::time::Duration;
 /// Which queue a job waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Priority {
-    /// A call is waiting for it: endpointing and transcription, turn scoring, reply speech.
+    /// A caller is hearing it: the next chunk of a reply being spoken. Taken before anything
+    /// else, so the box's voice does not fall behind the line while other calls transcribe.
+    Reply,
+    /// A call is waiting for it: transcription, turn scoring.
     Live,
     /// Nobody is on the line for it: call summaries, prewarming a script's fixed lines.
     Background,
@@ -31,6 +35,7 @@ pub enum Priority {
 impl std::fmt::Display for Priority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Priority::Reply => "reply",
             Priority::Live => "live",
             Priority::Background => "background",
         })
@@ -77,7 +82,7 @@ impl CancelToken {
 pub struct SchedulerOptions {
     /// Worker threads: at most this many jobs run at once.
     pub threads: usize,
-    /// Live jobs that may wait; more are refused.
+    /// Live jobs that may wait; more are refused. Reply jobs have a queue of the same size.
     pub live_queue: usize,
     /// Background jobs that may wait; more are refused.
     pub background_queue: usize,
@@ -138,6 +143,7 @@ struct Job {
 
 #[derive(Default)]
 struct Queues {
+    reply: VecDeque<Job>,
     live: VecDeque<Job>,
     background: VecDeque<Job>,
     shut_down: bool,
@@ -145,10 +151,19 @@ struct Queues {
 
 impl Queues {
     fn next(&mut self) -> Option<Job> {
-        self.live
+        self.reply
             .pop_front()
+            .or_else(|| self.live.pop_front())
             .or_else(|| self.background.pop_front())
     }
+}
+
+/// Jobs waiting in each queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waiting {
+    pub reply: usize,
+    pub live: usize,
+    pub background: usize,
 }
 
 /// Counts since the scheduler started.
@@ -252,10 +267,14 @@ impl Scheduler {
         }
     }
 
-    /// Jobs waiting in each queue (live, background).
-    pub fn waiting(&self) -> (usize, usize) {
+    /// Jobs waiting in each queue.
+    pub fn waiting(&self) -> Waiting {
         let q = self.shared.lock();
-        (q.live.len(), q.background.len())
+        Waiting {
+            reply: q.reply.len(),
+            live: q.live.len(),
+            background: q.background.len(),
+        }
     }
 
     /// Is this thread one of a scheduler's workers? A job must not wait for another job (all
@@ -328,6 +347,7 @@ impl Scheduler {
             return Err(ScheduleError::ShutDown);
         }
         let (queue, capacity) = match priority {
+            Priority::Reply => (&mut q.reply, self.shared.options.live_queue),
             Priority::Live => (&mut q.live, self.shared.options.live_queue),
             Priority::Background => (&mut q.background, self.shared.options.background_queue),
         };
@@ -364,7 +384,8 @@ fn stop(shared: &Shared, workers: &mut Vec<JoinHandle<()>>) {
     let waiting: Vec<Job> = {
         let mut q = shared.lock();
         q.shut_down = true;
-        let mut waiting: Vec<Job> = q.live.drain(..).collect();
+        let mut waiting: Vec<Job> = q.reply.drain(..).collect();
+        waiting.extend(q.live.drain(..));
         waiting.extend(q.background.drain(..));
         waiting
     };
@@ -380,7 +401,8 @@ fn stop(shared: &Shared, workers: &mut Vec<JoinHandle<()>>) {
     }
 }
 
-/// A worker: the next live job, else the next background job, until shut down.
+/// A worker: the next reply job, else the next live job, else the next background job, until
+/// shut down.
 fn work(shared: &Shared) {
     ON_WORKER.with(|w| w.set(true));
     loop {
@@ -497,15 +519,17 @@ mod tests {
     }
 
     #[test]
-    fn live_work_queued_after_background_work_runs_first() {
+    fn reply_speech_then_live_work_then_background_work() {
         let (scheduler, gate, blocker) = held(SchedulerOptions::default());
         let order = recorder();
         let none = CancelToken::new();
         let tickets: Vec<_> = [
             (Priority::Background, "summary 1"),
             (Priority::Background, "summary 2"),
-            (Priority::Live, "stt"),
-            (Priority::Live, "tts chunk"),
+            (Priority::Live, "stt 1"),
+            (Priority::Reply, "chunk 1"),
+            (Priority::Live, "stt 2"),
+            (Priority::Reply, "chunk 2"),
         ]
         .into_iter()
         .map(|(priority, name)| {
@@ -514,17 +538,41 @@ mod tests {
                 .unwrap()
         })
         .collect();
-        assert_eq!(scheduler.waiting(), (2, 2));
+        assert_eq!(
+            scheduler.waiting(),
+            Waiting {
+                reply: 2,
+                live: 2,
+                background: 2
+            }
+        );
         gate.wait();
         blocker.wait().unwrap();
         let results: Vec<_> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
-        assert_eq!(results, ["summary 1", "summary 2", "stt", "tts chunk"]);
+        assert_eq!(
+            results,
+            [
+                "summary 1",
+                "summary 2",
+                "stt 1",
+                "chunk 1",
+                "stt 2",
+                "chunk 2"
+            ]
+        );
         assert_eq!(
             *order.lock().unwrap(),
-            ["stt", "tts chunk", "summary 1", "summary 2"],
-            "live first, each class in order"
+            [
+                "chunk 1",
+                "chunk 2",
+                "stt 1",
+                "stt 2",
+                "summary 1",
+                "summary 2"
+            ],
+            "reply speech, then other live work, then background; each class in order"
         );
-        assert_eq!(scheduler.stats().ran, 5);
+        assert_eq!(scheduler.stats().ran, 7);
     }
 
     #[test]
@@ -553,7 +601,10 @@ mod tests {
             }
         );
         assert!(refused.to_string().contains("live inference queue is full"));
-        // The other class has its own room.
+        // The other classes have their own room.
+        let r = scheduler
+            .submit(Priority::Reply, &none, record(&order, "r"))
+            .unwrap();
         let s = scheduler
             .submit(Priority::Background, &none, record(&order, "s"))
             .unwrap();
@@ -566,8 +617,11 @@ mod tests {
         ));
         gate.wait();
         blocker.wait().unwrap();
-        assert_eq!((a.wait(), b.wait(), s.wait()), (Ok("a"), Ok("b"), Ok("s")));
-        assert_eq!(*order.lock().unwrap(), ["a", "b", "s"]);
+        assert_eq!(
+            (a.wait(), b.wait(), r.wait(), s.wait()),
+            (Ok("a"), Ok("b"), Ok("r"), Ok("s"))
+        );
+        assert_eq!(*order.lock().unwrap(), ["r", "a", "b", "s"]);
         assert_eq!(scheduler.stats().refused, 2);
     }
 

@@ -9,8 +9,9 @@
 //!
 //! A `Speaker` is loaded once and shared by the calls (`Arc<Speaker>`): the voice is read-only,
 //! the cache locks itself. With an inference scheduler attached ([`Speaker::with_scheduler`]), a
-//! streamed reply is spoken one chunk per live job (each chunk's job queues the next, so other
-//! calls' work runs between chunks) and prewarming runs as background jobs.
+//! streamed reply is spoken one chunk per reply job, the scheduler's first class (each chunk's
+//! job queues the next, so other calls' work runs between chunks) and prewarming runs as
+//! background jobs.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -421,7 +422,7 @@ impl Speaker {
     }
 
     /// Speaks a reply off this thread: the pieces arrive on the stream's receiver as they are
-    /// made; the stream's `finish` says how the reply went. With a scheduler each chunk is a live
+    /// made; the stream's `finish` says how the reply went. With a scheduler each chunk is a reply
     /// job (a cancelled reply's next chunk is never synthesized); without one the reply has a
     /// thread of its own.
     pub fn stream(self: &Arc<Self>, reply: String, cancel: CancelToken) -> SpeechStream {
@@ -694,7 +695,7 @@ impl SpeechStream {
     }
 }
 
-/// A streamed reply spoken as live jobs of the scheduler, one chunk per job.
+/// A streamed reply spoken as reply jobs of the scheduler, one chunk per job.
 struct ScheduledReply {
     speaker: Arc<Speaker>,
     scheduler: Arc<Scheduler>,
@@ -761,15 +762,16 @@ fn lock(reply: &Mutex<ScheduledReply>) -> std::sync::MutexGuard<'_, ScheduledRep
     reply.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Queues the reply's next chunk as a live job. When the live queue is full a chunk's job goes
-/// on with the next chunk itself rather than leave a gap; the first chunk is refused.
+/// Queues the reply's next chunk as a reply job (before any transcription or scoring). When the
+/// reply queue is full a chunk's job goes on with the next chunk itself rather than leave a gap;
+/// the first chunk is refused.
 fn queue_next_chunk(reply: Arc<Mutex<ScheduledReply>>) {
     let (scheduler, cancel) = {
         let r = lock(&reply);
         (Arc::clone(&r.scheduler), r.cancel.clone())
     };
     let job = Arc::clone(&reply);
-    match scheduler.submit(Priority::Live, &cancel, move || say_next_chunk(job)) {
+    match scheduler.submit(Priority::Reply, &cancel, move || say_next_chunk(job)) {
         // The outcome comes through the reply's own channels.
         Ok(_ticket) => {}
         Err(ScheduleError::QueueFull { .. }) if Scheduler::on_worker() => say_next_chunk(reply),

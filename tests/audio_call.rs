@@ -49,7 +49,24 @@ struct Done {
     _dir: tempfile::TempDir,
 }
 
+/// Where a test's call is written: named after the test (its thread's name).
+fn recording_path() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("audio_call");
+    std::fs::create_dir_all(&dir).expect("the recordings' directory");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("call")
+        .replace("::", "-");
+    dir.join(format!("{test}.wav"))
+}
+
 fn call(script: &str, actions: Vec<CallerAction>, echo: Option<f32>, config: &Config) -> Done {
+    // `RUST_LOG=callbox=debug` shows each call's timeline, on threads named after the tests.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_thread_names(true)
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(
         &dir.path().join("calls.db"),
@@ -86,7 +103,14 @@ fn call(script: &str, actions: Vec<CallerAction>, echo: Option<f32>, config: &Co
         },
     )
     .expect("the call runs");
-    eprintln!("{said:#?}\nline events: {:#?}", line.events);
+    // The call as heard and played, to listen to when a test fails (left: caller, right: box).
+    let wav = recording_path();
+    line.write_recording(&wav).expect("record the call");
+    eprintln!(
+        "{said:#?}\nline events: {:#?}\ncall recorded to {}",
+        line.events,
+        wav.display()
+    );
     Done {
         report,
         line,

@@ -4,16 +4,20 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+#[path = "support/busy_workers.rs"]
+mod busy_workers;
+
+use std::sync::{Arc, Mutex, OnceLock};
 
 use callbox::agent::summary::{Speaker, TranscriptEntry};
 use callbox::agent::understand::{Label, TurnScorer};
 use callbox::agent::{Agent, CallContext, Event, Script};
 use callbox::models::{default_models_dir, Manifest};
 use callbox::speech::llm::{
-    summary_text, GenerateOptions, GroundedAnswerer, LanguageModel, LlmError, LlmScorer, Prompt,
-    StopReason, SummarySource,
+    summary_text, summary_text_in_background, GenerateOptions, GroundedAnswerer, LanguageModel,
+    LlmError, LlmScorer, Prompt, StopReason, SummarySource,
 };
+use callbox::speech::scheduler::{CancelToken, Priority, Scheduler, SchedulerOptions};
 
 fn model_path(id: &str) -> PathBuf {
     let manifest = Manifest::embedded();
@@ -432,8 +436,26 @@ fn the_summary_text_is_two_to_four_sentences_with_the_template_as_fallback() {
         (summary.summary_text.clone(), SummarySource::Template)
     );
     // With the model: a checked note of two to four sentences, or the template when the
-    // model's note strays from the details (SmolLM2-135M's often does).
-    let (text, source) = summary_text(Some(&smollm()), &summary);
+    // model's note strays from the details (SmolLM2-135M's often does). It is background work:
+    // queued on a busy scheduler before a live job, it runs after it.
+    let scheduler = Scheduler::new(SchedulerOptions::with_threads(1)).unwrap();
+    let busy = busy_workers::occupy(&scheduler, 1);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let queue = |priority, name: &'static str| {
+        let order = Arc::clone(&order);
+        let job = move || order.lock().unwrap().push(name);
+        scheduler
+            .submit(priority, &CancelToken::new(), job)
+            .unwrap()
+    };
+    let earlier_summary = queue(Priority::Background, "earlier summary");
+    let note = summary_text_in_background(&scheduler, Some(smollm()), summary.clone()).unwrap();
+    let live = queue(Priority::Live, "live turn");
+    busy.release();
+    live.wait().unwrap();
+    earlier_summary.wait().unwrap();
+    let (text, source) = note.wait().unwrap();
+    assert_eq!(*order.lock().unwrap(), ["live turn", "earlier summary"]);
     eprintln!("{source:?}: {text}");
     match source {
         SummarySource::Template => assert_eq!(text, summary.summary_text),

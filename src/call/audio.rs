@@ -90,6 +90,8 @@ struct Speaking {
     /// Audio held back until enough is ready to play without a gap.
     held: Vec<i16>,
     playing: bool,
+    /// The line ran out of this reply's audio while more was still to come.
+    starved: bool,
 }
 
 /// Audio a reply holds back before it starts playing, unless a whole chunk is ready sooner:
@@ -102,6 +104,9 @@ struct Heard {
     speech_end_ms: u64,
     text: String,
     compute_ms: u64,
+    confidence: f32,
+    /// Windows the recognizer decoded a second time, on the 30 s window, for want of confidence.
+    retried_windows: usize,
 }
 
 /// Runs one call on `line` to its end and records it. Returns the summary and the timings.
@@ -149,6 +154,8 @@ pub fn run_audio_call(
                         speech_end_ms,
                         text: t.text,
                         compute_ms: started.elapsed().as_millis() as u64,
+                        confidence: t.confidence,
+                        retried_windows: t.retried_windows,
                     })
                     .map_err(|e| e.to_string());
                 if heard_tx.send(result).is_err() {
@@ -174,6 +181,13 @@ pub fn run_audio_call(
             LineInput::Audio(frame) => {
                 match session.endpointer.push(&frame, t, line.played_level()) {
                     Some(Endpoint::SpeechStarted { at_ms }) => {
+                        debug!(
+                            t_ms = t,
+                            at_ms,
+                            box_queued_ms = line.queued_ms(),
+                            box_speaking = session.speaking.is_some(),
+                            "caller speech started"
+                        );
                         session.caller_speech_start_ms = Some(at_ms);
                         if session.box_talking(line) {
                             session.barge_in(line, at_ms, t);
@@ -184,6 +198,14 @@ pub fn run_audio_call(
                         speech_end_ms,
                     }) => {
                         let start = session.caller_speech_start_ms.take().unwrap_or(t);
+                        debug!(
+                            t_ms = t,
+                            start_ms = start,
+                            speech_end_ms,
+                            audio_ms = audio.len() as u64 / 16,
+                            box_queued_ms = line.queued_ms(),
+                            "caller turn to the recognizer"
+                        );
                         pending_stt += 1;
                         if to_stt.send((start, speech_end_ms, audio)).is_err() {
                             warn!("the recognizer thread is gone");
@@ -390,6 +412,7 @@ impl Session {
                 got_audio: false,
                 held: Vec::new(),
                 playing: false,
+                starved: false,
             });
         }
     }
@@ -401,6 +424,15 @@ impl Session {
             debug!("a caller turn had no words");
             return;
         }
+        debug!(
+            t_ms = self.t_ms,
+            speech_end_ms = h.speech_end_ms,
+            compute_ms = h.compute_ms,
+            confidence = h.confidence,
+            retried = h.retried_windows,
+            %text,
+            "caller turn heard"
+        );
         watch(Utterance::Caller(&text));
         self.turns.push(TurnRow {
             speaker: Who::Caller.as_str().into(),
@@ -436,6 +468,17 @@ impl Session {
         loop {
             match speaking.stream.receiver.try_recv() {
                 Ok(piece) => {
+                    debug!(
+                        t_ms = self.t_ms,
+                        turn = speaking.turn,
+                        chunk = piece.chunk,
+                        chunks = piece.chunks,
+                        piece_ms = piece.samples.len() as u64 * 1000 / u64::from(piece.sample_rate),
+                        last = piece.last,
+                        cached = piece.cached,
+                        box_queued_ms = line.queued_ms(),
+                        "reply audio ready"
+                    );
                     speaking.held.extend(to_i16(&piece.samples));
                     let enough = speaking.held.len() >= PLAYOUT_START_MS * 16;
                     if !(speaking.playing || enough || piece.last) {
@@ -461,7 +504,18 @@ impl Session {
                     line.play(&std::mem::take(&mut speaking.held))
                         .map_err(CallError::Line)?;
                 }
-                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Empty) => {
+                    let dry = speaking.playing && line.queued_ms() == 0;
+                    if dry && !speaking.starved {
+                        debug!(
+                            t_ms = self.t_ms,
+                            turn = speaking.turn,
+                            "the line ran out of reply audio mid-reply"
+                        );
+                    }
+                    speaking.starved = dry;
+                    return Ok(());
+                }
                 Err(mpsc::TryRecvError::Disconnected) => break,
             }
         }

@@ -151,7 +151,12 @@ impl Endpointer {
         self.played_levels[0] = played_rms;
         let echo = self.played_levels.iter().cloned().fold(0.0, f32::max);
         let p = self.vad.speech_probability(frame);
-        let speech = p >= 0.5 && frame_rms(frame) > echo * self.options.echo_margin;
+        let level = frame_rms(frame);
+        let voiced = p >= 0.5;
+        let speech = voiced && level > echo * self.options.echo_margin;
+        if voiced && !speech && level > 0.0 {
+            tracing::debug!(t_ms, level, echo, "a voiced frame taken for the box's echo");
+        }
 
         let preroll = (self.options.preroll_ms / FRAME_MS) as usize * FRAME_SAMPLES;
         if self.in_turn {

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::line::audio_file::{AudioFileLine, AudioFileOptions, CallerAction};
 use crate::line::{to_i16, CallerTurn};
 use crate::models::Manifest;
+use crate::speech::scheduler::{Scheduler, SchedulerOptions};
 use crate::speech::stt::{SpeechToText, SttOptions};
 use crate::speech::testset::Condition;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeakerOptions};
@@ -36,7 +37,15 @@ pub struct AudioCallSetup<'a> {
 /// Pause a caller leaves after the box stops before answering.
 pub const CALLER_PAUSE_MS: u64 = 600;
 
-/// Loads the speech models of the configuration, once, for the calls of this process.
+/// The inference scheduler of this process's calls, sized by `[inference]`.
+pub fn inference_scheduler(config: &Config) -> anyhow::Result<Arc<Scheduler>> {
+    let options = SchedulerOptions::with_threads(config.inference.threads);
+    let scheduler = Scheduler::new(options).context("cannot start the inference threads")?;
+    Ok(Arc::new(scheduler))
+}
+
+/// Loads the speech models of the configuration, once, for the calls of this process; all their
+/// work runs on one inference scheduler.
 pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
     let manifest = Manifest::embedded();
     let Some(stt_entry) = manifest.get(&config.models.stt) else {
@@ -46,17 +55,25 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
         );
     };
     let started = std::time::Instant::now();
-    let stt = SpeechToText::load_with(&stt_entry.dir(&config.models.dir), SttOptions::for_calls())
-        .context("cannot load the speech-to-text model (run `callbox models import`)")?;
+    let scheduler = inference_scheduler(config)?;
+    let stt_options = SttOptions {
+        workers: scheduler.threads(),
+        ..SttOptions::for_calls()
+    };
+    let stt = SpeechToText::load_with(&stt_entry.dir(&config.models.dir), stt_options)
+        .context("cannot load the speech-to-text model (run `callbox models import`)")?
+        .with_scheduler(Arc::clone(&scheduler));
     let speaker = Speaker::installed(
         &config.models.dir,
         &config.models.tts,
         SpeakerOptions::default(),
-    );
+    )
+    .with_scheduler(Arc::clone(&scheduler));
     if let Some(problem) = speaker.neural_problem() {
         eprintln!("the neural voice is unavailable ({problem}); espeak-ng speaks");
     }
-    let prewarmed = speaker.prewarm(script)?;
+    let speaker = Arc::new(speaker);
+    let prewarmed = speaker.prewarm_background(script)?;
     eprintln!(
         "models loaded and {} fixed lines of the script prewarmed in {:.1} s",
         prewarmed.lines,
@@ -74,9 +91,9 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
     }
     Ok(Voices {
         stt: Arc::new(stt),
-        speaker: Arc::new(speaker),
+        speaker,
         vad,
-        scorer: super::llm::live_scorer(config, script)?,
+        scorer: super::llm::live_scorer(config, script, &scheduler)?,
     })
 }
 

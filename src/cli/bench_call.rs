@@ -260,7 +260,9 @@ fn bench(config: &Config, args: &BenchCallArgs) -> anyhow::Result<Report> {
     let voices = load_voices(config, &clinic)?;
     // The law script's fixed lines too, as a box that serves both would keep them.
     let law = Script::builtin("law").context("the built-in law script")?;
-    voices.speaker.prewarm_lines(&law.fixed_lines())?;
+    voices
+        .speaker
+        .prewarm_lines_background(&law.fixed_lines())?;
     let load_seconds = started.elapsed().as_secs_f64();
     let rss_after_load_mib = peak_rss_bytes().map(mib);
     let conversations = prepare()?;

@@ -16,8 +16,9 @@ use crate::agent::Script;
 use crate::config::Config;
 use crate::models::{Manifest, ModelEntry};
 use crate::speech::llm::{
-    grounded_system, GenerateOptions, GroundedAnswerer, LanguageModel, LlmScorer, ScorerThread,
+    grounded_system, GenerateOptions, GroundedAnswerer, LanguageModel, LiveScorer, LlmScorer,
 };
+use crate::speech::scheduler::Scheduler;
 
 #[derive(Debug, clap::Args)]
 pub struct LlmArgs {
@@ -71,12 +72,13 @@ pub fn configured_model(config: &Config) -> anyhow::Result<PathBuf> {
     Ok(entry.file_path(&config.models.dir, file))
 }
 
-/// The intent scorer live calls use, per `llm.scorer`: on its own thread, loading the configured
-/// model in the background. Unset, it runs when the model is installed; `false` turns it off;
-/// `true` requires the model.
+/// The intent scorer live calls use, per `llm.scorer`: run by the inference scheduler, which
+/// loads the configured model in the background. Unset, it runs when the model is installed;
+/// `false` turns it off; `true` requires the model.
 pub fn live_scorer(
     config: &Config,
     script: &Script,
+    scheduler: &Arc<Scheduler>,
 ) -> anyhow::Result<Option<Arc<dyn TurnScorer>>> {
     if config.llm.scorer == Some(false) {
         return Ok(None);
@@ -90,7 +92,7 @@ pub fn live_scorer(
         return Ok(None);
     }
     let timeout = Duration::from_millis(u64::from(config.llm.scorer_timeout_ms));
-    let scorer = ScorerThread::spawn(path, script, timeout).context(
+    let scorer = LiveScorer::start(path, script, timeout, Arc::clone(scheduler)).context(
         "llm.scorer is on but the language model cannot be used (models/fetch installs it)",
     )?;
     Ok(Some(Arc::new(scorer)))

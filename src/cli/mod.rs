@@ -251,6 +251,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    // Commands that run calls size candle for the inference scheduler: before any thread exists
+    // and before any model runs (candle reads it once). The per-model commands and benchmarks
+    // keep candle's default (or their own `--threads`).
+    if matches!(
+        cli.command,
+        Command::Simulate(_) | Command::Bench(BenchCommand::Call(_))
+    ) {
+        crate::speech::scheduler::apply_candle_threads(config.inference.candle_threads);
+    }
     let log_target = cli.log.unwrap_or(config.logging.target);
     crate::system::logging::init(config.logging.level, log_target)?;
     match cli.command {
@@ -632,7 +641,8 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         report = Some(r);
         summary
     } else {
-        let scorer = llm::live_scorer(config, &script)?;
+        let scheduler = audio_call::inference_scheduler(config)?;
+        let scorer = llm::live_scorer(config, &script, &scheduler)?;
         run_scored_text_call(config, script, call, scorer, &lines, &mut store, &mut watch)?
     };
     let json = serde_json::to_string_pretty(&summary)?;

@@ -75,6 +75,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub models: ModelsConfig,
     pub llm: LlmConfig,
+    pub inference: InferenceConfig,
     pub agent: AgentConfig,
     pub sip: SipConfig,
     pub handoff: HandoffConfig,
@@ -137,6 +138,16 @@ pub struct LlmConfig {
     pub scorer: Option<bool>,
     /// `scorer_timeout_ms`: how long a call waits for the scorer before the rules decide alone.
     pub scorer_timeout_ms: u32,
+}
+
+/// `[inference]`: the inference scheduler's workers (docs/inference.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InferenceConfig {
+    /// `threads`: model jobs running at once. Unset: the available cores.
+    pub threads: usize,
+    /// `candle_threads`: threads one job's matrix products use (candle's pools, process-wide;
+    /// the environment's `CANDLE_NUM_THREADS`/`RAYON_NUM_THREADS` win). Default 1.
+    pub candle_threads: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +258,8 @@ struct RawConfig {
     #[serde(default)]
     llm: RawLlm,
     #[serde(default)]
+    inference: RawInference,
+    #[serde(default)]
     agent: RawAgent,
     #[serde(default)]
     sip: RawSip,
@@ -300,6 +313,13 @@ struct RawModels {
 struct RawLlm {
     scorer: Option<bool>,
     scorer_timeout_ms: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInference {
+    threads: Option<u32>,
+    candle_threads: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -535,6 +555,17 @@ impl Validator<'_> {
                 600_000,
             ),
         };
+        let cores = crate::speech::scheduler::available_cores() as u32;
+        let inference = InferenceConfig {
+            threads: self.range("inference.threads", raw.inference.threads, cores, 1, 256) as usize,
+            candle_threads: self.range(
+                "inference.candle_threads",
+                raw.inference.candle_threads,
+                1,
+                1,
+                256,
+            ) as usize,
+        };
         let agent = self.agent(raw.agent);
         let sip = self.sip(raw.sip);
         let handoff = HandoffConfig {
@@ -593,6 +624,7 @@ impl Validator<'_> {
             store,
             models,
             llm,
+            inference,
             agent,
             sip,
             handoff,

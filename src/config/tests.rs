@@ -255,3 +255,25 @@ fn fleet_keys_are_ed25519_public_keys_in_hex() {
     let p = one_problem(&format!("{GOOD}\n[fleet.keys]\n\"Fleet A\" = \"{key}\"\n"));
     assert_eq!(p.key, "fleet.keys.Fleet A");
 }
+
+#[test]
+fn inference_threads_default_to_the_cores_and_are_bounded() {
+    let c = Config::parse(GOOD, "good.toml", ConfigSource::Embedded).unwrap();
+    assert_eq!(
+        c.inference,
+        InferenceConfig {
+            threads: crate::speech::scheduler::available_cores(),
+            candle_threads: 1,
+        }
+    );
+    let c = Config::parse(
+        &format!("{GOOD}\n[inference]\nthreads = 3\ncandle_threads = 2\n"),
+        "good.toml",
+        ConfigSource::Embedded,
+    )
+    .unwrap();
+    assert_eq!((c.inference.threads, c.inference.candle_threads), (3, 2));
+    let p = one_problem(&format!("{GOOD}\n[inference]\nthreads = 0\n"));
+    assert_eq!(p.key, "inference.threads");
+    assert_eq!(p.valid, "1 to 256");
+}

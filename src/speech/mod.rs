@@ -13,9 +13,11 @@
 //! - [`turn`]: end of the caller's turn (Smart Turn v3 on candle).
 //! - [`wer`]: word error rate, the measure of recognition and intelligibility.
 //! - [`testset`]: the spoken utterances and line conditions that measure recognition.
+//! - [`scheduler`]: the inference workers every model's work runs on, live calls first.
 pub mod audio;
 pub mod llm;
 pub mod onnx;
+pub mod scheduler;
 pub mod stt;
 pub mod testset;
 pub mod tts;

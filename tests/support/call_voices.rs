@@ -1,5 +1,6 @@
 //! What whole-call tests share: the box's voices (tiny.en, the Piper voice on candle with the
-//! clinic's fixed lines prewarmed, Silero VAD), loaded once per test binary, and callers whose
+//! clinic's fixed lines prewarmed, Silero VAD, all run by one inference scheduler as on the
+//! box), loaded once per test binary, and callers whose
 //! lines are spoken by Piper's own runtime through a telephone channel.
 
 use std::path::Path;
@@ -9,6 +10,7 @@ use callbox::agent::Script;
 use callbox::call::audio::Voices;
 use callbox::line::to_i16;
 use callbox::models::{default_models_dir, Manifest};
+use callbox::speech::scheduler::{apply_candle_threads, Scheduler, SchedulerOptions};
 use callbox::speech::stt::import::{import_model, ImportOptions};
 use callbox::speech::stt::{SpeechToText, SttOptions};
 use callbox::speech::testset::{self, Condition, Voice};
@@ -20,23 +22,35 @@ use super::voice;
 pub fn voices() -> &'static Voices {
     static VOICES: OnceLock<Voices> = OnceLock::new();
     VOICES.get_or_init(|| {
+        // As `callbox simulate` and `bench call` do: one candle thread per inference job, set
+        // before the first model runs (two per job spin against each other on two cores).
+        apply_candle_threads(1);
         let models = default_models_dir();
         let manifest = Manifest::embedded();
         let entry = manifest.get("whisper-tiny-en").expect("tiny.en");
         import_model(&models, entry, ImportOptions::default()).expect("import tiny.en");
-        let stt = SpeechToText::load_with(&entry.dir(&models), SttOptions::for_calls())
-            .expect("load tiny.en");
+        let scheduler =
+            Arc::new(Scheduler::new(SchedulerOptions::default()).expect("inference threads"));
+        let options = SttOptions {
+            workers: scheduler.threads(),
+            ..SttOptions::for_calls()
+        };
+        let stt = SpeechToText::load_with(&entry.dir(&models), options)
+            .expect("load tiny.en")
+            .with_scheduler(Arc::clone(&scheduler));
         voice::weights();
-        let speaker = Speaker::installed(&models, voice::VOICE, SpeakerOptions::default());
+        let speaker = Speaker::installed(&models, voice::VOICE, SpeakerOptions::default())
+            .with_scheduler(scheduler);
         assert!(speaker.neural().is_some(), "{:?}", speaker.neural_problem());
+        let speaker = Arc::new(speaker);
         // As when the script is activated on the box: its fixed lines cost nothing to say.
         speaker
-            .prewarm(&Script::builtin("clinic").unwrap())
+            .prewarm_background(&Script::builtin("clinic").unwrap())
             .expect("prewarm the clinic's lines");
         let vad = VadModel::load(&models.join("silero-vad/silero_vad.onnx")).expect("Silero VAD");
         Voices {
             stt: Arc::new(stt),
-            speaker: Arc::new(speaker),
+            speaker,
             vad: Some(vad),
             scorer: None,
         }

@@ -3,17 +3,24 @@ one WAV per line, to make speech fixtures for tests. Never used by the box.
 
 usage: piper_say.py VOICE.onnx LINES.txt OUT_DIR
 Writes OUT_DIR/000.wav, 001.wav … for the non-empty, non-# lines, in order, at the voice's rate,
-with the voice's published noise and length scales.
+with the voice's published noise and length scales. The voice's noise is drawn from
+onnxruntime's random generator, seeded here so that the same lines always give the same audio
+(unseeded, every run speaks a little differently and a test's result could depend on the run).
 """
 import sys
 import wave
 from pathlib import Path
 
+import onnxruntime
 from piper import PiperVoice
+
+SEED = 20261123
 
 
 def main() -> None:
     voice_path, lines_path, out_dir = sys.argv[1:4]
+    # Before the session exists: its random kernels take their seed when they are created.
+    onnxruntime.set_seed(SEED)
     voice = PiperVoice.load(voice_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

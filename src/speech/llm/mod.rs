@@ -7,8 +7,8 @@
 //! ([`summary_text`], with the agent's template as fallback).
 //!
 //! Inference is synchronous and CPU-bound: callers run it on their own threads, never on an
-//! async runtime thread; live calls reach the scorer through [`ScorerThread`], which runs it on a
-//! dedicated thread and waits a bounded time. One [`LanguageModel`] is loaded once and shared through an `Arc`; the
+//! async runtime thread; live calls reach the scorer through [`LiveScorer`], which runs it as a
+//! live job of the inference scheduler and waits a bounded time. One [`LanguageModel`] is loaded once and shared through an `Arc`; the
 //! weights sit behind a mutex so one inference runs at a time. A fixed prompt start (system prompt
 //! and script context) is evaluated once into a [`Prefix`] whose KV cache later prompts reuse.
 
@@ -30,9 +30,9 @@ pub use model::{
     probe_weights, GenerateOptions, Generation, LanguageModel, ModelInfo, Prefix, StopReason,
 };
 pub use scorer::LlmScorer;
-pub use summarize::{summary_text, SummarySource};
+pub use summarize::{summary_text, summary_text_in_background, SummarySource};
 pub use tokenizer::Tokenizer;
-pub use worker::ScorerThread;
+pub use worker::LiveScorer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {

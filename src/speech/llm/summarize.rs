@@ -3,9 +3,14 @@
 //! by the agent, deterministic) stays the fallback: it is kept when no model is loaded, when the
 //! model fails, when what it wrote is not two to four sentences, or when most of its content
 //! words are not in the details it was given (a small model invents dates and services).
+//! Nobody waits on the line for it: [`summary_text_in_background`] writes it as background work
+//! of the inference scheduler, after every live job.
+
+use std::sync::Arc;
 
 use crate::agent::summary::{Speaker, TranscriptEntry};
 use crate::agent::Summary;
+use crate::speech::scheduler::{CancelToken, Priority, ScheduleError, Scheduler, Ticket};
 
 use super::answer::{content_words, support};
 use super::model::{GenerateOptions, LanguageModel};
@@ -108,6 +113,19 @@ pub fn summary_text(model: Option<&LanguageModel>, summary: &Summary) -> (String
             template()
         }
     }
+}
+
+/// [`summary_text`] queued as a background job of `scheduler`: it runs once no live work waits.
+/// Refused at once when the background queue is full or the scheduler stopped (the record keeps
+/// its template text).
+pub fn summary_text_in_background(
+    scheduler: &Scheduler,
+    model: Option<Arc<LanguageModel>>,
+    summary: Summary,
+) -> Result<Ticket<(String, SummarySource)>, ScheduleError> {
+    scheduler.submit(Priority::Background, &CancelToken::new(), move || {
+        summary_text(model.as_deref(), &summary)
+    })
 }
 
 fn model_note(model: &LanguageModel, summary: &Summary) -> Result<Option<String>, LlmError> {

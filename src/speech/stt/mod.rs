@@ -4,7 +4,8 @@
 //! [`SpeechToText`] is loaded once and shared (`Arc`, `Send + Sync`) by every call: the weights
 //! are loaded once, and a small pool of workers ([`SttOptions::workers`]) built on those same
 //! weight tensors (no copy) lets that many utterances be transcribed at the same time; more wait
-//! for a free worker. Candle's matrix products use the process's threads: `CANDLE_NUM_THREADS`
+//! for a free worker. With an inference scheduler attached ([`SpeechToText::with_scheduler`]),
+//! as on calls, transcriptions run on the scheduler's workers as live jobs. Candle's matrix products use the process's threads: `CANDLE_NUM_THREADS`
 //! and `RAYON_NUM_THREADS` size them (all cores by default; see docs/stt.md for what 1 does). Decoding uses
 //! [`decoder::TextDecoder`], which caches keys and values and feeds one token per step. Feed it a whole utterance or a growing partial; it returns text and a confidence.
 //! It blocks: callers on an async runtime run it on a dedicated thread.
@@ -24,13 +25,14 @@ pub mod mel;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::whisper::{self as w, model as fmodel, quantized_model as qmodel};
 
+use crate::speech::scheduler::{CancelToken, Priority, ScheduleError, Scheduler, Ticket};
 use decoder::{TextDecoder, Weights};
 use import::{CandleConfig, CANDLE_DIR, CONFIG_FILE, GGUF_FILE, SAFETENSORS_FILE};
 use tokenizer::{Tokenizer, TokenizerError};
@@ -94,6 +96,10 @@ pub enum SttError {
     BadAudio,
     #[error("the speech model is unusable after a panic in another thread")]
     Poisoned,
+    #[error("the recognizer could not run: {0}")]
+    Scheduler(#[from] ScheduleError),
+    #[error("no inference scheduler is attached to the recognizer")]
+    NoScheduler,
 }
 
 /// How the model is loaded and run.
@@ -259,7 +265,13 @@ impl Drop for Lease<'_> {
     }
 }
 
+/// The recognizer: the model with its pool of workers, shared by the scheduler's jobs.
 pub struct SpeechToText {
+    engine: Arc<Recognizer>,
+    scheduler: Option<Arc<Scheduler>>,
+}
+
+struct Recognizer {
     pool: Pool,
     decoder: TextDecoder,
     /// The f32 encoder every worker uses instead of its own quantized one
@@ -383,7 +395,7 @@ impl SpeechToText {
             }
         }
         let log_mel = mel::LogMel::new(config.dims.num_mel_bins)?;
-        Ok(SpeechToText {
+        let engine = Recognizer {
             pool: Pool {
                 free: Mutex::new(models),
                 returned: Condvar::new(),
@@ -396,21 +408,67 @@ impl SpeechToText {
             suppress,
             options,
             device,
+        };
+        Ok(SpeechToText {
+            engine: Arc::new(engine),
+            scheduler: None,
         })
     }
 
+    /// Runs every transcription on `scheduler`'s workers, as live work.
+    pub fn with_scheduler(mut self, scheduler: Arc<Scheduler>) -> SpeechToText {
+        self.scheduler = Some(scheduler);
+        self
+    }
+
     pub fn options(&self) -> SttOptions {
-        self.options
+        self.engine.options
     }
 
     /// Transcribes 16 kHz mono audio with the options the model was loaded with.
     pub fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError> {
-        self.transcribe_with(samples_16k, self.options.pad_to_30s)
+        self.transcribe_with(samples_16k, self.engine.options.pad_to_30s)
     }
 
     /// Transcribes 16 kHz mono audio, encoding a 30 s padded window when `pad_to_30s`, else the
-    /// audio's own length. Audio longer than 30 s is transcribed in 30 s windows.
+    /// audio's own length. Audio longer than 30 s is transcribed in 30 s windows. With a
+    /// scheduler this waits for a live job (run inline when already on one of its workers).
     pub fn transcribe_with(
+        &self,
+        samples_16k: &[f32],
+        pad_to_30s: bool,
+    ) -> Result<Transcript, SttError> {
+        match &self.scheduler {
+            Some(scheduler) if !Scheduler::on_worker() => {
+                let engine = Arc::clone(&self.engine);
+                let samples = samples_16k.to_vec();
+                scheduler.run(Priority::Live, move || {
+                    engine.transcribe_with(&samples, pad_to_30s)
+                })?
+            }
+            _ => self.engine.transcribe_with(samples_16k, pad_to_30s),
+        }
+    }
+
+    /// Queues a transcription on the attached scheduler without waiting: for a speculative
+    /// transcript started on a likely end of turn, dropped (`cancel`) if the caller goes on.
+    pub fn submit(
+        &self,
+        priority: Priority,
+        cancel: &CancelToken,
+        samples_16k: Vec<f32>,
+    ) -> Result<Ticket<Result<Transcript, SttError>>, SttError> {
+        let scheduler = self.scheduler.as_ref().ok_or(SttError::NoScheduler)?;
+        let engine = Arc::clone(&self.engine);
+        let pad = engine.options.pad_to_30s;
+        Ok(scheduler.submit(priority, cancel, move || {
+            engine.transcribe_with(&samples_16k, pad)
+        })?)
+    }
+}
+
+impl Recognizer {
+    fn transcribe_with(
         &self,
         samples_16k: &[f32],
         pad_to_30s: bool,

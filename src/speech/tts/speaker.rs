@@ -8,13 +8,14 @@
 //! script's fixed lines when the script becomes active, so saying them costs nothing.
 //!
 //! A `Speaker` is loaded once and shared by the calls (`Arc<Speaker>`): the voice is read-only,
-//! the cache locks itself.
+//! the cache locks itself. With an inference scheduler attached ([`Speaker::with_scheduler`]), a
+//! streamed reply is spoken one chunk per reply job, the scheduler's first class (each chunk's
+//! job queues the next, so other calls' work runs between chunks) and prewarming runs as
+//! background jobs.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 use super::cache::{AudioCache, CacheKey, CacheStats, Inserted};
 use super::espeak::{EspeakError, EspeakVoice};
@@ -26,6 +27,8 @@ use super::vits::{Scales, Vits, VitsError};
 use crate::agent::Script;
 use crate::models::Manifest;
 use crate::speech::audio::{self, AudioError};
+pub use crate::speech::scheduler::CancelToken;
+use crate::speech::scheduler::{Priority, ScheduleError, Scheduler};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeakerError {
@@ -51,6 +54,8 @@ pub enum SpeakerError {
     Audio(#[from] AudioError),
     #[error("the speaking thread stopped unexpectedly")]
     Thread,
+    #[error("the voice could not run: {0}")]
+    Scheduler(#[from] ScheduleError),
 }
 
 impl From<VitsError> for SpeakerError {
@@ -139,24 +144,6 @@ impl NeuralVoice {
     }
 }
 
-/// A flag another thread raises to stop a reply (the caller started speaking).
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn new() -> CancelToken {
-        CancelToken::default()
-    }
-
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// Which voice spoke.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VoiceUsed {
@@ -202,6 +189,32 @@ pub struct Spoken {
     pub cancelled: bool,
     /// The voice of each completed chunk.
     pub voices: Vec<VoiceUsed>,
+}
+
+impl Spoken {
+    fn new(chunks: Vec<String>) -> Spoken {
+        Spoken {
+            chunks,
+            completed: 0,
+            cancelled: false,
+            voices: Vec::new(),
+        }
+    }
+
+    /// Notes how a chunk ended; `true` when the next chunk is to be said.
+    fn record(&mut self, end: ChunkEnd) -> bool {
+        match end {
+            ChunkEnd::Done(voice) => {
+                self.completed += 1;
+                self.voices.push(voice);
+                self.completed < self.chunks.len()
+            }
+            ChunkEnd::Cancelled => {
+                self.cancelled = true;
+                false
+            }
+        }
+    }
 }
 
 /// What `prewarm` did.
@@ -276,6 +289,7 @@ pub struct Speaker {
     espeak: EspeakVoice,
     cache: AudioCache,
     options: SpeakerOptions,
+    scheduler: Option<Arc<Scheduler>>,
 }
 
 impl Speaker {
@@ -295,7 +309,14 @@ impl Speaker {
             espeak: EspeakVoice::new("en-us"),
             cache: AudioCache::new(options.cache_bytes),
             options,
+            scheduler: None,
         }
+    }
+
+    /// Streams replies and prewarms on `scheduler`'s workers.
+    pub fn with_scheduler(mut self, scheduler: Arc<Scheduler>) -> Speaker {
+        self.scheduler = Some(scheduler);
+        self
     }
 
     /// A speaker that always uses espeak-ng.
@@ -306,6 +327,7 @@ impl Speaker {
             espeak: EspeakVoice::new("en-us"),
             cache: AudioCache::new(options.cache_bytes),
             options,
+            scheduler: None,
         }
     }
 
@@ -362,56 +384,125 @@ impl Speaker {
         cancel: &CancelToken,
         on_audio: &mut dyn FnMut(SpeechPiece),
     ) -> Result<Spoken, SpeakerError> {
-        let chunks = self.chunks(reply);
-        let mut spoken = Spoken {
-            chunks: chunks.clone(),
-            completed: 0,
-            cancelled: false,
-            voices: Vec::new(),
-        };
+        let mut spoken = Spoken::new(self.chunks(reply));
         let stop = || cancel.is_cancelled();
-        for (index, chunk) in chunks.iter().enumerate() {
+        for index in 0..spoken.chunks.len() {
             if stop() {
                 spoken.cancelled = true;
                 break;
             }
-            let mut emit = |piece: Piece, voice: &VoiceUsed| {
-                on_audio(SpeechPiece {
-                    chunk: index,
-                    chunks: chunks.len(),
-                    samples: piece.samples,
-                    sample_rate: self.options.line_rate,
-                    last: piece.last,
-                    voice: voice.clone(),
-                    cached: piece.cached,
-                })
-            };
-            match self.say_chunk(chunk, &stop, false, &mut emit)? {
-                ChunkEnd::Done(voice) => {
-                    spoken.completed += 1;
-                    spoken.voices.push(voice);
-                }
-                ChunkEnd::Cancelled => {
-                    spoken.cancelled = true;
-                    break;
-                }
+            let end = self.say_reply_chunk(&spoken.chunks, index, &stop, on_audio)?;
+            if !spoken.record(end) {
+                break;
             }
         }
         Ok(spoken)
     }
 
-    /// Speaks a reply on a thread of its own: the pieces arrive on the stream's receiver as they
-    /// are made; the stream's `finish` says how the reply went.
+    /// Says chunk `index` of a reply's `chunks`, handing out its pieces labelled for the reply.
+    fn say_reply_chunk(
+        &self,
+        chunks: &[String],
+        index: usize,
+        stop: &dyn Fn() -> bool,
+        on_audio: &mut dyn FnMut(SpeechPiece),
+    ) -> Result<ChunkEnd, SpeakerError> {
+        let mut emit = |piece: Piece, voice: &VoiceUsed| {
+            on_audio(SpeechPiece {
+                chunk: index,
+                chunks: chunks.len(),
+                samples: piece.samples,
+                sample_rate: self.options.line_rate,
+                last: piece.last,
+                voice: voice.clone(),
+                cached: piece.cached,
+            })
+        };
+        self.say_chunk(&chunks[index], stop, false, &mut emit)
+    }
+
+    /// Speaks a reply off this thread: the pieces arrive on the stream's receiver as they are
+    /// made; the stream's `finish` says how the reply went. With a scheduler each chunk is a reply
+    /// job (a cancelled reply's next chunk is never synthesized); without one the reply has a
+    /// thread of its own.
     pub fn stream(self: &Arc<Self>, reply: String, cancel: CancelToken) -> SpeechStream {
         let (sender, receiver) = mpsc::channel();
-        let speaker = Arc::clone(self);
-        let thread = std::thread::spawn(move || {
-            speaker.speak(&reply, &cancel, &mut |piece| {
-                // The listener may have gone (the call ended); the reply then just runs out.
-                let _ = sender.send(piece);
+        let (finished, done) = mpsc::sync_channel(1);
+        match &self.scheduler {
+            Some(scheduler) => {
+                let chunks = self.chunks(&reply);
+                let mut reply = ScheduledReply {
+                    speaker: Arc::clone(self),
+                    scheduler: Arc::clone(scheduler),
+                    cancel,
+                    pieces: sender,
+                    finished: Some(finished),
+                    spoken: Spoken::new(chunks),
+                };
+                if reply.spoken.chunks.is_empty() {
+                    reply.finish(Ok(()));
+                } else {
+                    queue_next_chunk(Arc::new(Mutex::new(reply)));
+                }
+            }
+            None => {
+                let speaker = Arc::clone(self);
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("tts-reply".into())
+                        .spawn(move || {
+                            let spoken = speaker.speak(&reply, &cancel, &mut |piece| {
+                                // The listener may have gone (the call ended); the reply then runs out.
+                                let _ = sender.send(piece);
+                            });
+                            let _ = finished.send(spoken);
+                        });
+                if spawned.is_err() {
+                    tracing::warn!("cannot start a thread to speak a reply");
+                }
+            }
+        }
+        SpeechStream { receiver, done }
+    }
+
+    /// [`Speaker::prewarm`] as background jobs of the scheduler, one per line (on this thread
+    /// without a scheduler). Waits until every line is done.
+    pub fn prewarm_background(
+        self: &Arc<Self>,
+        script: &Script,
+    ) -> Result<Prewarmed, SpeakerError> {
+        self.cache.unpin_all();
+        self.prewarm_lines_background(&script.fixed_lines())
+    }
+
+    /// [`Speaker::prewarm_lines`] as background jobs of the scheduler, one per line.
+    pub fn prewarm_lines_background(
+        self: &Arc<Self>,
+        lines: &[String],
+    ) -> Result<Prewarmed, SpeakerError> {
+        let Some(scheduler) = &self.scheduler else {
+            return self.prewarm_lines(lines);
+        };
+        let none = CancelToken::new();
+        let tickets = lines
+            .iter()
+            .map(|line| {
+                let speaker = Arc::clone(self);
+                let line = std::slice::from_ref(line).to_vec();
+                scheduler.submit(Priority::Background, &none, move || {
+                    speaker.prewarm_lines(&line)
+                })
             })
-        });
-        SpeechStream { receiver, thread }
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut done = Prewarmed::default();
+        for ticket in tickets {
+            let one = ticket.wait()??;
+            done.lines += one.lines;
+            done.chunks += one.chunks;
+            done.synthesized += one.synthesized;
+            done.not_kept += one.not_kept;
+        }
+        Ok(done)
     }
 
     /// Synthesizes a script's fixed lines (greeting, disclosure, questions, closings) into the
@@ -590,16 +681,107 @@ fn cached(samples: &Arc<Vec<f32>>) -> Piece {
     }
 }
 
-/// A reply being spoken on its own thread.
+/// A reply being spoken off the call's thread.
 pub struct SpeechStream {
     pub receiver: mpsc::Receiver<SpeechPiece>,
-    thread: JoinHandle<Result<Spoken, SpeakerError>>,
+    done: mpsc::Receiver<Result<Spoken, SpeakerError>>,
 }
 
 impl SpeechStream {
     /// Waits for the reply to end (drains nothing: read the receiver first).
     pub fn finish(self) -> Result<Spoken, SpeakerError> {
         drop(self.receiver);
-        self.thread.join().map_err(|_| SpeakerError::Thread)?
+        self.done.recv().map_err(|_| SpeakerError::Thread)?
+    }
+}
+
+/// A streamed reply spoken as reply jobs of the scheduler, one chunk per job.
+struct ScheduledReply {
+    speaker: Arc<Speaker>,
+    scheduler: Arc<Scheduler>,
+    cancel: CancelToken,
+    pieces: mpsc::Sender<SpeechPiece>,
+    /// Taken when the outcome is sent.
+    finished: Option<mpsc::SyncSender<Result<Spoken, SpeakerError>>>,
+    spoken: Spoken,
+}
+
+impl ScheduledReply {
+    fn finish(&mut self, outcome: Result<(), SpeakerError>) {
+        if let Some(finished) = self.finished.take() {
+            let _ = finished.send(outcome.map(|()| self.spoken.clone()));
+        }
+    }
+
+    /// Says the next chunk; `true` when another one follows.
+    fn say_next(&mut self) -> bool {
+        let index = self.spoken.completed;
+        if self.cancel.is_cancelled() || index >= self.spoken.chunks.len() {
+            self.spoken.cancelled = self.cancel.is_cancelled();
+            self.finish(Ok(()));
+            return false;
+        }
+        let cancel = self.cancel.clone();
+        let stop = move || cancel.is_cancelled();
+        let pieces = self.pieces.clone();
+        let said = self
+            .speaker
+            .say_reply_chunk(&self.spoken.chunks, index, &stop, &mut |piece| {
+                // The listener may have gone (the call ended); the reply then runs out.
+                let _ = pieces.send(piece);
+            });
+        match said {
+            Ok(end) => {
+                let more = self.spoken.record(end);
+                if !more {
+                    self.finish(Ok(()));
+                }
+                more
+            }
+            Err(e) => {
+                self.finish(Err(e));
+                false
+            }
+        }
+    }
+}
+
+impl Drop for ScheduledReply {
+    /// A chunk's job skipped (the reply was cancelled) or refused (the scheduler stopped).
+    fn drop(&mut self) {
+        if self.cancel.is_cancelled() {
+            self.spoken.cancelled = true;
+            self.finish(Ok(()));
+        } else {
+            self.finish(Err(SpeakerError::Scheduler(ScheduleError::ShutDown)));
+        }
+    }
+}
+
+fn lock(reply: &Mutex<ScheduledReply>) -> std::sync::MutexGuard<'_, ScheduledReply> {
+    reply.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Queues the reply's next chunk as a reply job (before any transcription or scoring). When the
+/// reply queue is full a chunk's job goes on with the next chunk itself rather than leave a gap;
+/// the first chunk is refused.
+fn queue_next_chunk(reply: Arc<Mutex<ScheduledReply>>) {
+    let (scheduler, cancel) = {
+        let r = lock(&reply);
+        (Arc::clone(&r.scheduler), r.cancel.clone())
+    };
+    let job = Arc::clone(&reply);
+    match scheduler.submit(Priority::Reply, &cancel, move || say_next_chunk(job)) {
+        // The outcome comes through the reply's own channels.
+        Ok(_ticket) => {}
+        Err(ScheduleError::QueueFull { .. }) if Scheduler::on_worker() => say_next_chunk(reply),
+        Err(e) => lock(&reply).finish(Err(e.into())),
+    }
+}
+
+fn say_next_chunk(reply: Arc<Mutex<ScheduledReply>>) {
+    let more = lock(&reply).say_next();
+    if more {
+        queue_next_chunk(reply);
     }
 }

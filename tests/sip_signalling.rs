@@ -195,17 +195,17 @@ fn a_phone_puts_the_box_on_hold_and_resumes_it() {
     talk(&mut line, BEFORE_HZ, 2);
     assert_eq!(direction(&line), Some(Direction::SendRecv));
 
+    // Listens until the box's side of the session is `want` (5 s at most), then checks it is.
+    let reaches = |line: &mut SipLine, want: Direction, phone: &Baresip| {
+        let until = Instant::now() + Duration::from_secs(5);
+        while direction(line) != Some(want) && Instant::now() < until {
+            listen(line, Duration::from_millis(100));
+        }
+        assert_eq!(direction(line), Some(want), "{}", phone.log());
+    };
+
     phone.hold().expect("hold");
-    let until = Instant::now() + Duration::from_secs(5);
-    while direction(&line) != Some(Direction::RecvOnly) && Instant::now() < until {
-        listen(&mut line, Duration::from_millis(100));
-    }
-    assert_eq!(
-        direction(&line),
-        Some(Direction::RecvOnly),
-        "{}",
-        phone.log()
-    );
+    reaches(&mut line, Direction::RecvOnly, &phone);
     listen(&mut line, Duration::from_millis(200));
     let sent_at_hold = line.media_stats().packets_sent;
     talk(&mut line, BEFORE_HZ, 2);
@@ -213,16 +213,7 @@ fn a_phone_puts_the_box_on_hold_and_resumes_it() {
     assert_eq!(sent_while_held, 0, "the box sent audio while held");
 
     phone.resume().expect("resume");
-    let until = Instant::now() + Duration::from_secs(5);
-    while direction(&line) != Some(Direction::SendRecv) && Instant::now() < until {
-        listen(&mut line, Duration::from_millis(100));
-    }
-    assert_eq!(
-        direction(&line),
-        Some(Direction::SendRecv),
-        "{}",
-        phone.log()
-    );
+    reaches(&mut line, Direction::SendRecv, &phone);
     let sent_at_resume = line.media_stats().packets_sent;
     let last_before_resume = line.media_stats().last_sequence_sent;
     talk(&mut line, AFTER_HZ, 3);

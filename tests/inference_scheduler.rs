@@ -143,8 +143,12 @@ fn a_reply_streams_one_job_per_chunk_ahead_of_transcriptions_and_stops_at_a_barg
     let ran = scheduler.stats().ran;
     assert!(ran >= spoken.chunks.len() as u64, "{ran} jobs");
 
-    // The caller barges in while the second chunk is heard: the chunks after the next are
-    // never synthesized.
+    // The caller barges in while the second chunk of another reply is heard: the chunks after
+    // the next are never synthesized. (Another reply, since the speaker caches the chunks it
+    // made: said again, the first reply would come whole from the cache, without a job.)
+    let reply = "We have a slot on Tuesday. Bring your insurance card. The clinic is on Main \
+                 Street. Please come ten minutes early. See you then.";
+    assert!(speaker.chunks(reply).len() >= 5);
     let cancel = CancelToken::new();
     let stream = speaker.stream(reply.to_string(), cancel.clone());
     let mut last_chunk = 0;

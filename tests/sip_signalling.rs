@@ -39,6 +39,16 @@ fn box_options() -> SipOptions {
 }
 
 /// Reads the line for `duration` (as a call would), so its input never backs up.
+/// `phone` dials the box, and the box's line for the call.
+fn calls_the_box(phone: &Baresip, ua: &SipUa) -> SipLine {
+    phone
+        .dial(&format!("sip:callbox@{}", ua.local_addr()))
+        .expect("dial");
+    ua.next_call(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no call; baresip said:\n{}", phone.log()))
+        .line
+}
+
 fn listen(line: &mut SipLine, duration: Duration) -> Vec<LineInput> {
     let until = Instant::now() + duration;
     let mut inputs = Vec::new();
@@ -77,13 +87,7 @@ fn keys_the_box_presses_reach_the_phone_in_order() {
     write_source(&source, &tone(440.0, 8_000, 30.0, 3_000.0), 8_000);
     let ua = SipUa::start(box_options()).expect("the box's user agent");
     let mut phone = Baresip::start(&source, "2001", false).expect("baresip");
-    phone
-        .dial(&format!("sip:callbox@{}", ua.local_addr()))
-        .expect("dial");
-    let mut line = ua
-        .next_call(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no call; baresip said:\n{}", phone.log()))
-        .line;
+    let mut line = calls_the_box(&phone, &ua);
     let mut events = phone.events().expect("baresip's events");
     // The box is saying something when it presses the keys: its audio waits for them.
     line.play(&tone(300.0, 16_000, 0.5, 3_000.0)).expect("play");
@@ -128,13 +132,7 @@ fn a_transfer_target_with_keys_is_called_keyed_and_bridged() {
     options.pbx = Some(attendant.sip_addr().to_string());
     let ua = SipUa::start(options).expect("the box's user agent");
     let mut caller = Baresip::start(&source, "2002", false).expect("the caller's phone");
-    caller
-        .dial(&format!("sip:callbox@{}", ua.local_addr()))
-        .expect("dial");
-    let mut line = ua
-        .next_call(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no call; baresip said:\n{}", caller.log()))
-        .line;
+    let mut line = calls_the_box(&caller, &ua);
     let (outcome, (reported, seen)) = std::thread::scope(|scope| {
         let listener = scope.spawn(|| keys_reported(&mut events, Duration::from_secs(8)));
         let outcome = line.transfer("5550100,4#", None).expect("transfer");
@@ -178,13 +176,7 @@ fn a_phone_puts_the_box_on_hold_and_resumes_it() {
         ..PhoneSetup::default()
     };
     let mut phone = Baresip::start_with(&source, "2001", false, &setup).expect("baresip");
-    phone
-        .dial(&format!("sip:callbox@{}", ua.local_addr()))
-        .expect("dial");
-    let mut line = ua
-        .next_call(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no call; baresip said:\n{}", phone.log()))
-        .line;
+    let mut line = calls_the_box(&phone, &ua);
     let direction = |line: &SipLine| line.session().map(|s| s.direction);
     let talk = |line: &mut SipLine, hz: f64, seconds: u64| {
         line.flush();

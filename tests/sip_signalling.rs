@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use callbox::line::sip::baresip::{Baresip, PhoneEvents, PhoneSetup};
 use callbox::line::sip::rtp::{self, RtpHeader};
-use callbox::line::sip::sdp::{Codec, Direction};
+use callbox::line::sip::sdp::{self, Codec, Direction};
 use callbox::line::sip::{SipLine, SipOptions, SipStats, SipUa};
 use callbox::line::{Line, LineInput, TransferOutcome};
 
@@ -271,6 +271,12 @@ struct RawPhone {
 struct Message(String);
 
 impl Message {
+    /// The session description in the message's body.
+    fn sdp(&self) -> sdp::SessionDescription {
+        let body = self.0.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        sdp::parse(body).unwrap_or_else(|e| panic!("{e}: {}", self.0))
+    }
+
     fn first_line(&self) -> &str {
         self.0.lines().next().unwrap_or_default()
     }
@@ -752,13 +758,7 @@ fn a_phone_behind_nat_presses_a_key_by_info_and_changes_codec() {
         .next_call(Duration::from_secs(5))
         .expect("the call reaches the box")
         .line;
-    let box_rtp: u16 = answer
-        .0
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|m| m.split_whitespace().next())
-        .and_then(|port| port.parse().ok())
-        .expect("the box's RTP port in its answer");
+    let box_rtp = answer.sdp().audio.expect("audio in the box's answer").port;
     let silence = [0xFFu8; 160];
     for sequence in 0..10u16 {
         let header = RtpHeader {

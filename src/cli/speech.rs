@@ -70,15 +70,20 @@ pub struct BenchSttArgs {
     /// Also measure word error rate on the spoken test set through the telephone channel.
     #[arg(long)]
     pub wer: bool,
-    /// The channel the word-error-rate set is heard through.
-    #[arg(long, value_enum, default_value = "telephone")]
-    pub wer_condition: WerCondition,
+    /// The channels the word-error-rate set is heard through (each one's rate is reported).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "telephone")]
+    pub wer_condition: Vec<WerCondition>,
+    /// Takes of the word-error-rate set: each further take is the same lines spoken again by the
+    /// Piper voice with other noise and at another pace, for a larger set (44 lines per take).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub takes: u32,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
     /// The candle configurations to measure, among f32, q8_0 (key/value-cached decoder; logits
-    /// with the q8_0 embedding), q8_0-f32-encoder (the same with the f32 encoder, as calls run it), q8_0-f32-logits (logits with its f32 copy), f32-uncached,
-    /// q8_0-uncached (candle-transformers' decoder) and f32-30s (30 s window).
+    /// with the q8_0 embedding), q8_0-f32-encoder (the same with the f32 encoder, as calls run
+    /// it), q8_0-f32-logits (logits with its f32 copy), f32-uncached, q8_0-uncached
+    /// (candle-transformers' decoder), f32-30s and q8_0-f32-encoder-30s (30 s window).
     #[arg(
         long,
         value_delimiter = ',',
@@ -88,6 +93,10 @@ pub struct BenchSttArgs {
     /// Silence appended after each utterance, in mel frames (10 ms each).
     #[arg(long, default_value_t = crate::speech::stt::TAIL_FRAMES)]
     pub tail_frames: usize,
+    /// Mean token probability below which a short window is decoded again on the 30 s window
+    /// (0: never).
+    #[arg(long, default_value_t = crate::speech::stt::RETRY_CONFIDENCE)]
+    pub retry_confidence: f32,
     /// Threads for each configuration's matrix products (CANDLE_NUM_THREADS and
     /// RAYON_NUM_THREADS for candle, cpu_threads for faster-whisper); 0: all cores.
     #[arg(long, default_value_t = 0)]
@@ -196,11 +205,27 @@ struct BenchRow {
     load_s: f64,
     peak_rss_mib: f64,
     utterances: Vec<UtteranceRow>,
-    wer: Option<f64>,
-    /// Utterances of the word-error-rate set decoded again on the 30 s window.
-    retried: usize,
+    /// Word error rate per channel of the word-error-rate set.
+    wer: Vec<WerRow>,
     /// The word-error-rate set's utterances this configuration got wrong: (said, heard).
     misheard: Vec<(String, String)>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct WerRow {
+    condition: &'static str,
+    errors: usize,
+    words: usize,
+    rate: f64,
+    /// Utterances decoded again on the 30 s window.
+    retried: usize,
+}
+
+/// One utterance of the word-error-rate set: its file, what was said, and the channel.
+struct SetItem {
+    file: PathBuf,
+    said: String,
+    condition: Condition,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -217,16 +242,24 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The candle configurations the bench can measure, by name, with `tail_frames` of silence.
-fn candle_configs(tail_frames: usize) -> [(&'static str, SttOptions); 7] {
+/// The candle configurations the bench can measure, by name, with the bench's tail of silence
+/// and retry threshold.
+fn candle_configs(args: &BenchSttArgs) -> [(&'static str, SttOptions); 8] {
     let f32 = SttOptions {
         quantized: false,
         pad_to_30s: false,
         workers: 1,
         cached_decoder: true,
         quantized_logits: false,
-        tail_frames,
+        tail_frames: args.tail_frames,
         dense_encoder: false,
+        retry_confidence: args.retry_confidence,
+    };
+    let calls = SttOptions {
+        quantized: true,
+        quantized_logits: true,
+        dense_encoder: true,
+        ..f32
     };
     let q8_0 = SttOptions {
         quantized: true,
@@ -236,11 +269,12 @@ fn candle_configs(tail_frames: usize) -> [(&'static str, SttOptions); 7] {
     [
         ("f32", f32),
         ("q8_0", q8_0),
+        ("q8_0-f32-encoder", calls),
         (
-            "q8_0-f32-encoder",
+            "q8_0-f32-encoder-30s",
             SttOptions {
-                dense_encoder: true,
-                ..q8_0
+                pad_to_30s: true,
+                ..calls
             },
         ),
         (
@@ -277,7 +311,7 @@ fn candle_configs(tail_frames: usize) -> [(&'static str, SttOptions); 7] {
 
 /// Measures one configuration of [`candle_configs`] in this process.
 fn bench_worker(config: &Config, args: &BenchSttArgs, which: &str) -> anyhow::Result<ExitCode> {
-    let Some((_, options)) = candle_configs(args.tail_frames)
+    let Some((_, options)) = candle_configs(args)
         .into_iter()
         .find(|(name, _)| *name == which)
     else {
@@ -356,17 +390,21 @@ fn run_worker(mut command: Process) -> anyhow::Result<WorkerReport> {
     serde_json::from_str(last).with_context(|| format!("bad worker report: {last}"))
 }
 
-/// Speech for the bench, heard through the telephone channel and written as 16 kHz WAVs: the
-/// Piper voice when the reference environment is there, else espeak-ng.
+/// Speech for the bench (`take` of the lines), heard through `condition` and written as 16 kHz
+/// WAVs: the Piper voice when the reference environment is there, else espeak-ng (one take).
 fn bench_audio(
     lines: &[&str],
     dir: &Path,
     name: &str,
     condition: Condition,
+    take: u32,
 ) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let cache = std::env::temp_dir().join("callbox-bench-speech");
     let piper = crate::models::default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
-    let spoken = testset::speak_lines(Voice::Piper, lines, &cache, &piper).or_else(|e| {
+    let spoken = testset::speak_take(Voice::Piper, lines, &cache, &piper, take).or_else(|e| {
+        if take > 0 {
+            return Err(e);
+        }
         eprintln!("bench: the Piper voice is not available ({e}); using espeak-ng");
         testset::speak_lines(Voice::Espeak, lines, &cache, &piper)
     })?;
@@ -374,8 +412,9 @@ fn bench_audio(
         .iter()
         .enumerate()
         .map(|(i, u)| {
-            let path = dir.join(format!("{name}-{i:03}.wav"));
-            let heard = condition.apply(&u.samples, i as u64)?;
+            let path = dir.join(format!("{name}-{take}-{i:03}.wav"));
+            let seed = u64::from(take) * 1000 + i as u64;
+            let heard = condition.apply(&u.samples, seed)?;
             audio::write_wav(&path, &heard, 16_000)?;
             Ok((path, u.text.clone()))
         })
@@ -387,25 +426,35 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         return bench_worker(config, &args, which);
     }
     let tmp = tempfile::tempdir()?;
-    let timed = bench_audio(&BENCH_SENTENCES, tmp.path(), "timed", Condition::Telephone)?;
-    let wer_set = if args.wer {
-        bench_audio(
-            &testset::sentences(),
-            tmp.path(),
-            "set",
-            args.wer_condition.condition(),
-        )?
-    } else {
-        Vec::new()
-    };
+    let timed = bench_audio(
+        &BENCH_SENTENCES,
+        tmp.path(),
+        "timed",
+        Condition::Telephone,
+        0,
+    )?;
+    let mut wer_set = Vec::new();
+    if args.wer {
+        for (c, condition) in args.wer_condition.iter().enumerate() {
+            let condition = condition.condition();
+            for take in 0..args.takes {
+                let name = format!("set{c}");
+                let lines = testset::sentences();
+                for (file, said) in bench_audio(&lines, tmp.path(), &name, condition, take)? {
+                    wer_set.push(SetItem {
+                        file,
+                        said,
+                        condition,
+                    });
+                }
+            }
+        }
+    }
     let model_dir = model_dir(config, &args.model)?;
     let exe = std::env::current_exe()?;
     let mut configs: Vec<(&'static str, String, Process)> = Vec::new();
     for which in &args.only {
-        if !candle_configs(args.tail_frames)
-            .iter()
-            .any(|(name, _)| *name == which)
-        {
+        if !candle_configs(&args).iter().any(|(name, _)| *name == which) {
             bail!("unknown configuration {which}");
         }
         let mut p = Process::new(&exe);
@@ -420,10 +469,11 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         p.args(["bench", "stt", "--model", &args.model, "--worker", which])
             .args(["--runs", &args.runs.to_string()])
             .args(["--tail-frames", &args.tail_frames.to_string()])
+            .args(["--retry-confidence", &args.retry_confidence.to_string()])
             .args(["--threads", &args.threads.to_string(), "--timed"])
             .args(timed.iter().map(|(f, _)| f))
             .arg("--transcribed")
-            .args(wer_set.iter().map(|(f, _)| f));
+            .args(wer_set.iter().map(|item| &item.file));
         configs.push(("candle", which.to_string(), p));
     }
     if args.reference {
@@ -439,7 +489,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
                 .args([compute, &threads.to_string(), &args.runs.to_string()])
                 .args(timed.iter().map(|(f, _)| f))
                 .arg("--")
-                .args(wer_set.iter().map(|(f, _)| f));
+                .args(wer_set.iter().map(|item| &item.file));
             configs.push(("faster-whisper", compute.to_string(), p));
         }
     }
@@ -462,17 +512,31 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut misheard = Vec::new();
-        let wer = (!wer_set.is_empty()).then(|| {
+        let mut wer = Vec::new();
+        for condition in args.wer_condition.iter().map(|c| c.condition()) {
             let mut total = WordErrors::default();
-            for (heard, (_, said)) in report.transcribed.iter().zip(&wer_set) {
-                let errors = WordErrors::of(said, &heard.text);
+            let mut retried = 0;
+            for (heard, item) in report.transcribed.iter().zip(&wer_set) {
+                if item.condition != condition {
+                    continue;
+                }
+                let errors = WordErrors::of(&item.said, &heard.text);
                 if errors.rate() > 0.0 {
-                    misheard.push((said.to_string(), heard.text.clone()));
+                    misheard.push((item.said.clone(), heard.text.clone()));
                 }
                 total.add(errors);
+                retried += heard.retried;
             }
-            total.rate()
-        });
+            if total.words > 0 {
+                wer.push(WerRow {
+                    condition: condition.name(),
+                    errors: total.errors,
+                    words: total.words,
+                    rate: total.rate(),
+                    retried,
+                });
+            }
+        }
         rows.push(BenchRow {
             runtime,
             config: name,
@@ -480,7 +544,6 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             peak_rss_mib: resources::mib(report.peak_rss_bytes),
             utterances,
             wer,
-            retried: report.transcribed.iter().map(|h| h.retried).sum(),
             misheard,
         });
     }
@@ -491,7 +554,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             "tail_frames": args.tail_frames,
             "threads": args.threads,
             "condition": Condition::Telephone.name(),
-            "wer_condition": args.wer_condition.condition().name(),
+            "takes": args.takes,
             "results": rows,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -510,13 +573,20 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         }
     );
     for r in &rows {
-        let wer = r.wer.map_or(String::new(), |w| {
-            format!("  WER {:.1}% ({} decoded again)", w * 100.0, r.retried)
-        });
         println!(
-            "  {:<14} {:<8} load {:>5.2} s  peak {:>6.0} MiB{wer}",
+            "  {:<14} {:<8} load {:>5.2} s  peak {:>6.0} MiB",
             r.runtime, r.config, r.load_s, r.peak_rss_mib
         );
+        for w in &r.wer {
+            println!(
+                "      WER {}: {:.1} % ({} errors in {} words; {} decoded again)",
+                w.condition,
+                w.rate * 100.0,
+                w.errors,
+                w.words,
+                w.retried
+            );
+        }
         for u in &r.utterances {
             println!(
                 "      {:>4.1} s audio: median {:>7.1} ms  min {:>7.1} ms  RTF {:.3}",

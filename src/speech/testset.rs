@@ -34,6 +34,8 @@ pub enum TestSetError {
     Piper(String),
     #[error("the Piper voice is not installed at {0} (run models/fetch)")]
     NoVoice(PathBuf),
+    #[error("{0} speaks each line one way only: takes beyond the first need the Piper voice")]
+    NoTakes(&'static str),
     #[error(transparent)]
     Espeak(#[from] EspeakError),
     #[error(transparent)]
@@ -152,11 +154,30 @@ pub fn speak_lines(
     cache_dir: &Path,
     piper_voice: &Path,
 ) -> Result<Vec<Utterance>, TestSetError> {
+    speak_take(voice, lines, cache_dir, piper_voice, 0)
+}
+
+/// `lines` spoken again as another caller would: take 0 is [`speak_lines`]; each further take of
+/// the Piper voice draws other noise and speaks at another pace (`tests/tools/piper_say.py`), so
+/// several takes make a larger set of different renditions of the same words.
+pub fn speak_take(
+    voice: Voice,
+    lines: &[&str],
+    cache_dir: &Path,
+    piper_voice: &Path,
+    take: u32,
+) -> Result<Vec<Utterance>, TestSetError> {
+    if take > 0 && voice != Voice::Piper {
+        return Err(TestSetError::NoTakes(voice.name()));
+    }
     let mut hash = Sha256::new();
     hash.update(voice.name());
     for line in lines {
         hash.update(line);
         hash.update("\n");
+    }
+    if take > 0 {
+        hash.update(format!("take {take}"));
     }
     let key = hex::encode(&hash.finalize()[..8]);
     let dir = cache_dir.join(format!("{}-{key}", voice.name()));
@@ -168,7 +189,7 @@ pub fn speak_lines(
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         match voice {
-            Voice::Piper => speak_with_piper(piper_voice, lines, &dir)?,
+            Voice::Piper => speak_with_piper(piper_voice, lines, &dir, take)?,
             Voice::Espeak => {
                 let espeak = EspeakVoice::new("en-us");
                 for (i, line) in lines.iter().enumerate() {
@@ -191,7 +212,12 @@ pub fn speak_lines(
         .collect()
 }
 
-fn speak_with_piper(voice: &Path, lines: &[&str], dir: &Path) -> Result<(), TestSetError> {
+fn speak_with_piper(
+    voice: &Path,
+    lines: &[&str],
+    dir: &Path,
+    take: u32,
+) -> Result<(), TestSetError> {
     if !voice.exists() {
         return Err(TestSetError::NoVoice(voice.to_path_buf()));
     }
@@ -205,6 +231,7 @@ fn speak_with_piper(voice: &Path, lines: &[&str], dir: &Path) -> Result<(), Test
         .arg(voice)
         .arg(&list)
         .arg(dir)
+        .arg(take.to_string())
         .output();
     let out = out.map_err(|e| TestSetError::Piper(e.to_string()))?;
     if !out.status.success() {

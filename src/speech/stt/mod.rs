@@ -103,7 +103,7 @@ pub enum SttError {
 }
 
 /// How the model is loaded and run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SttOptions {
     /// Use the q8_0 GGUF and candle's quantized whisper.
     pub quantized: bool,
@@ -124,6 +124,9 @@ pub struct SttOptions {
     /// hundreds of frames, where f32's tuned matrix product beats the q8_0 kernels, while the
     /// decoder's one-token steps stay q8_0 (docs/stt.md has the figures).
     pub dense_encoder: bool,
+    /// A short window whose mean token probability is below this is decoded again on the 30 s
+    /// window ([`RETRY_CONFIDENCE`]; 0 never decodes again).
+    pub retry_confidence: f32,
 }
 
 impl Default for SttOptions {
@@ -136,6 +139,7 @@ impl Default for SttOptions {
             quantized_logits: true,
             tail_frames: TAIL_FRAMES,
             dense_encoder: false,
+            retry_confidence: RETRY_CONFIDENCE,
         }
     }
 }
@@ -166,7 +170,8 @@ pub struct Transcript {
     pub no_speech_prob: f32,
     /// Windows whose text was dropped as a decoding loop (compression-ratio check).
     pub looped_windows: usize,
-    /// Windows decoded again on the 30 s window for want of confidence ([`RETRY_CONFIDENCE`]).
+    /// Windows decoded again on the 30 s window for want of confidence
+    /// ([`SttOptions::retry_confidence`]).
     pub retried_windows: usize,
     /// Where the time went.
     pub timings: Timings,
@@ -487,7 +492,7 @@ impl Recognizer {
                 continue;
             }
             let mut d = self.transcribe_window(chunk, pad_to_30s, &mut timings)?;
-            if !pad_to_30s && d.mean_prob() < RETRY_CONFIDENCE {
+            if !pad_to_30s && d.mean_prob() < self.options.retry_confidence {
                 retried_windows += 1;
                 let again = self.transcribe_window(chunk, true, &mut timings)?;
                 if again.mean_prob() > d.mean_prob() {

@@ -65,12 +65,12 @@ impl Signal {
 
     /// The values from the first interior sample of row `c` to the end (rows `c..` at
     /// `stride()` apart), as a matrix operand.
-    pub(crate) fn from_row(&self, c: usize) -> &[f32] {
+    pub(crate) fn rows_from(&self, c: usize) -> &[f32] {
         &self.data[(c * self.stride() + self.margin).min(self.data.len())..]
     }
 
-    /// `from_row`, mutable.
-    pub(crate) fn from_row_mut(&mut self, c: usize) -> &mut [f32] {
+    /// `rows_from`, mutable.
+    pub(crate) fn rows_from_mut(&mut self, c: usize) -> &mut [f32] {
         let start = (c * self.stride() + self.margin).min(self.data.len());
         &mut self.data[start..]
     }
@@ -241,7 +241,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let e_r = p * r * r + r + 1.0;
     e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }

@@ -101,10 +101,10 @@ impl Attention {
             // out_h[d][i] = Σ_j v[d][j] · p[i][j]
             let stride = out.stride();
             matmul_strided(
-                out.from_row_mut(q),
+                out.rows_from_mut(q),
                 (stride, 1),
                 MatRef {
-                    data: qkv.from_row(v),
+                    data: qkv.rows_from(v),
                     rows: qkv.stride(),
                     cols: 1,
                 },
@@ -142,12 +142,12 @@ impl Attention {
             scores,
             (len, 1),
             MatRef {
-                data: qkv.from_row(q),
+                data: qkv.rows_from(q),
                 rows: 1,
                 cols: qkv.stride(),
             },
             MatRef {
-                data: qkv.from_row(k),
+                data: qkv.rows_from(k),
                 rows: qkv.stride(),
                 cols: 1,
             },

@@ -2,7 +2,12 @@
 //! several residual blocks with different receptive fields. It runs on the plain-slice kernels
 //! of `dense` (the convolutions are most of the voice's time); the averages' `1/blocks` is folded
 //! into the weights of the convolution after each stage.
-use super::dense::{add_into, leaky_relu_into, DenseConv, DenseUpsample, Signal};
+use rayon::prelude::*;
+
+use super::dense::{
+    add_columns, copy_columns, leaky_relu_columns, leaky_relu_into, DenseConv, DenseUpsample,
+    Signal,
+};
 use super::{bad, VitsError, Weights};
 
 const LRELU_SLOPE: f32 = 0.1;
@@ -90,64 +95,131 @@ impl ResBlock {
         self.convs().iter().map(|c| c.reach()).sum()
     }
 
-    /// The block applied to `x` in place; `act` (same shape, margins at least every
-    /// convolution's reach) is scratch space.
-    fn forward(&self, x: &mut Signal, act: &mut Signal) {
+    /// The block's convolutions in order, each with whether its output is added to the
+    /// block's running signal (`true`) or is an intermediate the next convolution reads.
+    fn steps(&self) -> Vec<(&DenseConv, bool)> {
         match self {
-            ResBlock::Two(convs) => {
-                for c in convs {
-                    leaky_relu_into(x, LRELU_SLOPE, act);
-                    c.accumulate(act, 0..c.outputs(), x);
-                }
-            }
-            ResBlock::One(convs) => {
-                for (c1, c2) in convs {
-                    leaky_relu_into(x, LRELU_SLOPE, act);
-                    let h = c1.forward(act, 0);
-                    leaky_relu_into(&h, LRELU_SLOPE, act);
-                    c2.accumulate(act, 0..c2.outputs(), x);
-                }
-            }
+            ResBlock::Two(convs) => convs.iter().map(|c| (c, true)).collect(),
+            ResBlock::One(convs) => convs
+                .iter()
+                .flat_map(|(a, b)| [(a, false), (b, true)])
+                .collect(),
         }
     }
 }
 
-/// One upsampling stage: the transposed convolution, then the sum of the residual blocks (the
-/// next convolution's weights carry the `1/blocks` of their average).
-fn stage(up: &DenseUpsample, blocks: &[ResBlock], x: &Signal) -> Signal {
-    let mut act = Signal::zeros(x.channels(), x.len(), 0);
-    leaky_relu_into(x, LRELU_SLOPE, &mut act);
-    let upsampled = up.forward(&act, 0);
-    let reach = blocks
+/// Channels × samples of one tile of a stage's residual blocks: its few buffers stay in L2.
+const STAGE_TILE_VALUES: usize = 32 * 1024;
+
+/// A tile's buffers, reused from tile to tile on one thread.
+#[derive(Default)]
+struct TileScratch {
+    /// The block's running signal.
+    y: Option<Signal>,
+    /// A type 1 block's intermediate.
+    h: Option<Signal>,
+    /// The leaky ReLU of what the next convolution reads, with zero margins.
+    act: Option<Signal>,
+}
+
+/// The sum of the blocks applied to `u`, at its columns `[t0, t1)`: each block runs over the
+/// tile plus the context its convolutions still need (shrinking convolution by convolution),
+/// with the zeros of "same" padding only at the ends of `u`, so the tile's samples are those of
+/// the blocks over the whole of `u`. `parallel` splits each convolution's channels over threads.
+fn blocks_tile(
+    blocks: &[ResBlock],
+    u: &Signal,
+    (t0, t1): (usize, usize),
+    scratch: &mut TileScratch,
+    parallel: bool,
+) -> Signal {
+    let (channels, whole) = (u.channels(), u.len());
+    let margin = blocks
         .iter()
         .flat_map(|b| b.convs().into_iter().map(DenseConv::reach))
         .max()
         .unwrap_or(0);
-    let mut act = Signal::zeros(upsampled.channels(), upsampled.len(), reach);
-    let Some((last, rest)) = blocks.split_last() else {
-        return upsampled;
-    };
-    let mut sum: Option<Signal> = None;
-    for block in rest {
-        let mut y = upsampled.clone();
-        block.forward(&mut y, &mut act);
-        sum = Some(match sum {
-            Some(mut s) => {
-                add_into(&mut s, &y);
-                s
-            }
-            None => y,
-        });
-    }
-    let mut y = upsampled;
-    last.forward(&mut y, &mut act);
-    match sum {
-        Some(mut s) => {
-            add_into(&mut s, &y);
-            s
+    let y = scratch.y.get_or_insert_with(|| Signal::zeros(0, 0, 0));
+    let h = scratch.h.get_or_insert_with(|| Signal::zeros(0, 0, 0));
+    let act = scratch.act.get_or_insert_with(|| Signal::zeros(0, 0, 0));
+    let mut sum = Signal::zeros(channels, t1 - t0, 0);
+    for block in blocks {
+        let steps = block.steps();
+        let mut remaining = block.reach();
+        let (lo, hi) = (t0.saturating_sub(remaining), (t1 + remaining).min(whole));
+        y.reset(channels, hi - lo, 0);
+        copy_columns(u, lo, y, 0, hi - lo);
+        act.reset(channels, hi - lo, margin);
+        // `[valid_lo, valid_hi)`: where what the next convolution reads is computed.
+        let (mut valid_lo, mut valid_hi) = (lo, hi);
+        let mut read_h = false;
+        for (conv, residual) in steps {
+            remaining -= conv.reach();
+            let (out_lo, out_hi) = (t0.saturating_sub(remaining), (t1 + remaining).min(whole));
+            let src = if read_h { &*h } else { &*y };
+            leaky_relu_columns(src, act, valid_lo - lo, valid_hi - valid_lo, LRELU_SLOPE);
+            let dst = if residual {
+                &mut *y
+            } else {
+                h.reset(channels, hi - lo, 0);
+                &mut *h
+            };
+            conv.accumulate_window(
+                act,
+                out_lo - lo,
+                out_hi - out_lo,
+                dst,
+                out_lo - lo,
+                parallel,
+            );
+            read_h = !residual;
+            (valid_lo, valid_hi) = (out_lo, out_hi);
         }
-        None => y,
+        add_columns(y, t0 - lo, &mut sum, 0, t1 - t0);
     }
+    sum
+}
+
+/// One upsampling stage: the transposed convolution, then the sum of the residual blocks (the
+/// next convolution's weights carry the `1/blocks` of their average), tile by tile in time,
+/// the tiles spread over rayon's threads.
+fn stage(up: &DenseUpsample, blocks: &[ResBlock], x: &Signal) -> Signal {
+    let mut act = Signal::zeros(x.channels(), x.len(), 0);
+    leaky_relu_into(x, LRELU_SLOPE, &mut act);
+    let upsampled = up.forward(&act, 0);
+    if blocks.is_empty() {
+        return upsampled;
+    }
+    let (channels, len) = (upsampled.channels(), upsampled.len());
+    let threads = rayon::current_num_threads().max(1);
+    let mut tiles = len.div_ceil((STAGE_TILE_VALUES / channels.max(1)).max(64));
+    if tiles > 1 && tiles < 4 * threads {
+        tiles = tiles.next_multiple_of(threads);
+    }
+    let tiles = tiles.clamp(1, len.max(1));
+    let width = len.div_ceil(tiles);
+    let bounds = |i: usize| (i * width, ((i + 1) * width).min(len));
+    if tiles == 1 {
+        return blocks_tile(
+            blocks,
+            &upsampled,
+            (0, len),
+            &mut TileScratch::default(),
+            true,
+        );
+    }
+    let parts: Vec<Signal> = (0..tiles)
+        .into_par_iter()
+        .map_init(TileScratch::default, |scratch, i| {
+            blocks_tile(blocks, &upsampled, bounds(i), scratch, false)
+        })
+        .collect();
+    let mut out = Signal::zeros(channels, len, 0);
+    for (i, part) in parts.iter().enumerate() {
+        let (t0, t1) = bounds(i);
+        copy_columns(part, 0, &mut out, t0, t1 - t0);
+    }
+    out
 }
 
 pub(crate) struct Decoder {
@@ -347,5 +419,133 @@ impl Decoder {
     /// `[C, frames]` → `frames · hop` samples.
     pub(crate) fn forward(&self, z: &Signal) -> Result<Vec<f32>, VitsError> {
         self.forward_range(z, 0, z.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// Deterministic values in `[-0.25, 0.25]`.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        super::super::dense::tests::values(n, seed)
+            .into_iter()
+            .map(|v| v / 4.0)
+            .collect()
+    }
+
+    /// A random `channels → channels` convolution: the dense kernel and its candle tensors.
+    fn random_conv(
+        channels: usize,
+        taps: usize,
+        dilation: usize,
+        seed: u32,
+    ) -> (DenseConv, Tensor, Tensor) {
+        let w = Tensor::from_vec(
+            values(channels * channels * taps, seed),
+            (channels, channels, taps),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let b = Tensor::from_vec(values(channels, seed + 1), channels, &Device::Cpu).unwrap();
+        (
+            DenseConv::new("w", &w, Some(&b), dilation, 1.0).unwrap(),
+            w,
+            b,
+        )
+    }
+
+    fn lrelu(x: &Tensor) -> Tensor {
+        x.maximum(&x.affine(f64::from(LRELU_SLOPE), 0.0).unwrap())
+            .unwrap()
+    }
+
+    /// candle's convolution of `x` with "same" padding, plus the bias.
+    fn reference_conv(x: &Tensor, (w, b, dilation): &(Tensor, Tensor, usize)) -> Tensor {
+        let pad = (w.dim(2).unwrap() - 1) / 2 * dilation;
+        let y = x.conv1d(w, pad, 1, *dilation, 1).unwrap();
+        y.broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1)).unwrap())
+            .unwrap()
+    }
+
+    /// Blocks of both types, with their weights as tensors for the reference.
+    #[allow(clippy::type_complexity)]
+    fn blocks(channels: usize) -> (Vec<ResBlock>, Vec<Vec<(Tensor, Tensor, usize)>>, Vec<bool>) {
+        let mut dense = Vec::new();
+        let mut tensors = Vec::new();
+        let mut type_two = Vec::new();
+        for (i, &taps) in [3usize, 5, 7].iter().enumerate() {
+            let mut convs = Vec::new();
+            let mut refs = Vec::new();
+            for (j, &d) in RESBLOCK2_DILATIONS[i].iter().enumerate() {
+                let (c, w, b) = random_conv(channels, taps, d, (10 * i + j) as u32);
+                convs.push(c);
+                refs.push((w, b, d));
+            }
+            dense.push(ResBlock::Two(convs));
+            tensors.push(refs);
+            type_two.push(true);
+        }
+        let mut pairs = Vec::new();
+        let mut refs = Vec::new();
+        for (j, &d) in RESBLOCK1_DILATIONS[0].iter().enumerate() {
+            let (c1, w1, b1) = random_conv(channels, 3, d, 100 + j as u32);
+            let (c2, w2, b2) = random_conv(channels, 3, 1, 200 + j as u32);
+            pairs.push((c1, c2));
+            refs.push((w1, b1, d));
+            refs.push((w2, b2, 1));
+        }
+        dense.push(ResBlock::One(pairs));
+        tensors.push(refs);
+        type_two.push(false);
+        (dense, tensors, type_two)
+    }
+
+    #[test]
+    fn tiles_of_the_blocks_equal_the_blocks_over_the_whole_signal() {
+        let (channels, len) = (5, 300);
+        let (dense, tensors, type_two) = blocks(channels);
+        let x =
+            Tensor::from_vec(values(channels * len, 7), (1, channels, len), &Device::Cpu).unwrap();
+        let mut want = x.zeros_like().unwrap();
+        for (convs, two) in tensors.iter().zip(&type_two) {
+            let mut y = x.clone();
+            if *two {
+                for c in convs {
+                    y = (&y + reference_conv(&lrelu(&y), c)).unwrap();
+                }
+            } else {
+                for pair in convs.chunks(2) {
+                    let h = reference_conv(&lrelu(&y), &pair[0]);
+                    y = (&y + reference_conv(&lrelu(&h), &pair[1])).unwrap();
+                }
+            }
+            want = (want + y).unwrap();
+        }
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let u = Signal::from_tensor(&x, 0).unwrap();
+        for cuts in [
+            vec![0, len],
+            vec![0, 1, 40, 41, 150, 299, len],
+            vec![0, 100, 200, len],
+        ] {
+            for parallel in [false, true] {
+                let mut scratch = TileScratch::default();
+                for span in cuts.windows(2) {
+                    let got = blocks_tile(&dense, &u, (span[0], span[1]), &mut scratch, parallel);
+                    for c in 0..channels {
+                        for (t, g) in got.row(c).iter().enumerate() {
+                            let w = want[c * len + span[0] + t];
+                            assert!(
+                                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                                "cuts {cuts:?}, channel {c}, sample {}: {g} vs {w}",
+                                span[0] + t
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

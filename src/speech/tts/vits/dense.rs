@@ -58,8 +58,34 @@ impl Signal {
         self.len
     }
 
-    fn stride(&self) -> usize {
+    /// Distance between the starts of consecutive rows.
+    pub(crate) fn stride(&self) -> usize {
         self.len + 2 * self.margin
+    }
+
+    /// The values from the first interior sample of row `c` to the end (rows `c..` at
+    /// `stride()` apart), as a matrix operand.
+    pub(crate) fn rows_from(&self, c: usize) -> &[f32] {
+        &self.data[(c * self.stride() + self.margin).min(self.data.len())..]
+    }
+
+    /// `rows_from`, mutable.
+    pub(crate) fn rows_from_mut(&mut self, c: usize) -> &mut [f32] {
+        let start = (c * self.stride() + self.margin).min(self.data.len());
+        &mut self.data[start..]
+    }
+
+    /// Rows `channels` as a `[1, channels, len]` tensor.
+    pub(crate) fn to_tensor(&self, channels: Range<usize>) -> Result<Tensor, VitsError> {
+        let mut values = Vec::with_capacity(channels.len() * self.len);
+        for c in channels.clone() {
+            values.extend_from_slice(self.row(c));
+        }
+        Ok(Tensor::from_vec(
+            values,
+            (1, channels.len(), self.len),
+            &candle_core::Device::Cpu,
+        )?)
     }
 
     pub(crate) fn row(&self, c: usize) -> &[f32] {
@@ -111,7 +137,7 @@ impl Signal {
     }
 
     /// Each row's interior, mutable, with its channel index; in parallel for long signals.
-    fn for_rows(&mut self, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    pub(crate) fn for_rows(&mut self, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
         let (stride, margin, len) = (self.stride(), self.margin, self.len);
         if stride == 0 {
             return;
@@ -123,6 +149,71 @@ impl Signal {
             self.data.chunks_mut(stride).enumerate().for_each(each);
         }
     }
+}
+
+impl Signal {
+    /// Makes this `[channels, len]` zeros with `margin` zeros around each row, reusing the
+    /// allocation.
+    pub(crate) fn reset(&mut self, channels: usize, len: usize, margin: usize) {
+        self.channels = channels;
+        self.len = len;
+        self.margin = margin;
+        self.data.clear();
+        self.data.resize(channels * (len + 2 * margin), 0.0);
+    }
+}
+
+/// `f(dst, src)` over `dst[:, dst_from..][..len]` and `src[:, from..][..len]`; same channels.
+fn zip_columns(
+    src: &Signal,
+    from: usize,
+    dst: &mut Signal,
+    (dst_from, len): (usize, usize),
+    f: impl Fn(&mut f32, f32),
+) {
+    debug_assert_eq!(src.channels, dst.channels);
+    for c in 0..src.channels {
+        let out = &mut dst.row_mut(c)[dst_from..dst_from + len];
+        for (o, &v) in out.iter_mut().zip(&src.row(c)[from..from + len]) {
+            f(o, v);
+        }
+    }
+}
+
+/// `dst[:, dst_from..][..len] = src[:, from..][..len]`; same channels.
+pub(crate) fn copy_columns(
+    src: &Signal,
+    from: usize,
+    dst: &mut Signal,
+    dst_from: usize,
+    len: usize,
+) {
+    zip_columns(src, from, dst, (dst_from, len), |o, v| *o = v);
+}
+
+/// `dst[:, dst_from..][..len] += src[:, from..][..len]`; same channels.
+pub(crate) fn add_columns(
+    src: &Signal,
+    from: usize,
+    dst: &mut Signal,
+    dst_from: usize,
+    len: usize,
+) {
+    zip_columns(src, from, dst, (dst_from, len), |o, v| *o += v);
+}
+
+/// `dst[:, from..][..len] = leaky_relu(src[:, from..][..len])`; same channels and length.
+pub(crate) fn leaky_relu_columns(
+    src: &Signal,
+    dst: &mut Signal,
+    from: usize,
+    len: usize,
+    slope: f32,
+) {
+    debug_assert_eq!((src.channels, src.len), (dst.channels, dst.len));
+    zip_columns(src, from, dst, (from, len), |o, x| {
+        *o = if x >= 0.0 { x } else { x * slope }
+    });
 }
 
 /// Element-wise passes over fewer values than this stay on the calling thread.
@@ -138,18 +229,50 @@ pub(crate) fn leaky_relu_into(src: &Signal, slope: f32, dst: &mut Signal) {
     });
 }
 
-/// `acc += x` on the interiors; same shape.
-pub(crate) fn add_into(acc: &mut Signal, x: &Signal) {
-    debug_assert_eq!((acc.channels, acc.len), (x.channels, x.len));
-    acc.for_rows(|c, out| {
-        for (o, &v) in out.iter_mut().zip(x.row(c)) {
-            *o += v;
-        }
-    });
+/// `e^x` to within a few ulp (Cody–Waite reduction and Cephes' polynomial), without branches so
+/// that loops over it vectorize; `x` is clamped to `[-87, 88]`, where `e^x` is a normal `f32`.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `tanh(x)` through `exp`, to about 1e-7 absolute.
+#[inline(always)]
+pub(crate) fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
+/// `1 / (1 + e^-x)` through `exp`.
+#[inline(always)]
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// A read-only matrix inside a slice: element `(r, c)` at `r · rows + c · cols`.
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+}
+
+/// Whether a `rows × cols` matrix with these strides lies within `len` elements.
+fn fits(len: usize, (rows, cols): (usize, usize), (rs, cs): (usize, usize)) -> bool {
+    rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
 }
 
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, each row-major with the given row strides (columns are
-/// contiguous): the bounds are checked here, so the one unsafe call below stays inside them.
+/// contiguous).
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     dst: &mut [f32],
@@ -161,44 +284,71 @@ fn matmul(
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
 ) {
+    matmul_strided(
+        dst,
+        (dst_rs, 1),
+        MatRef {
+            data: lhs,
+            rows: lhs_rs,
+            cols: 1,
+        },
+        MatRef {
+            data: rhs,
+            rows: rhs_rs,
+            cols: 1,
+        },
+        (m, n, k),
+        accumulate,
+    );
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with any strides (`dst`'s as `(rows, cols)`): the bounds
+/// are checked here, so the one unsafe call below stays inside them.
+pub(crate) fn matmul_strided(
+    dst: &mut [f32],
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    let fits = |len: usize, rows: usize, rs: usize, cols: usize| {
-        rows == 0 || (rs >= cols && (rows - 1) * rs + cols <= len)
-    };
     assert!(
-        fits(dst.len(), m, dst_rs, n)
-            && fits(lhs.len(), m, lhs_rs, k)
-            && fits(rhs.len(), k, rhs_rs, n),
+        fits(dst.len(), (m, n), (dst_rs, dst_cs))
+            && fits(lhs.data.len(), (m, k), (lhs.rows, lhs.cols))
+            && fits(rhs.data.len(), (k, n), (rhs.rows, rhs.cols)),
         "matmul operands out of bounds"
     );
     if k == 0 {
         if !accumulate {
             for r in 0..m {
-                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+                for c in 0..n {
+                    dst[r * dst_rs + c * dst_cs] = 0.0;
+                }
             }
         }
         return;
     }
-    // SAFETY: every element gemm reads or writes — rows `0..m` (resp. `k`) at the given row
-    // stride, columns `0..n` (resp. `k`) contiguous — lies within the slices, as asserted above;
-    // `dst` is borrowed mutably, so it aliases neither operand.
+    // SAFETY: every element gemm reads or writes — `(r, c)` at `r · rows + c · cols` for the
+    // rows and columns of each operand — lies within the slices, as asserted above; `dst` is
+    // borrowed mutably, so it aliases neither operand.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
-            lhs.as_ptr(),
-            1,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            1,
-            rhs_rs as isize,
+            lhs.data.as_ptr(),
+            lhs.cols as isize,
+            lhs.rows as isize,
+            rhs.data.as_ptr(),
+            rhs.cols as isize,
+            rhs.rows as isize,
             1.0,
             1.0,
             false,
@@ -304,42 +454,90 @@ impl DenseConv {
 
     /// `dst += bias + conv(x)` for the output channels `rows` (`dst` has that many channels).
     pub(crate) fn accumulate(&self, x: &Signal, rows: Range<usize>, dst: &mut Signal) {
-        assert!(
-            x.channels == self.inputs
-                && x.margin >= self.reach()
+        self.check_shapes(
+            x.margin >= self.reach()
                 && dst.channels == rows.len()
                 && dst.len == x.len
                 && rows.end <= self.outputs,
-            "convolution shapes: {}→{} over {}×{} (margin {}) into {}×{}",
+            x,
+            dst,
+        );
+        let parallel = rows.len() * x.len * self.inputs * self.taps >= PARALLEL_MACS;
+        self.accumulate_columns(x, 0, rows, dst, 0, x.len, parallel);
+    }
+
+    /// `dst[:, dst_from..][..len] += bias + conv(x)[:, from..][..len]` over all output channels:
+    /// the convolution at `len` positions of `x` from `from`, which may read `reach` samples
+    /// either side (into `x`'s margins); the output channels are split over rayon's threads when
+    /// `parallel`.
+    pub(crate) fn accumulate_window(
+        &self,
+        x: &Signal,
+        from: usize,
+        len: usize,
+        dst: &mut Signal,
+        dst_from: usize,
+        parallel: bool,
+    ) {
+        self.check_shapes(
+            from + x.margin >= self.reach()
+                && from + len + self.reach() <= x.len + x.margin
+                && dst.channels == self.outputs
+                && dst_from + len <= dst.len,
+            x,
+            dst,
+        );
+        self.accumulate_columns(x, from, 0..self.outputs, dst, dst_from, len, parallel);
+    }
+
+    /// Panics, naming the shapes, unless `x` has this convolution's inputs and `fits`.
+    fn check_shapes(&self, fits: bool, x: &Signal, dst: &Signal) {
+        assert!(
+            fits && x.channels == self.inputs,
+            "convolution shapes: {}→{} (reach {}) over {}×{} (margin {}) into {}×{}",
             self.inputs,
             self.outputs,
+            self.reach(),
             x.channels,
             x.len,
             x.margin,
             dst.channels,
             dst.len
         );
-        let len = x.len;
+    }
+
+    /// The products of `accumulate`/`accumulate_window`, whose bounds they check.
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate_columns(
+        &self,
+        x: &Signal,
+        from: usize,
+        rows: Range<usize>,
+        dst: &mut Signal,
+        dst_from: usize,
+        len: usize,
+        parallel: bool,
+    ) {
         if len == 0 || rows.is_empty() {
             return;
         }
         let (dst_stride, dst_margin) = (dst.stride(), dst.margin);
         let first_row = rows.start;
-        let task = |(group, chunk): (usize, &mut [f32])| {
-            let row0 = first_row + group * ROWS_PER_TASK;
+        let x_first = x.margin + from - self.reach();
+        let task = |(group, chunk): (usize, &mut [f32]), rows_per_task: usize| {
+            let row0 = first_row + group * rows_per_task;
             let m = chunk.len() / dst_stride;
-            let out = &mut chunk[dst_margin..];
+            let out = &mut chunk[dst_margin + dst_from..];
             for t0 in (0..len).step_by(TILE) {
                 let n = TILE.min(len - t0);
                 for tap in 0..self.taps {
                     let w = &self.weight[(tap * self.outputs + row0) * self.inputs..];
-                    let from = x.margin - self.reach() + tap * self.dilation + t0;
                     matmul(
                         &mut out[t0..],
                         dst_stride,
                         w,
                         self.inputs,
-                        &x.data[from..],
+                        &x.data[x_first + tap * self.dilation + t0..],
                         x.stride(),
                         (m, n, self.inputs),
                         true,
@@ -353,11 +551,14 @@ impl DenseConv {
                 }
             }
         };
-        let chunk = ROWS_PER_TASK * dst_stride;
-        if rows.len() * len * self.inputs * self.taps >= PARALLEL_MACS {
-            dst.data.par_chunks_mut(chunk).enumerate().for_each(task);
+        if parallel {
+            dst.data
+                .par_chunks_mut(ROWS_PER_TASK * dst_stride)
+                .enumerate()
+                .for_each(|item| task(item, ROWS_PER_TASK));
         } else {
-            dst.data.chunks_mut(chunk).enumerate().for_each(task);
+            let all = dst.data.len();
+            task((0, &mut dst.data[..all]), rows.len());
         }
     }
 }
@@ -509,11 +710,12 @@ impl DenseUpsample {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in `[-1, 1]`.
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
         (0..n)
             .map(|_| {
@@ -599,6 +801,25 @@ mod tests {
             assert_eq!(got.len(), out);
             close(&got.to_vec(), &want);
         }
+    }
+
+    #[test]
+    fn exp_tanh_and_sigmoid_match_the_standard_library() {
+        for i in -20_000..=20_000 {
+            let x = i as f32 / 200.0;
+            let e = f64::from(x).exp();
+            if e > 1e-30 && e < 1e30 {
+                let rel = (f64::from(exp(x)) - e).abs() / e;
+                assert!(rel < 1e-6, "exp({x}): {} vs {e}", exp(x));
+            }
+            assert!((tanh(x) - x.tanh()).abs() < 1e-6, "tanh({x})");
+            assert!(
+                (sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs() < 1e-6,
+                "sigmoid({x})"
+            );
+        }
+        assert!(exp(-1000.0) > 0.0 && exp(-1000.0) < 1e-37);
+        assert!(exp(1000.0).is_finite() && tanh(1000.0) == 1.0 && tanh(-1000.0) == -1.0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The residual coupling flow (mean-only affine couplings over WaveNet-style stacks), reversed:
 //! it maps a prior sample to the decoder's latent. It runs on the plain-slice kernels of
 //! `dense`, the two halves of the channels kept as separate signals (a flip swaps them).
-use super::dense::{DenseConv, Signal};
+use super::dense::{sigmoid, tanh, DenseConv, Signal};
 use super::{bad, VitsError, Weights};
 
 /// Dilation growth of the WaveNet layers across depth (Piper's `dilation_rate` = 1).
@@ -78,12 +78,12 @@ impl WaveNet {
         let last = self.in_layers.len() - 1;
         for (i, (in_layer, res_skip)) in self.in_layers.iter().zip(&self.res_skip).enumerate() {
             let a = in_layer.forward(&x, 0);
-            for c in 0..hidden {
+            acts.for_rows(|c, out| {
                 let (t, s) = (a.row(c), a.row(hidden + c));
-                for ((o, &t), &s) in acts.row_mut(c).iter_mut().zip(t).zip(s) {
-                    *o = t.tanh() / (1.0 + (-s).exp());
+                for ((o, &t), &s) in out.iter_mut().zip(t).zip(s) {
+                    *o = tanh(t) * sigmoid(s);
                 }
-            }
+            });
             if i < last {
                 res_skip.accumulate(&acts, 0..hidden, &mut x);
                 res_skip.accumulate(&acts, hidden..2 * hidden, &mut output);

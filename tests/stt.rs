@@ -140,7 +140,7 @@ fn check_all_conditions(model: &SpeechToText, label: &str, voice: Voice) {
                 errors.rate() * 100.0
             ));
         }
-        // Low-confidence windows are decoded again on the 30 s window, so an utterance heard
+        // Low-confidence windows are decoded again on a longer window, so an utterance heard
         // clearly enough is never reduced to a fragment of itself.
         if condition != Condition::NoisyTelephone && !cut_short.is_empty() {
             failed.push(format!("{}: cut short {cut_short:?}", condition.name()));

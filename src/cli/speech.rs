@@ -93,10 +93,16 @@ pub struct BenchSttArgs {
     /// Silence appended after each utterance, in mel frames (10 ms each).
     #[arg(long, default_value_t = crate::speech::stt::TAIL_FRAMES)]
     pub tail_frames: usize,
-    /// Mean token probability below which a short window is decoded again on the 30 s window
+    /// Mean token probability below which a short window is decoded again on a longer window
     /// (0: never).
     #[arg(long, default_value_t = crate::speech::stt::RETRY_CONFIDENCE)]
     pub retry_confidence: f32,
+    /// Least window the encoder runs on, in mel frames (10 ms each), audio and tail included.
+    #[arg(long, default_value_t = crate::speech::stt::MIN_FRAMES)]
+    pub min_frames: usize,
+    /// Least window of the decode again, in mel frames (3000: Whisper's 30 s window).
+    #[arg(long, default_value_t = crate::speech::stt::RETRY_FRAMES)]
+    pub retry_frames: usize,
     /// Threads for each configuration's matrix products (CANDLE_NUM_THREADS and
     /// RAYON_NUM_THREADS for candle, cpu_threads for faster-whisper); 0: all cores.
     #[arg(long, default_value_t = 0)]
@@ -192,7 +198,7 @@ struct Stages {
 struct Heard {
     file: PathBuf,
     text: String,
-    /// Windows decoded again on the 30 s window for want of confidence (candle only).
+    /// Windows decoded again on a longer window for want of confidence (candle only).
     #[serde(default)]
     retried: usize,
 }
@@ -217,7 +223,7 @@ struct WerRow {
     errors: usize,
     words: usize,
     rate: f64,
-    /// Utterances decoded again on the 30 s window.
+    /// Utterances decoded again on a longer window.
     retried: usize,
 }
 
@@ -254,6 +260,8 @@ fn candle_configs(args: &BenchSttArgs) -> [(&'static str, SttOptions); 8] {
         tail_frames: args.tail_frames,
         dense_encoder: false,
         retry_confidence: args.retry_confidence,
+        min_frames: args.min_frames,
+        retry_frames: args.retry_frames,
     };
     let calls = SttOptions {
         quantized: true,
@@ -470,6 +478,8 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             .args(["--runs", &args.runs.to_string()])
             .args(["--tail-frames", &args.tail_frames.to_string()])
             .args(["--retry-confidence", &args.retry_confidence.to_string()])
+            .args(["--min-frames", &args.min_frames.to_string()])
+            .args(["--retry-frames", &args.retry_frames.to_string()])
             .args(["--threads", &args.threads.to_string(), "--timed"])
             .args(timed.iter().map(|(f, _)| f))
             .arg("--transcribed")

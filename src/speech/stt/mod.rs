@@ -42,14 +42,18 @@ const ENCODER_PREFIX: &str = "model.encoder";
 
 /// Least number of mel frames the encoder runs on (1 s).
 pub const MIN_FRAMES: usize = 100;
-/// Silence appended after the audio when encoding the actual length (1.5 s, in frames). Less
+/// Silence appended after the audio when encoding the actual length (3 s, in frames). Less
 /// audio means a faster encoder and cross-attention, but with less the decoder cuts short or says
-/// the last word first ("please. Yes, please.") on short utterances. More helped the test set:
-/// `callbox bench stt --wer` through the telephone channel measured 6.4 % WER with 150 frames,
-/// 5.3 % with 200, 4.2 % with 300 and 3.6 % with 500 (faster-whisper's 30 s window: 4.7 %); but
-/// with 300 the spoken refill call of `tests/audio_call.rs` heard "This is Dana Lee." as "this is
-/// staying elite." in 2 of 3 runs, so the default stays 150 until a longer set decides (docs/stt.md).
-pub const TAIL_FRAMES: usize = 150;
+/// the last word first ("please. Yes, please.") on short utterances. On the test set in three
+/// takes (132 utterances, 1074 words per channel; `callbox bench stt --wer --takes 3`) 300 frames
+/// made 43 word errors through the telephone channel and 76 with noise, against 47 and 83 with
+/// 150 (docs/stt.md).
+pub const TAIL_FRAMES: usize = 300;
+/// Least window, in mel frames (10 s), of a low-confidence window's second decode
+/// ([`RETRY_CONFIDENCE`]). On the three-take set it made fewer errors than Whisper's 30 s window
+/// (42 and 74 against 43 and 76, telephone and noisy) at a third of the encoder's work; 600 frames
+/// made 45 and 80.
+pub const RETRY_FRAMES: usize = 1000;
 /// Below this many samples (0.1 s) there is nothing to transcribe.
 pub const MIN_SAMPLES: usize = 1600;
 /// Silence put before the audio (0.3 s): Whisper drops the first words of speech that starts
@@ -65,7 +69,7 @@ pub const LOGPROB_THRESHOLD: f32 = -1.0;
 /// Whisper's threshold: text whose zlib compression ratio is above this is a repetition loop.
 pub const COMPRESSION_RATIO_THRESHOLD: f32 = 2.4;
 /// A window encoded at its own length whose text's mean token probability is below this is
-/// decoded again on the 30 s window, and the more confident text is kept. On a short window
+/// decoded again on a longer window ([`RETRY_FRAMES`]), and the more confident text is kept. On a short window
 /// Whisper sometimes stops early or says only the end ("Sorry, could you repeat that?" →
 /// "that", mean probability 0.09; "My email is maria at example dot com." → "My name is",
 /// 0.50), while right texts of the test set score 0.57 and more (docs/stt.md). Whisper itself
@@ -124,9 +128,13 @@ pub struct SttOptions {
     /// hundreds of frames, where f32's tuned matrix product beats the q8_0 kernels, while the
     /// decoder's one-token steps stay q8_0 (docs/stt.md has the figures).
     pub dense_encoder: bool,
-    /// A short window whose mean token probability is below this is decoded again on the 30 s
+    /// A short window whose mean token probability is below this is decoded again on a longer
     /// window ([`RETRY_CONFIDENCE`]; 0 never decodes again).
     pub retry_confidence: f32,
+    /// Least window the encoder runs on, in mel frames, when encoding the audio's own length.
+    pub min_frames: usize,
+    /// Least window of the decode again, in mel frames ([`RETRY_FRAMES`]).
+    pub retry_frames: usize,
 }
 
 impl Default for SttOptions {
@@ -140,6 +148,8 @@ impl Default for SttOptions {
             tail_frames: TAIL_FRAMES,
             dense_encoder: false,
             retry_confidence: RETRY_CONFIDENCE,
+            min_frames: MIN_FRAMES,
+            retry_frames: RETRY_FRAMES,
         }
     }
 }
@@ -170,7 +180,7 @@ pub struct Transcript {
     pub no_speech_prob: f32,
     /// Windows whose text was dropped as a decoding loop (compression-ratio check).
     pub looped_windows: usize,
-    /// Windows decoded again on the 30 s window for want of confidence
+    /// Windows decoded again on a longer window for want of confidence
     /// ([`SttOptions::retry_confidence`]).
     pub retried_windows: usize,
     /// Where the time went.
@@ -491,10 +501,15 @@ impl Recognizer {
             if chunk.len() < MIN_SAMPLES || rms(chunk) < SILENCE_RMS {
                 continue;
             }
-            let mut d = self.transcribe_window(chunk, pad_to_30s, &mut timings)?;
+            let least_frames = match pad_to_30s {
+                true => mel::N_FRAMES,
+                false => self.options.min_frames,
+            };
+            let mut d = self.transcribe_window(chunk, least_frames, &mut timings)?;
             if !pad_to_30s && d.mean_prob() < self.options.retry_confidence {
                 retried_windows += 1;
-                let again = self.transcribe_window(chunk, true, &mut timings)?;
+                let again =
+                    self.transcribe_window(chunk, self.options.retry_frames, &mut timings)?;
                 if again.mean_prob() > d.mean_prob() {
                     d = again;
                 }
@@ -534,7 +549,7 @@ impl Recognizer {
     fn transcribe_window(
         &self,
         samples: &[f32],
-        pad_to_30s: bool,
+        least_frames: usize,
         timings: &mut Timings,
     ) -> Result<Decoded, SttError> {
         let started = Instant::now();
@@ -542,13 +557,9 @@ impl Recognizer {
         let mut lead = vec![0f32; LEAD_SAMPLES];
         lead.extend_from_slice(samples);
         let samples = &lead;
-        let frames = if pad_to_30s {
-            mel::N_FRAMES
-        } else {
-            let f = samples.len().div_ceil(mel::HOP_LENGTH) + self.options.tail_frames;
-            let f = f.max(MIN_FRAMES);
-            (f + f % 2).min(mel::N_FRAMES)
-        };
+        let f = samples.len().div_ceil(mel::HOP_LENGTH) + self.options.tail_frames;
+        let f = f.max(least_frames);
+        let frames = (f + f % 2).min(mel::N_FRAMES);
         let mel = self
             .log_mel
             .features(samples, frames, mel::EndPadding::Zeros)?;

@@ -207,6 +207,7 @@ impl Agent {
                 .map_or(TurnExpectation::Open, |slot| {
                     TurnExpectation::for_slot(slot.kind)
                 }),
+            Some(Pending::Confirm(_) | Pending::OfferHuman) => TurnExpectation::YesNo,
             _ => TurnExpectation::Open,
         }
     }

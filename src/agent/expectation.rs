@@ -13,9 +13,11 @@ pub const PHONE_DIGITS: usize = 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TurnExpectation {
-    /// A reason, a yes or no, a choice, a time: said in one go.
+    /// A reason, a choice, a time: said in one go.
     #[default]
     Open,
+    /// A yes or no (a confirmation, an offer).
+    YesNo,
     /// A phone number, said in groups.
     PhoneNumber,
     /// A date (a date of birth), said in parts.
@@ -31,9 +33,9 @@ impl TurnExpectation {
             SlotType::Phone => TurnExpectation::PhoneNumber,
             SlotType::Date => TurnExpectation::Date,
             SlotType::PersonName => TurnExpectation::Name,
+            SlotType::YesNo => TurnExpectation::YesNo,
             SlotType::Time
             | SlotType::When
-            | SlotType::YesNo
             | SlotType::Choice
             | SlotType::Money
             | SlotType::FreeText => TurnExpectation::Open,
@@ -42,7 +44,24 @@ impl TurnExpectation {
 
     /// Whether the caller dictates this answer in parts, with pauses between them.
     pub fn is_dictation(self) -> bool {
-        self != TurnExpectation::Open
+        matches!(
+            self,
+            TurnExpectation::PhoneNumber | TurnExpectation::Date | TurnExpectation::Name
+        )
+    }
+
+    /// Whether `transcript` by its words alone is a whole answer of this kind (a yes or a no,
+    /// all the digits of a number, a first and last name), so that the turn may end after the
+    /// confirmation pause whatever the end-of-turn model says. An open answer never is: only
+    /// the caller's intonation tells whether they are done.
+    pub fn is_whole_answer(self, transcript: &str) -> bool {
+        match self {
+            TurnExpectation::YesNo => {
+                self.is_complete(transcript) && extract::yes_no(transcript).is_some()
+            }
+            TurnExpectation::PhoneNumber | TurnExpectation::Name => self.is_complete(transcript),
+            TurnExpectation::Open | TurnExpectation::Date => false,
+        }
     }
 
     /// Whether `transcript`, heard so far, is a whole answer of this kind, so that a pause after
@@ -55,7 +74,7 @@ impl TurnExpectation {
         let trailing = extract::digits_at_end(transcript);
         let unfinished_number = (1..PHONE_DIGITS).contains(&trailing);
         match self {
-            TurnExpectation::Open => !unfinished_number,
+            TurnExpectation::Open | TurnExpectation::YesNo => !unfinished_number,
             TurnExpectation::PhoneNumber => {
                 extract::phone_number(transcript).is_some_and(|d| d.len() >= PHONE_DIGITS)
             }
@@ -101,13 +120,30 @@ mod tests {
     }
 
     #[test]
+    fn a_yes_or_no_is_a_whole_answer_by_its_words_and_an_open_answer_never() {
+        let yes_no = TurnExpectation::YesNo;
+        assert!(yes_no.is_whole_answer("Yes, that's right."));
+        assert!(yes_no.is_whole_answer("no"));
+        assert!(!yes_no.is_whole_answer("I'm not sure"));
+        assert!(!yes_no.is_whole_answer("well, my number is five five five"));
+        assert!(!TurnExpectation::Open.is_whole_answer("I need to speak with someone."));
+        assert!(!TurnExpectation::Date.is_whole_answer("March fourth, 1980"));
+        assert!(TurnExpectation::PhoneNumber.is_whole_answer("555, 234, 9876."));
+        assert!(!TurnExpectation::PhoneNumber.is_whole_answer("555, 234."));
+    }
+
+    #[test]
     fn dictated_slots_are_the_ones_said_in_parts() {
         assert_eq!(
             TurnExpectation::for_slot(SlotType::Phone),
             TurnExpectation::PhoneNumber
         );
         assert!(TurnExpectation::for_slot(SlotType::PersonName).is_dictation());
-        assert!(!TurnExpectation::for_slot(SlotType::YesNo).is_dictation());
+        assert_eq!(
+            TurnExpectation::for_slot(SlotType::YesNo),
+            TurnExpectation::YesNo
+        );
+        assert!(!TurnExpectation::YesNo.is_dictation());
         assert!(!TurnExpectation::for_slot(SlotType::FreeText).is_dictation());
     }
 

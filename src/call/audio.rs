@@ -8,11 +8,12 @@
 //! the transcript was ready, when the reply text was ready and when its first audio went out: the
 //! latency the caller feels.
 //!
-//! A turn the end-of-turn model ended is transcribed at once, speculatively, and its transcript
-//! held until the endpointer confirms the end (the pause lasted long enough and the transcript
-//! answers what the agent asked, see [`Endpointer::confirm`]): if the caller goes on first, the
-//! transcript is dropped unseen and the turn continues; the agent only ever hears final turns.
-//! After each reply the endpointer learns what the agent asked for.
+//! A turn the endpointer holds at the caller's first short pause is transcribed at once,
+//! speculatively, and its transcript held until the endpointer confirms the end (the pause lasted
+//! long enough and the transcript answers what the agent asked or Smart Turn found the caller
+//! done, see [`Endpointer::confirm`]): if the caller goes on first, the transcript is dropped
+//! unseen (its job skipped if it has not started) and the turn continues; the agent only ever
+//! hears final turns. After each reply the endpointer learns what the agent asked for.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -57,8 +58,10 @@ pub struct TurnTiming {
     pub caller_speech_end_ms: u64,
     /// When the endpointer ended the turn (and the recognizer was asked).
     pub turn_end_ms: u64,
-    /// What ended it.
+    /// What made it final.
     pub ended_by: TurnEnd,
+    /// Whether it was transcribed while held, before it was final.
+    pub transcribed_early: bool,
     pub stt_done_ms: u64,
     pub reply_ready_ms: u64,
     pub first_audio_ms: Option<u64>,
@@ -126,6 +129,8 @@ const PLAYOUT_START_MS: usize = 200;
 /// A caller turn for the recognizer.
 struct SttJob {
     id: u64,
+    /// Raised when the held turn resumed: the job is skipped if it has not started.
+    dropped: CancelToken,
     speech_start_ms: u64,
     speech_end_ms: u64,
     turn_end_ms: u64,
@@ -139,6 +144,8 @@ struct Heard {
     speech_end_ms: u64,
     turn_end_ms: u64,
     ended_by: TurnEnd,
+    /// Transcribed while the turn was held.
+    early: bool,
     text: String,
     compute_ms: u64,
     confidence: f32,
@@ -153,6 +160,8 @@ struct Speculation {
     speech_start_ms: u64,
     /// Its transcript, once back, held until the endpointer confirms the end.
     heard: Option<Heard>,
+    /// Raised when the caller goes on.
+    dropped: CancelToken,
 }
 
 /// Runs one call on `line` to its end and records it. Returns the summary and the timings.
@@ -184,6 +193,7 @@ pub fn run_audio_call(
         caller_speech_start_ms: None,
         speculation: None,
         dropped: Vec::new(),
+        finals: Vec::new(),
         speculations_dropped: 0,
         last_activity_ms: 0,
         reprompt_ms: u64::from(config.agent.silence_reprompt_s) * 1000,
@@ -196,6 +206,12 @@ pub fn run_audio_call(
         .name("call-stt".into())
         .spawn(move || {
             for u in utterances {
+                if u.dropped.is_cancelled() {
+                    if heard_tx.send((u.id, Err("dropped".into()))).is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let started = Instant::now();
                 let result = stt
                     .transcribe(&to_f32(&u.audio))
@@ -204,6 +220,7 @@ pub fn run_audio_call(
                         speech_end_ms: u.speech_end_ms,
                         turn_end_ms: u.turn_end_ms,
                         ended_by: u.ended_by,
+                        early: u.ended_by.is_speculative(),
                         text: t.text,
                         compute_ms: started.elapsed().as_millis() as u64,
                         confidence: t.confidence,
@@ -263,16 +280,31 @@ pub fn run_audio_call(
                         );
                         let id = next_job;
                         next_job += 1;
+                        let dropped = CancelToken::new();
+                        if let Some(old) = session.speculation.take() {
+                            // The last held turn became final without its transcript yet.
+                            let (final_ms, by) = session.endpointer.last_commit();
+                            match old.heard {
+                                Some(mut h) => {
+                                    h.turn_end_ms = h.turn_end_ms.max(final_ms);
+                                    h.ended_by = by;
+                                    session.heard(h, watch);
+                                }
+                                None => session.finals.push((old.id, final_ms, by)),
+                            }
+                        }
                         if ended_by.is_speculative() {
                             session.speculation = Some(Speculation {
                                 id,
                                 speech_start_ms: start,
                                 heard: None,
+                                dropped: dropped.clone(),
                             });
                         }
                         pending_stt += 1;
                         let job = SttJob {
                             id,
+                            dropped,
                             speech_start_ms: start,
                             speech_end_ms,
                             turn_end_ms: t + FRAME_MS,
@@ -287,7 +319,8 @@ pub fn run_audio_call(
                     Some(Endpoint::TurnResumed { .. }) => {
                         // The caller went on: the speculative transcript will be dropped.
                         if let Some(s) = session.speculation.take() {
-                            debug!("the caller went on after a likely end of turn");
+                            debug!("the caller went on after a held end of turn");
+                            s.dropped.cancel();
                             if s.heard.is_none() {
                                 session.dropped.push(s.id);
                             }
@@ -321,12 +354,20 @@ pub fn run_audio_call(
             }
             match (result, session.speculation.as_mut()) {
                 (Ok(h), Some(s)) if s.id == id => s.heard = Some(h),
-                (Ok(h), _) => session.heard(h, watch),
+                (Ok(mut h), _) => {
+                    if let Some(i) = session.finals.iter().position(|f| f.0 == id) {
+                        let (_, final_ms, by) = session.finals.swap_remove(i);
+                        h.turn_end_ms = h.turn_end_ms.max(final_ms);
+                        h.ended_by = by;
+                    }
+                    session.heard(h, watch)
+                }
                 (Err(e), speculation) => {
+                    session.finals.retain(|f| f.0 != id);
                     warn!(error = %e, "a caller turn could not be transcribed");
                     if speculation.is_some_and(|s| s.id == id) {
                         session.speculation = None;
-                        session.endpointer.commit();
+                        session.endpointer.commit(TurnEnd::Silence);
                     }
                 }
             }
@@ -468,6 +509,9 @@ struct Session {
     speculation: Option<Speculation>,
     /// Recognizer jobs whose turn resumed: their transcripts are dropped.
     dropped: Vec<u64>,
+    /// Recognizer jobs of held turns that became final before their transcript came back: when
+    /// and how they became final.
+    finals: Vec<(u64, u64, TurnEnd)>,
     speculations_dropped: usize,
     /// Last time anybody spoke or pressed a key (for the silence re-prompt).
     last_activity_ms: u64,
@@ -532,11 +576,12 @@ impl Session {
         else {
             return;
         };
-        let Some(final_ms) = self.endpointer.confirm(&text) else {
+        let Some((final_ms, by)) = self.endpointer.confirm(&text) else {
             return;
         };
         if let Some(mut h) = self.speculation.take().and_then(|s| s.heard) {
             h.turn_end_ms = h.turn_end_ms.max(final_ms);
+            h.ended_by = by;
             self.heard(h, watch);
         }
     }
@@ -570,6 +615,7 @@ impl Session {
             caller_speech_end_ms: h.speech_end_ms,
             turn_end_ms: h.turn_end_ms,
             ended_by: h.ended_by,
+            transcribed_early: h.early,
             stt_done_ms: self.t_ms,
             reply_ready_ms: self.t_ms,
             first_audio_ms: None,

@@ -2,15 +2,17 @@
 //! detector), when the caller started talking (to stop the box's voice: barge-in), and when the
 //! caller's turn is over (the end-of-turn decision), with the turn's audio handed over whole.
 //!
-//! The end of a turn is decided by Smart Turn when its model is installed: after a short pause
-//! the turn's audio goes to the model on this endpointer's own worker thread (the frame loop
-//! never waits for it), and a "likely done" ends the turn at once, speculatively, so the call
-//! can start transcribing it. The held end becomes final only once the pause has lasted the
-//! confirmation pause and the transcript is a whole answer to what the agent asked
-//! ([`TurnExpectation`]): a caller dictating a number is not cut off between its groups. If the
-//! caller speaks again first, the turn resumes with all its audio. A "not done" keeps listening
-//! and the model is asked again at a longer pause. The silence window (longer while the caller
-//! dictates) is the upper bound, and the only rule without the model.
+//! At the early pause (a short silence after speech) the turn is *held*: its audio is handed
+//! over at once, speculatively, so the call transcribes it while the caller is silent, and Smart
+//! Turn, when installed, is asked whether the caller is done (on this endpointer's own thread,
+//! the model's work queued on the inference scheduler; the frame loop never waits for it). If the
+//! caller speaks again first, the turn resumes with all its audio and the transcript is dropped.
+//! The held end becomes final once the pause has lasted the confirmation pause and the
+//! transcript is a whole answer to what the agent asked ([`TurnExpectation::is_whole_answer`]:
+//! a yes or no, a whole number), or Smart Turn said "likely done" and the transcript does not
+//! end mid-number ([`TurnExpectation::is_complete`]): a caller dictating a number is not cut off
+//! between its groups. Otherwise the silence window (longer while the caller dictates) makes it
+//! final, and is the only rule for open answers without the model.
 //!
 //! The box's own voice leaking back into the caller channel (line echo) must not count as the
 //! caller: a frame is speech only when it is clearly louder than the echo the box's current
@@ -104,13 +106,14 @@ pub struct EndpointOptions {
     /// Silence after speech that ends the caller's turn whatever the end-of-turn model says:
     /// the upper bound of the wait, and the only rule without the model.
     pub end_silence_ms: u64,
-    /// Silence after speech before the end-of-turn model is first asked; it is asked again when
-    /// the pause has doubled, and so on, while its answer can still come before the window.
-    pub turn_pause_ms: u64,
-    /// The end-of-turn probability from which the turn is taken as over.
+    /// Silence after speech at which the turn is held (handed over to be transcribed
+    /// speculatively) and the end-of-turn model first asked; the model is asked again when the
+    /// pause has doubled, and so on, while its answer can still come before the window.
+    pub early_pause_ms: u64,
+    /// The end-of-turn probability from which the caller is taken as likely done.
     pub turn_threshold: f32,
-    /// Pause after which a turn the model found likely done may become final (with a whole
-    /// answer as its transcript); the recognizer works meanwhile.
+    /// Pause after which a held turn may become final (a whole answer, or likely done); the
+    /// recognizer works meanwhile.
     pub confirm_ms: u64,
     /// The silence window while the caller dictates ([`TurnExpectation::is_dictation`]).
     pub dictation_silence_ms: u64,
@@ -129,7 +132,7 @@ pub struct EndpointOptions {
 /// Defaults of the end-of-turn keys, measured with `callbox bench call --endpointing-only`
 /// (docs/vad-and-end-of-turn.md).
 pub const DEFAULT_SILENCE_WINDOW_MS: u64 = 700;
-pub const DEFAULT_TURN_PAUSE_MS: u64 = 200;
+pub const DEFAULT_EARLY_PAUSE_MS: u64 = 200;
 pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 400;
 pub const DEFAULT_DICTATION_WINDOW_MS: u64 = 1_500;
@@ -139,7 +142,7 @@ impl Default for EndpointOptions {
         EndpointOptions {
             start_ms: 60,
             end_silence_ms: DEFAULT_SILENCE_WINDOW_MS,
-            turn_pause_ms: DEFAULT_TURN_PAUSE_MS,
+            early_pause_ms: DEFAULT_EARLY_PAUSE_MS,
             turn_threshold: DEFAULT_TURN_THRESHOLD,
             confirm_ms: DEFAULT_CONFIRM_PAUSE_MS,
             dictation_silence_ms: DEFAULT_DICTATION_WINDOW_MS,
@@ -156,7 +159,7 @@ impl EndpointOptions {
     pub fn configured(config: &crate::config::EndpointConfig) -> EndpointOptions {
         EndpointOptions {
             end_silence_ms: u64::from(config.silence_window_ms),
-            turn_pause_ms: u64::from(config.smart_turn_pause_ms),
+            early_pause_ms: u64::from(config.early_pause_ms),
             turn_threshold: config.smart_turn_threshold,
             confirm_ms: u64::from(config.confirm_pause_ms),
             dictation_silence_ms: u64::from(config.dictation_window_ms),
@@ -169,8 +172,13 @@ impl EndpointOptions {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "by")]
 pub enum TurnEnd {
-    /// The end-of-turn model said the caller was likely done: the turn may still resume.
+    /// Held at the early pause, not final: the turn resumes if the caller goes on.
+    Pause,
+    /// Final after the confirmation pause: the end-of-turn model said the caller was likely
+    /// done and the transcript does not end mid-number.
     SmartTurn { probability: f32 },
+    /// Final after the confirmation pause: the transcript is a whole answer to what was asked.
+    Answer,
     /// The silence window ran out.
     Silence,
     /// The turn reached its longest length.
@@ -180,7 +188,7 @@ pub enum TurnEnd {
 impl TurnEnd {
     /// Whether the turn can still resume when the caller goes on.
     pub fn is_speculative(&self) -> bool {
-        matches!(self, TurnEnd::SmartTurn { .. })
+        matches!(self, TurnEnd::Pause)
     }
 }
 
@@ -207,13 +215,13 @@ pub enum Endpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionOutcome {
-    /// "Likely done": the turn was ended.
-    EndedTurn,
+    /// "Likely done": the held turn may become final after the confirmation pause.
+    LikelyDone,
     /// "Not done": the endpointer kept listening.
     KeptListening,
     /// The caller spoke again before the answer came.
     Overtaken,
-    /// The turn had already ended (silence window or longest turn) when the answer came.
+    /// The turn was already final when the answer came.
     Late,
     /// The model failed on this audio; the silence window decides.
     Failed,
@@ -344,8 +352,10 @@ pub struct Endpointer {
     expecting: TurnExpectation,
     /// The end of the last frame heard (call time, ms).
     now_ms: u64,
-    /// When the last held end became final.
-    committed_ms: u64,
+    /// When the last held end became final, and what made it so.
+    committed: (u64, TurnEnd),
+    /// The end-of-turn model's "likely done" for the current pause.
+    likely_done: Option<f32>,
 }
 
 impl Endpointer {
@@ -366,11 +376,12 @@ impl Endpointer {
             asking: None,
             stale: Vec::new(),
             next_id: 0,
-            next_ask_ms: options.turn_pause_ms,
+            next_ask_ms: options.early_pause_ms,
             decisions: Vec::new(),
             expecting: TurnExpectation::Open,
             now_ms: 0,
-            committed_ms: 0,
+            committed: (0, TurnEnd::Silence),
+            likely_done: None,
         }
     }
 
@@ -390,22 +401,31 @@ impl Endpointer {
         }
     }
 
-    /// Whether the speculatively ended turn whose transcript is `transcript` is final, and since
-    /// when (call time, ms): once the pause has lasted the confirmation pause with a transcript
-    /// that is a whole answer to what was asked (the turn is then committed), or once the
-    /// silence window made it final whatever its transcript. `None`: keep holding it; the
-    /// caller may go on, else the window decides.
-    pub fn confirm(&mut self, transcript: &str) -> Option<u64> {
+    /// Whether the held turn whose transcript is `transcript` is final, since when (call time,
+    /// ms) and why: once the pause has lasted the confirmation pause with a transcript that is a
+    /// whole answer to what was asked, or that the end-of-turn model found likely done and does
+    /// not end mid-number (the turn is then committed), or once the silence window made it final
+    /// whatever its transcript. `None`: keep holding it; the caller may go on, else the window
+    /// decides.
+    pub fn confirm(&mut self, transcript: &str) -> Option<(u64, TurnEnd)> {
         if self.phase != Phase::Tentative {
-            return Some(self.committed_ms);
+            return Some(self.committed);
         }
-        let confirmed = self.silence_run_ms >= self.options.confirm_ms
-            && self.expecting.is_complete(transcript);
-        if confirmed {
-            self.commit();
-            return Some(self.committed_ms);
+        if self.silence_run_ms < self.options.confirm_ms {
+            return None;
         }
-        None
+        let by = if self.expecting.is_whole_answer(transcript) {
+            TurnEnd::Answer
+        } else {
+            match self.likely_done {
+                Some(probability) if self.expecting.is_complete(transcript) => {
+                    TurnEnd::SmartTurn { probability }
+                }
+                _ => return None,
+            }
+        };
+        self.commit(by);
+        Some(self.committed)
     }
 
     /// Lets `model` end turns after short pauses, on a thread of its own. If the thread cannot
@@ -422,17 +442,25 @@ impl Endpointer {
         self
     }
 
-    /// Whether the caller is in the middle of a turn (a speculatively ended turn is not).
+    /// When the last held turn became final, and what made it so.
+    pub fn last_commit(&self) -> (u64, TurnEnd) {
+        self.committed
+    }
+
+    /// Whether the caller is in the middle of a turn (a held turn is not).
     pub fn in_turn(&self) -> bool {
         self.phase == Phase::InTurn
     }
 
-    /// The call took the speculatively ended turn as final: speech from now on starts a new
-    /// turn. Does nothing when no turn is held.
-    pub fn commit(&mut self) {
+    /// The held turn is final, ended `by`: speech from now on starts a new turn. Does nothing
+    /// when no turn is held.
+    pub fn commit(&mut self, by: TurnEnd) {
         if self.phase == Phase::Tentative {
             self.phase = Phase::Idle;
-            self.committed_ms = self.now_ms;
+            self.committed = (self.now_ms, by);
+            if let Some(id) = self.asking.take() {
+                self.stale.push((id, DecisionOutcome::Late));
+            }
             // The turn's last audio is the next turn's pre-roll.
             let keep = (self.options.preroll_ms / FRAME_MS) as usize * FRAME_SAMPLES;
             let turn = std::mem::take(&mut self.turn);
@@ -497,12 +525,15 @@ impl Endpointer {
             if let Some(id) = self.asking.take() {
                 self.stale.push((id, DecisionOutcome::Overtaken));
             }
-            self.next_ask_ms = self.options.turn_pause_ms;
+            self.likely_done = None;
+            self.next_ask_ms = self.options.early_pause_ms;
         } else {
             self.speech_run_ms = 0;
             self.silence_run_ms += FRAME_MS;
         }
-        let likely_done = self.take_verdicts();
+        if let Some(p) = self.take_verdicts() {
+            self.likely_done = Some(p);
+        }
 
         match self.phase {
             Phase::Idle => {
@@ -527,9 +558,11 @@ impl Endpointer {
                     });
                 }
                 if self.silence_run_ms >= self.window_ms() {
-                    // The silence window confirms the speculative end.
-                    self.commit();
+                    // The silence window makes the held end final.
+                    self.commit(TurnEnd::Silence);
+                    return None;
                 }
+                self.maybe_ask(t_ms);
                 None
             }
             Phase::InTurn => {
@@ -540,10 +573,10 @@ impl Endpointer {
                 if self.silence_run_ms >= self.window_ms() {
                     return Some(self.end_turn(TurnEnd::Silence));
                 }
-                if let Some(probability) = likely_done {
-                    return Some(self.end_turn(TurnEnd::SmartTurn { probability }));
-                }
                 self.maybe_ask(t_ms);
+                if self.silence_run_ms >= self.options.early_pause_ms {
+                    return Some(self.end_turn(TurnEnd::Pause));
+                }
                 None
             }
         }
@@ -553,12 +586,18 @@ impl Endpointer {
     /// its answer can come before the silence window ends the turn anyway.
     fn maybe_ask(&mut self, t_ms: u64) {
         let pause = self.silence_run_ms;
-        if self.judge.is_none() || self.asking.is_some() || pause == 0 || pause < self.next_ask_ms {
+        let answered = self.likely_done.is_some();
+        if self.judge.is_none()
+            || self.asking.is_some()
+            || answered
+            || pause == 0
+            || pause < self.next_ask_ms
+        {
             return;
         }
         // A re-ask is skipped when its answer would come after the window ends the turn anyway;
         // the first question of a pause is always asked.
-        let reask = self.next_ask_ms > self.options.turn_pause_ms;
+        let reask = self.next_ask_ms > self.options.early_pause_ms;
         let silence_window = self.window_ms() as f64;
         let Some(judge) = self.judge.as_mut() else {
             return;
@@ -582,7 +621,7 @@ impl Endpointer {
         judge.outstanding += 1;
         self.next_id += 1;
         self.asking = Some(id);
-        self.next_ask_ms = pause.max(self.options.turn_pause_ms) * 2;
+        self.next_ask_ms = pause.max(self.options.early_pause_ms) * 2;
     }
 
     /// Records the model's answers that arrived; returns the probability if the pending
@@ -611,7 +650,7 @@ impl Endpointer {
                     judge.last_compute_ms = v.compute_ms;
                     if p >= self.options.turn_threshold {
                         likely_done = Some(p);
-                        (p, DecisionOutcome::EndedTurn)
+                        (p, DecisionOutcome::LikelyDone)
                     } else {
                         (p, DecisionOutcome::KeptListening)
                     }
@@ -636,14 +675,16 @@ impl Endpointer {
         likely_done
     }
 
-    /// Ends the caller's turn: its audio without the pause beyond the tail. A speculative end
-    /// keeps the audio in case the turn resumes.
+    /// Ends the caller's turn: its audio without the pause beyond the tail. A held end keeps the
+    /// audio in case the turn resumes, and a question to the model still open.
     fn end_turn(&mut self, ended_by: TurnEnd) -> Endpoint {
-        if let Some(id) = self.asking.take() {
-            self.stale.push((id, DecisionOutcome::Late));
+        if !ended_by.is_speculative() {
+            if let Some(id) = self.asking.take() {
+                self.stale.push((id, DecisionOutcome::Late));
+            }
+            self.next_ask_ms = self.options.early_pause_ms;
         }
         self.speech_run_ms = 0;
-        self.next_ask_ms = self.options.turn_pause_ms;
         let mut audio = if ended_by.is_speculative() {
             self.phase = Phase::Tentative;
             self.turn.clone()
@@ -681,7 +722,7 @@ mod tests {
     }
 
     #[test]
-    fn a_turn_starts_on_speech_and_ends_after_the_silence_window() {
+    fn a_turn_is_held_at_the_early_pause_and_final_after_the_silence_window() {
         let mut ep = endpointer();
         let mut events = Vec::new();
         // 0.5 s silence, 1 s speech, 1 s silence.
@@ -694,6 +735,10 @@ mod tests {
             if let Some(e) = ep.push(&frame, i as u64 * FRAME_MS, 0.0) {
                 events.push((i, e));
             }
+            if i == 100 {
+                // Held, 520 ms into the pause: an open answer waits for the window.
+                assert_eq!(ep.confirm("I have a question about my bill."), None);
+            }
         }
         assert_eq!(events.len(), 2, "{events:?}");
         assert_eq!(events[0].1, Endpoint::SpeechStarted { at_ms: 500 });
@@ -704,13 +749,18 @@ mod tests {
                 ended_by,
             } => {
                 assert_eq!(*speech_end_ms, 1500);
-                assert_eq!(*ended_by, TurnEnd::Silence);
+                assert_eq!(*ended_by, TurnEnd::Pause);
                 // 1 s of speech, the pre-roll before it and 200 ms of the silence after it.
                 assert_eq!(audio.len(), (300 + 1000 + 200) * 16);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(events[1].0, 74 + 35);
+        // Held after 200 ms of silence; final at the 700 ms window (frame 74 + 35).
+        assert_eq!(events[1].0, 74 + 10);
+        assert_eq!(
+            ep.confirm("I have a question about my bill."),
+            Some(((74 + 35 + 1) * FRAME_MS, TurnEnd::Silence))
+        );
     }
 
     /// An end-of-turn model with a fixed answer, to drive the state machine; the real model's
@@ -754,7 +804,7 @@ mod tests {
     }
 
     #[test]
-    fn a_likely_end_ends_the_turn_after_the_short_pause_speculatively() {
+    fn the_model_is_asked_when_the_turn_is_held_and_not_again_once_likely_done() {
         let mut ep = judged(0.9);
         let events = play(
             &mut ep,
@@ -762,16 +812,23 @@ mod tests {
             &plan(&[(false, 200), (true, 1000), (false, 1000)]),
         );
         assert_eq!(events.len(), 2, "{events:?}");
-        // Speech ends after frame 59; asked at 200 ms of pause (frame 69), acted on next frame.
+        // Speech ends after frame 59; held and asked at 200 ms of pause (frame 69).
         let (i, ended) = &events[1];
-        assert_eq!(*i, 70);
+        assert_eq!(*i, 69);
         assert!(
-            matches!(ended, Endpoint::TurnEnded { ended_by: TurnEnd::SmartTurn { probability }, speech_end_ms: 1200, .. } if (*probability - 0.9).abs() < 1e-6),
+            matches!(
+                ended,
+                Endpoint::TurnEnded {
+                    ended_by: TurnEnd::Pause,
+                    speech_end_ms: 1200,
+                    ..
+                }
+            ),
             "{ended:?}"
         );
         let decisions = ep.take_decisions();
         assert_eq!(decisions.len(), 1, "{decisions:?}");
-        assert_eq!(decisions[0].outcome, DecisionOutcome::EndedTurn);
+        assert_eq!(decisions[0].outcome, DecisionOutcome::LikelyDone);
         assert_eq!(decisions[0].pause_ms, 200);
         // Held until the silence window: not in a turn, and no second end.
         assert!(!ep.in_turn());
@@ -786,14 +843,18 @@ mod tests {
             &plan(&[(false, 200), (true, 1000), (false, 1000)]),
         );
         assert_eq!(events.len(), 2, "{events:?}");
-        assert_eq!(events[1].0, 59 + 35);
         assert!(matches!(
             events[1].1,
             Endpoint::TurnEnded {
-                ended_by: TurnEnd::Silence,
+                ended_by: TurnEnd::Pause,
                 ..
             }
         ));
+        // A complete answer the model did not find done is final at the window (frame 59 + 35).
+        assert_eq!(
+            ep.confirm("I have a question about my bill."),
+            Some(((59 + 35 + 1) * FRAME_MS, TurnEnd::Silence))
+        );
         // Asked at 200 ms and again at 400 ms of pause (the answers are instant here).
         let decisions = ep.take_decisions();
         let pauses: Vec<u64> = decisions.iter().map(|d| d.pause_ms).collect();
@@ -834,7 +895,7 @@ mod tests {
         let mut ep = judged(0.9);
         let first = plan(&[(false, 200), (true, 1000), (false, 300)]);
         play(&mut ep, 0, &first);
-        ep.commit();
+        ep.commit(TurnEnd::Answer);
         let events = play(&mut ep, first.len(), &plan(&[(true, 200)]));
         assert!(
             matches!(events.first(), Some((_, Endpoint::SpeechStarted { .. }))),
@@ -871,7 +932,14 @@ mod tests {
         // An answer ending in part of a number is held.
         assert_eq!(ep.confirm("my number is five five five"), None);
         // 400 ms of pause: final at the frame that made it 400 ms.
-        assert_eq!(ep.confirm("I have a question about my bill."), Some(1_600));
+        assert!(
+            matches!(
+                ep.confirm("I have a question about my bill."),
+                Some((1_600, TurnEnd::SmartTurn { probability })) if (probability - 0.9).abs() < 1e-6
+            ),
+            "{:?}",
+            ep.confirm("")
+        );
         let events = play(&mut ep, first.len() + more.len(), &plan(&[(true, 200)]));
         assert!(
             matches!(events.first(), Some((_, Endpoint::SpeechStarted { .. }))),
@@ -897,7 +965,10 @@ mod tests {
             events.last(),
             Some((_, Endpoint::TurnEnded { ended_by, .. })) if ended_by.is_speculative()
         ));
-        assert_eq!(ep.confirm("555, 234, 9876."), Some(2_900));
+        assert_eq!(
+            ep.confirm("555, 234, 9876."),
+            Some((2_900, TurnEnd::Answer))
+        );
     }
 
     #[test]
@@ -910,28 +981,41 @@ mod tests {
         );
         assert_eq!(events.len(), 2, "{events:?}");
         // The window (700 ms after the speech ended at 1 200) made it final.
-        assert_eq!(ep.confirm("my number is five five five"), Some(1_900));
+        assert_eq!(
+            ep.confirm("my number is five five five"),
+            Some((1_900, TurnEnd::Silence))
+        );
     }
 
     #[test]
     fn a_caller_dictating_gets_the_longer_window_without_the_model() {
         let mut ep = endpointer();
         ep.expect(TurnExpectation::PhoneNumber);
-        let events = play(
-            &mut ep,
-            0,
-            &plan(&[(false, 200), (true, 1000), (false, 2000)]),
-        );
+        let first = plan(&[(false, 200), (true, 1000), (false, 1400)]);
+        let events = play(&mut ep, 0, &first);
         assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(ep.confirm("five five five"), None);
+        play(&mut ep, first.len(), &plan(&[(false, 200)]));
         // Speech ends after frame 59; the 1 500 ms dictation window, not the 700 ms one.
-        assert_eq!(events[1].0, 59 + 75);
-        assert!(matches!(
-            events[1].1,
-            Endpoint::TurnEnded {
-                ended_by: TurnEnd::Silence,
-                ..
-            }
-        ));
+        assert_eq!(
+            ep.confirm("five five five"),
+            Some(((59 + 75 + 1) * FRAME_MS, TurnEnd::Silence))
+        );
+    }
+
+    #[test]
+    fn without_the_model_a_whole_yes_is_final_after_the_confirmation_pause() {
+        let mut ep = endpointer();
+        ep.expect(TurnExpectation::YesNo);
+        let first = plan(&[(false, 200), (true, 1000), (false, 300)]);
+        play(&mut ep, 0, &first);
+        assert_eq!(ep.confirm("Yes, that's right."), None);
+        play(&mut ep, first.len(), &plan(&[(false, 100)]));
+        assert_eq!(ep.confirm("I'm not sure"), None);
+        assert_eq!(
+            ep.confirm("Yes, that's right."),
+            Some((1_600, TurnEnd::Answer))
+        );
     }
 
     #[test]

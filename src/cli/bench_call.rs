@@ -244,8 +244,10 @@ pub struct Level {
     /// Barge-ins by callers who had waited for a pause (see [`CallFigures`]).
     pub paused_barge_ins: usize,
     pub unanswered: usize,
-    /// Turns ended by Smart Turn, of all turns.
+    /// Turns made final by Smart Turn, of all turns.
     pub ended_by_smart_turn: usize,
+    /// Turns made final by a whole answer in their transcript.
+    pub ended_by_answer: usize,
     pub speculations_dropped: usize,
     /// Smart Turn's time per question during the calls (ms).
     pub decision_cost: Spread,
@@ -548,7 +550,7 @@ impl Felt {
                 .filter(|end| end.abs_diff(t.caller_speech_end_ms) <= 600);
             let end = end_of_speech.unwrap_or(t.caller_speech_end_ms);
             let turn_end = t.turn_end_ms.max(end);
-            let (stt_queue_ms, stt_ms) = if t.ended_by.is_speculative() {
+            let (stt_queue_ms, stt_ms) = if t.transcribed_early {
                 let left = t.stt_done_ms.saturating_sub(turn_end);
                 (0, left.min(t.stt_compute_ms))
             } else {
@@ -625,7 +627,14 @@ fn level(concurrent: usize, calls: &[CallFigures], turns: &[TurnFigures], wall: 
         barge_ins_missed: calls.iter().map(|c| c.barge_ins_missed).sum(),
         paused_barge_ins: calls.iter().map(|c| c.paused_barge_in_ms.len()).sum(),
         unanswered: calls.iter().map(|c| c.unanswered).sum(),
-        ended_by_smart_turn: turns.iter().filter(|t| t.ended_by.is_speculative()).count(),
+        ended_by_smart_turn: turns
+            .iter()
+            .filter(|t| matches!(t.ended_by, TurnEnd::SmartTurn { .. }))
+            .count(),
+        ended_by_answer: turns
+            .iter()
+            .filter(|t| t.ended_by == TurnEnd::Answer)
+            .count(),
         speculations_dropped: calls.iter().map(|c| c.speculations_dropped).sum(),
         decision_cost: Spread::of(
             calls
@@ -677,6 +686,8 @@ fn print(r: &Report) {
     for t in &r.turns {
         let ended_by = match t.ended_by {
             TurnEnd::SmartTurn { probability } => format!("turn {probability:.2}"),
+            TurnEnd::Answer => "answer".into(),
+            TurnEnd::Pause => "held".into(),
             TurnEnd::Silence => "silence".into(),
             TurnEnd::MaxLength => "max".into(),
         };
@@ -733,12 +744,13 @@ fn print(r: &Report) {
             pair(&l.barge_in),
             l.peak_rss_mib.map_or("?".into(), |m| format!("{m:.0} MiB")),
         );
+        println!(
+            "     of {} turns final by Smart Turn {}, by a whole answer {}; {} held turns dropped (the caller went on)",
+            l.wait.n, l.ended_by_smart_turn, l.ended_by_answer, l.speculations_dropped,
+        );
         if r.smart_turn {
             println!(
-                "     {} of {} turns ended by Smart Turn; {} likely ends dropped (the caller went on); Smart Turn {} per decision over {} decisions",
-                l.ended_by_smart_turn,
-                l.wait.n,
-                l.speculations_dropped,
+                "     Smart Turn {} per decision over {} decisions",
                 pair(&l.decision_cost),
                 l.decision_cost.n,
             );
@@ -773,7 +785,7 @@ pub struct DecisionSet {
 /// number, the date of birth's for it, the others an open question).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GatedDecisions {
-    pub turn_pause_ms: u64,
+    pub early_pause_ms: u64,
     pub threshold: f32,
     pub confirm_ms: u64,
     pub ungated: ThresholdDecisions,
@@ -788,7 +800,7 @@ pub struct GatedDecisions {
 /// Smart Turn asked after one length of pause.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PauseDecisions {
-    pub turn_pause_ms: u64,
+    pub early_pause_ms: u64,
     /// Every question asked (first asks and re-asks).
     pub decisions: usize,
     /// Smart Turn's time per question (ms, off the clock: one question at a time).
@@ -852,12 +864,12 @@ fn decision_set(
     }
     let model: Arc<dyn TurnModel> = model;
     let mut by_pause = Vec::new();
-    let configured_pause = u64::from(config.endpoint.smart_turn_pause_ms);
+    let configured_pause = u64::from(config.endpoint.early_pause_ms);
     // The configured pause's first questions, per caller: (asked at, true end, probability).
     let mut configured_asks: Vec<Vec<(u64, bool, f32)>> = Vec::new();
     for pause in TURN_PAUSES_MS {
         let options = EndpointOptions {
-            turn_pause_ms: pause,
+            early_pause_ms: pause,
             // Never acts: every question of the pause is asked and recorded.
             turn_threshold: f32::INFINITY,
             ..EndpointOptions::configured(&config.endpoint)
@@ -903,7 +915,7 @@ fn decision_set(
             })
             .collect();
         by_pause.push(PauseDecisions {
-            turn_pause_ms: pause,
+            early_pause_ms: pause,
             decisions: all.len(),
             cost: Spread::of(all.iter().map(|d| d.compute_ms)),
             first_asks,
@@ -969,9 +981,10 @@ fn expectation_of(line: &str) -> TurnExpectation {
     }
 }
 
-/// The configured pause's first answers through the confirmation gate: each "likely done" is
-/// transcribed as the call would (the caller's audio up to the question) and passes when the
-/// pause lasts the confirmation pause and the transcript is a whole answer.
+/// The configured pause's first questions through the confirmation gate: the caller's audio up
+/// to each is transcribed as the held turn would be, and the end passes when the pause lasts the
+/// confirmation pause and the transcript is a whole answer, or Smart Turn said "likely done" and
+/// the transcript does not end mid-number (the live call's rule, `Endpointer::confirm`).
 fn gate_decisions(
     config: &Config,
     stt: &SpeechToText,
@@ -992,21 +1005,19 @@ fn gate_decisions(
         let mut caller_gated = Vec::new();
         for &(asked_ms, done, p) in caller_asks {
             let likely = p >= threshold;
-            let mut passes = false;
-            if likely {
-                let pause_lasts = done || MID_PAUSE_MS as u64 >= confirm_ms;
-                let heard = &audio[..(asked_ms as usize * 16).min(audio.len())];
-                let started = Instant::now();
-                let text = stt.transcribe(&to_f32(heard))?.text;
-                stt_ms.push(started.elapsed().as_secs_f64() * 1e3);
-                passes = pause_lasts && expecting.is_complete(&text);
-                if !passes {
-                    *if done {
-                        &mut held_at_end
-                    } else {
-                        &mut held_mid_turn
-                    } += 1;
-                }
+            let pause_lasts = done || MID_PAUSE_MS as u64 >= confirm_ms;
+            let heard = &audio[..(asked_ms as usize * 16).min(audio.len())];
+            let started = Instant::now();
+            let text = stt.transcribe(&to_f32(heard))?.text;
+            stt_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            let passes = pause_lasts
+                && (expecting.is_whole_answer(&text) || (likely && expecting.is_complete(&text)));
+            if likely && !passes {
+                *if done {
+                    &mut held_at_end
+                } else {
+                    &mut held_mid_turn
+                } += 1;
             }
             caller_ungated.push((done, if likely { 1.0 } else { 0.0 }));
             caller_gated.push((done, if passes { 1.0 } else { 0.0 }));
@@ -1017,7 +1028,7 @@ fn gate_decisions(
     let flat = |c: &[Vec<(bool, f32)>]| c.iter().flatten().copied().collect::<Vec<_>>();
     let yes = |a: &(bool, f32)| a.1 > 0.5;
     Ok(GatedDecisions {
-        turn_pause_ms: u64::from(config.endpoint.smart_turn_pause_ms),
+        early_pause_ms: u64::from(config.endpoint.early_pause_ms),
         threshold,
         confirm_ms,
         ungated: score(threshold, &flat(&ungated), &ungated, yes),
@@ -1037,7 +1048,7 @@ fn print_decisions(d: &DecisionSet) {
         let ends = p.first_asks.iter().filter(|a| a.0).count();
         println!(
             "\nfirst asked at {} ms of pause: {} questions ({} first, {} at a true end); Smart Turn {:.0} / {:.0} ms per question (p50 / p95)",
-            p.turn_pause_ms,
+            p.early_pause_ms,
             p.decisions,
             p.first_asks.len(),
             ends,
@@ -1058,7 +1069,7 @@ fn print_decisions(d: &DecisionSet) {
     if let Some(g) = &d.gated {
         println!(
             "\nwith the confirmation gate ({} ms pause, whole answer; first asked at {} ms, threshold {:.1}; recognizer {:.0} / {:.0} ms per gate):",
-            g.confirm_ms, g.turn_pause_ms, g.threshold, g.stt_cost.p50, g.stt_cost.p95
+            g.confirm_ms, g.early_pause_ms, g.threshold, g.stt_cost.p50, g.stt_cost.p95
         );
         for (name, t) in [("likely done", &g.ungated), ("gated", &g.gated)] {
             println!(
@@ -1336,6 +1347,7 @@ mod tests {
                 caller_speech_end_ms: 4_160,
                 turn_end_ms: 4_700,
                 ended_by: TurnEnd::SmartTurn { probability: 0.8 },
+                transcribed_early: true,
                 stt_done_ms: 4_900,
                 reply_ready_ms: 4_900,
                 first_audio_ms: Some(5_120),
@@ -1347,6 +1359,7 @@ mod tests {
                 caller_speech_end_ms: 9_000,
                 turn_end_ms: 9_700,
                 ended_by: TurnEnd::Silence,
+                transcribed_early: false,
                 stt_done_ms: 10_000,
                 reply_ready_ms: 10_001,
                 first_audio_ms: Some(10_200),
@@ -1357,6 +1370,7 @@ mod tests {
                 caller_speech_end_ms: 10_100,
                 turn_end_ms: 10_800,
                 ended_by: TurnEnd::Silence,
+                transcribed_early: false,
                 stt_done_ms: 11_000,
                 reply_ready_ms: 11_000,
                 first_audio_ms: None,
@@ -1379,7 +1393,7 @@ mod tests {
             t.wait_ms,
             "{t:?}"
         );
-        assert!(t.ended_by.is_speculative());
+        assert!(matches!(t.ended_by, TurnEnd::SmartTurn { .. }));
         assert!((t.agent_ms - 0.3).abs() < 1e-9);
         let t = &felt.turns[1];
         assert!(!t.end_from_audio);

@@ -201,11 +201,12 @@ pub struct AudioConfig {
 pub struct EndpointConfig {
     /// Silence that ends a turn whatever Smart Turn says, and the only rule without it.
     pub silence_window_ms: u32,
-    /// Silence before Smart Turn is first asked.
-    pub smart_turn_pause_ms: u32,
+    /// Silence at which the turn is held and transcribed speculatively, and Smart Turn first
+    /// asked.
+    pub early_pause_ms: u32,
     /// Smart Turn probability from which the turn is over.
     pub smart_turn_threshold: f32,
-    /// Pause after which a turn Smart Turn found likely done becomes final.
+    /// Pause after which a held turn may become final (a whole answer, or likely done).
     pub confirm_pause_ms: u32,
     /// Silence window while the caller dictates a phone number, a date or a name.
     pub dictation_window_ms: u32,
@@ -379,7 +380,7 @@ struct RawAudio {
 #[serde(deny_unknown_fields)]
 struct RawEndpoint {
     silence_window_ms: Option<u32>,
-    smart_turn_pause_ms: Option<u32>,
+    early_pause_ms: Option<u32>,
     smart_turn_threshold: Option<f64>,
     confirm_pause_ms: Option<u32>,
     dictation_window_ms: Option<u32>,
@@ -776,8 +777,8 @@ impl Validator<'_> {
 
     fn endpoint(&mut self, raw: RawEndpoint) -> EndpointConfig {
         use crate::call::endpoint::{
-            DEFAULT_CONFIRM_PAUSE_MS, DEFAULT_DICTATION_WINDOW_MS, DEFAULT_SILENCE_WINDOW_MS,
-            DEFAULT_TURN_PAUSE_MS, DEFAULT_TURN_THRESHOLD,
+            DEFAULT_CONFIRM_PAUSE_MS, DEFAULT_DICTATION_WINDOW_MS, DEFAULT_EARLY_PAUSE_MS,
+            DEFAULT_SILENCE_WINDOW_MS, DEFAULT_TURN_THRESHOLD,
         };
         let window = self.range(
             "endpoint.silence_window_ms",
@@ -787,15 +788,15 @@ impl Validator<'_> {
             5_000,
         );
         let pause = self.range(
-            "endpoint.smart_turn_pause_ms",
-            raw.smart_turn_pause_ms,
-            DEFAULT_TURN_PAUSE_MS as u32,
+            "endpoint.early_pause_ms",
+            raw.early_pause_ms,
+            DEFAULT_EARLY_PAUSE_MS as u32,
             60,
             5_000,
         );
         if pause >= window {
             self.report(
-                "endpoint.smart_turn_pause_ms",
+                "endpoint.early_pause_ms",
                 format!("{pause} ms is not shorter than silence_window_ms ({window} ms)"),
                 "a pause shorter than endpoint.silence_window_ms",
             );
@@ -842,7 +843,7 @@ impl Validator<'_> {
         }
         EndpointConfig {
             silence_window_ms: window,
-            smart_turn_pause_ms: pause,
+            early_pause_ms: pause,
             smart_turn_threshold: threshold,
             confirm_pause_ms: confirm,
             dictation_window_ms: dictation,

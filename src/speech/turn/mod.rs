@@ -30,8 +30,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
 
-use super::stt::encoder::EncoderLayer;
 use super::scheduler::{Priority, ScheduleError, Scheduler};
+use super::stt::encoder::EncoderLayer;
 use super::stt::mel;
 
 /// The sub-directory of the model directory the importer writes.
@@ -137,7 +137,8 @@ impl EndOfTurn {
         match &self.scheduler {
             Some(scheduler) if !Scheduler::on_worker() => {
                 let network = Arc::clone(&self.network);
-                let window = samples_16k[samples_16k.len().saturating_sub(WINDOW_SAMPLES)..].to_vec();
+                let window =
+                    samples_16k[samples_16k.len().saturating_sub(WINDOW_SAMPLES)..].to_vec();
                 scheduler.run(Priority::Live, move || network.probability(&window))?
             }
             _ => self.network.probability(samples_16k),

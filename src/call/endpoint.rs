@@ -132,7 +132,10 @@ pub struct EndpointOptions {
 /// Defaults of the end-of-turn keys, measured with `callbox bench call --endpointing-only`
 /// (docs/vad-and-end-of-turn.md).
 pub const DEFAULT_SILENCE_WINDOW_MS: u64 = 700;
-pub const DEFAULT_EARLY_PAUSE_MS: u64 = 200;
+/// Measured with 200 ms: on a loaded 2-core box every short mid-sentence pause started a
+/// transcription the caller then talked past, and the final one queued behind them
+/// (docs/bench-call.md); at 400 ms few pauses inside a sentence are held.
+pub const DEFAULT_EARLY_PAUSE_MS: u64 = 400;
 pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 400;
 pub const DEFAULT_DICTATION_WINDOW_MS: u64 = 1_500;
@@ -718,7 +721,11 @@ mod tests {
     }
 
     fn endpointer() -> Endpointer {
-        Endpointer::new(Box::<EnergyVad>::default(), EndpointOptions::default())
+        let options = EndpointOptions {
+            early_pause_ms: 200,
+            ..EndpointOptions::default()
+        };
+        Endpointer::new(Box::<EnergyVad>::default(), options)
     }
 
     #[test]

@@ -824,7 +824,7 @@ pub struct ThresholdDecisions {
 }
 
 /// Pause before the first question, as measured.
-const TURN_PAUSES_MS: [u64; 4] = [100, 150, 200, 250];
+const TURN_PAUSES_MS: [u64; 5] = [100, 150, 200, 250, 400];
 const THRESHOLDS: [f32; 7] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 /// Each mid-turn pause of the paused callers.
 const MID_PAUSE_MS: usize = 600;

@@ -10,6 +10,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Value};
 
+use super::expectation::TurnExpectation;
 use super::extract::{self, DateValue, TimeValue};
 use super::script::{
     AfterObjection, Condition, HandoffMode, HandoffTarget, NextAction, ObjectionKind, Outcome,
@@ -194,6 +195,21 @@ impl Agent {
 
     pub fn is_over(&self) -> bool {
         self.ended.is_some()
+    }
+
+    /// What kind of answer the agent's last question asked for (see [`TurnExpectation`]).
+    pub fn expectation(&self) -> TurnExpectation {
+        match self.pending {
+            Some(Pending::Slot(i)) => self
+                .script
+                .slots
+                .get(i)
+                .map_or(TurnExpectation::Open, |slot| {
+                    TurnExpectation::for_slot(slot.kind)
+                }),
+            Some(Pending::Confirm(_) | Pending::OfferHuman) => TurnExpectation::YesNo,
+            _ => TurnExpectation::Open,
+        }
     }
 
     pub fn events(&self) -> &[CallEvent] {

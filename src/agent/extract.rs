@@ -474,6 +474,30 @@ pub fn phone_number(text: &str) -> Option<String> {
     accept(&run, run_start).then_some(run)
 }
 
+/// How many digits the run of spoken or written digits that ends `text` holds ("my number is
+/// five five five, two three four" → 6); 0 when the text does not end in digits. Tells a caller
+/// who paused inside a number they are dictating from one who finished.
+pub fn digits_at_end(text: &str) -> usize {
+    let norm = normalize(text);
+    let t = tokens(&norm);
+    let mut run = 0usize;
+    let mut i = 0usize;
+    while i < t.len() {
+        match phone_piece(&t, i, run > 0) {
+            Piece::Digits(d, n) => {
+                run += d.len();
+                i += n;
+            }
+            Piece::Filler => i += 1,
+            Piece::Break(n) => {
+                run = 0;
+                i += n;
+            }
+        }
+    }
+    run
+}
+
 /// Format a phone number for speaking back: "555 234 9876" grouped 3-3-4 for 10 digits (and a sensible grouping otherwise).
 ///
 /// Non-digits are dropped. 7 digits -> 3-4, 10 -> 3-3-4, 11 starting with 1 ->

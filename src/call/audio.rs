@@ -4,8 +4,16 @@
 //! audio is ready. The session's own thread only moves frames and messages; inference never runs
 //! on it, so a slow model never stalls the line.
 //!
-//! Per turn it records when the caller stopped talking, when the transcript was ready, when the
-//! reply text was ready and when its first audio went out: the latency the caller feels.
+//! Per turn it records when the caller stopped talking, when the endpointer ended the turn, when
+//! the transcript was ready, when the reply text was ready and when its first audio went out: the
+//! latency the caller feels.
+//!
+//! A turn the endpointer holds at the caller's first short pause is transcribed at once,
+//! speculatively, and its transcript held until the endpointer confirms the end (the pause lasted
+//! long enough and the transcript answers what the agent asked or Smart Turn found the caller
+//! done, see [`Endpointer::confirm`]): if the caller goes on first, the transcript is dropped
+//! unseen (its job skipped if it has not started) and the turn continues; the agent only ever
+//! hears final turns. After each reply the endpointer learns what the agent asked for.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -14,7 +22,9 @@ use std::time::Instant;
 use chrono::Duration;
 use tracing::{debug, info, warn};
 
-use super::endpoint::{detector, Endpoint, EndpointOptions, Endpointer};
+use super::endpoint::{
+    detector, Decision, Endpoint, EndpointOptions, Endpointer, TurnEnd, TurnModel,
+};
 use super::{record_call, start_call, transcript, CallError, TextCall, Utterance};
 use crate::agent::summary::{LineKind, Speaker as Who};
 use crate::agent::understand::TurnScorer;
@@ -25,6 +35,7 @@ use crate::line::{
 };
 use crate::speech::stt::SpeechToText;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeechStream};
+use crate::speech::turn::EndOfTurn;
 use crate::speech::vad::VadModel;
 use crate::store::{EventRow, ReplyTiming, Store, TurnRow};
 
@@ -35,6 +46,8 @@ pub struct Voices {
     pub speaker: Arc<Speaker>,
     /// Silero VAD's weights; without them the energy detector listens.
     pub vad: Option<VadModel>,
+    /// Smart Turn; without it the silence window alone ends the caller's turns.
+    pub end_of_turn: Option<Arc<EndOfTurn>>,
     /// The language model's intent scorer for turns the script's phrases cannot decide.
     pub scorer: Option<Arc<dyn TurnScorer>>,
 }
@@ -43,6 +56,12 @@ pub struct Voices {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct TurnTiming {
     pub caller_speech_end_ms: u64,
+    /// When the endpointer ended the turn (and the recognizer was asked).
+    pub turn_end_ms: u64,
+    /// What made it final.
+    pub ended_by: TurnEnd,
+    /// Whether it was transcribed while held, before it was final.
+    pub transcribed_early: bool,
     pub stt_done_ms: u64,
     pub reply_ready_ms: u64,
     pub first_audio_ms: Option<u64>,
@@ -53,6 +72,11 @@ pub struct TurnTiming {
 }
 
 impl TurnTiming {
+    /// End of the caller's speech → the endpointer ending the turn.
+    pub fn endpointing_ms(&self) -> u64 {
+        self.turn_end_ms.saturating_sub(self.caller_speech_end_ms)
+    }
+
     /// End of the caller's speech to the first audio of the reply: what the caller waits.
     pub fn response_ms(&self) -> Option<u64> {
         self.first_audio_ms
@@ -76,6 +100,10 @@ pub struct AudioCallReport {
     /// Call answered → first audio of the greeting.
     pub greeting_first_audio_ms: Option<u64>,
     pub barge_ins: Vec<BargeIn>,
+    /// Every question asked of the end-of-turn model, in order.
+    pub end_of_turn: Vec<Decision>,
+    /// Turns ended speculatively whose caller went on: their transcripts were dropped.
+    pub speculations_dropped: usize,
 }
 
 /// A reply being spoken.
@@ -98,15 +126,42 @@ struct Speaking {
 /// enough that a voice running near real time does not stutter.
 const PLAYOUT_START_MS: usize = 200;
 
+/// A caller turn for the recognizer.
+struct SttJob {
+    id: u64,
+    /// Raised when the held turn resumed: the job is skipped if it has not started.
+    dropped: CancelToken,
+    speech_start_ms: u64,
+    speech_end_ms: u64,
+    turn_end_ms: u64,
+    ended_by: TurnEnd,
+    audio: Vec<i16>,
+}
+
 /// A transcript back from the worker.
 struct Heard {
     speech_start_ms: u64,
     speech_end_ms: u64,
+    turn_end_ms: u64,
+    ended_by: TurnEnd,
+    /// Transcribed while the turn was held.
+    early: bool,
     text: String,
     compute_ms: u64,
     confidence: f32,
     /// Windows the recognizer decoded a second time, on the 30 s window, for want of confidence.
     retried_windows: usize,
+}
+
+/// A turn ended speculatively, waiting for its transcript and for the end to be confirmed.
+struct Speculation {
+    /// The recognizer job.
+    id: u64,
+    speech_start_ms: u64,
+    /// Its transcript, once back, held until the endpointer confirms the end.
+    heard: Option<Heard>,
+    /// Raised when the caller goes on.
+    dropped: CancelToken,
 }
 
 /// Runs one call on `line` to its end and records it. Returns the summary and the timings.
@@ -126,7 +181,8 @@ pub fn run_audio_call(
     let mut session = Session {
         agent: Agent::new(script, ctx, voices.scorer.clone()),
         voices: voices.clone(),
-        endpointer: Endpointer::new(detector(voices.vad.as_ref()), endpoint),
+        endpointer: Endpointer::new(detector(voices.vad.as_ref()), endpoint)
+            .with_end_of_turn(voices.end_of_turn.clone().map(|m| m as Arc<dyn TurnModel>)),
         turns: Vec::new(),
         timings: Vec::new(),
         barge_ins: Vec::new(),
@@ -135,30 +191,43 @@ pub fn run_audio_call(
         then: None,
         greeting_first_audio_ms: None,
         caller_speech_start_ms: None,
+        speculation: None,
+        dropped: Vec::new(),
+        finals: Vec::new(),
+        speculations_dropped: 0,
         last_activity_ms: 0,
         reprompt_ms: u64::from(config.agent.silence_reprompt_s) * 1000,
         t_ms: 0,
     };
-    let (to_stt, utterances) = mpsc::channel::<(u64, u64, Vec<i16>)>();
-    let (heard_tx, heard) = mpsc::channel::<Result<Heard, String>>();
+    let (to_stt, utterances) = mpsc::channel::<SttJob>();
+    let (heard_tx, heard) = mpsc::channel::<(u64, Result<Heard, String>)>();
     let stt = Arc::clone(&voices.stt);
     let worker = std::thread::Builder::new()
         .name("call-stt".into())
         .spawn(move || {
-            for (speech_start_ms, speech_end_ms, audio) in utterances {
+            for u in utterances {
+                if u.dropped.is_cancelled() {
+                    if heard_tx.send((u.id, Err("dropped".into()))).is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let started = Instant::now();
                 let result = stt
-                    .transcribe(&to_f32(&audio))
+                    .transcribe(&to_f32(&u.audio))
                     .map(|t| Heard {
-                        speech_start_ms,
-                        speech_end_ms,
+                        speech_start_ms: u.speech_start_ms,
+                        speech_end_ms: u.speech_end_ms,
+                        turn_end_ms: u.turn_end_ms,
+                        ended_by: u.ended_by,
+                        early: u.ended_by.is_speculative(),
                         text: t.text,
                         compute_ms: started.elapsed().as_millis() as u64,
                         confidence: t.confidence,
                         retried_windows: t.retried_windows,
                     })
                     .map_err(|e| e.to_string());
-                if heard_tx.send(result).is_err() {
+                if heard_tx.send((u.id, result)).is_err() {
                     break;
                 }
             }
@@ -168,6 +237,7 @@ pub fn run_audio_call(
     let greeting = session.agent.start(0);
     session.reply(greeting, None, watch);
     let mut pending_stt = 0usize;
+    let mut next_job = 0u64;
     let mut caller_hung_up = false;
     loop {
         let input = match line.next() {
@@ -196,6 +266,7 @@ pub fn run_audio_call(
                     Some(Endpoint::TurnEnded {
                         audio,
                         speech_end_ms,
+                        ended_by,
                     }) => {
                         let start = session.caller_speech_start_ms.take().unwrap_or(t);
                         debug!(
@@ -204,13 +275,58 @@ pub fn run_audio_call(
                             speech_end_ms,
                             audio_ms = audio.len() as u64 / 16,
                             box_queued_ms = line.queued_ms(),
+                            ended_by = ?ended_by,
                             "caller turn to the recognizer"
                         );
+                        let id = next_job;
+                        next_job += 1;
+                        let dropped = CancelToken::new();
+                        if let Some(old) = session.speculation.take() {
+                            // The last held turn became final without its transcript yet.
+                            let (final_ms, by) = session.endpointer.last_commit();
+                            match old.heard {
+                                Some(mut h) => {
+                                    h.turn_end_ms = h.turn_end_ms.max(final_ms);
+                                    h.ended_by = by;
+                                    session.heard(h, watch);
+                                }
+                                None => session.finals.push((old.id, final_ms, by)),
+                            }
+                        }
+                        if ended_by.is_speculative() {
+                            session.speculation = Some(Speculation {
+                                id,
+                                speech_start_ms: start,
+                                heard: None,
+                                dropped: dropped.clone(),
+                            });
+                        }
                         pending_stt += 1;
-                        if to_stt.send((start, speech_end_ms, audio)).is_err() {
+                        let job = SttJob {
+                            id,
+                            dropped,
+                            speech_start_ms: start,
+                            speech_end_ms,
+                            turn_end_ms: t + FRAME_MS,
+                            ended_by,
+                            audio,
+                        };
+                        if to_stt.send(job).is_err() {
                             warn!("the recognizer thread is gone");
                         }
                         session.last_activity_ms = t;
+                    }
+                    Some(Endpoint::TurnResumed { .. }) => {
+                        // The caller went on: the speculative transcript will be dropped.
+                        if let Some(s) = session.speculation.take() {
+                            debug!("the caller went on after a held end of turn");
+                            s.dropped.cancel();
+                            if s.heard.is_none() {
+                                session.dropped.push(s.id);
+                            }
+                            session.speculations_dropped += 1;
+                            session.caller_speech_start_ms = Some(s.speech_start_ms);
+                        }
                     }
                     None => {}
                 }
@@ -230,13 +346,33 @@ pub fn run_audio_call(
             }
         }
 
-        while let Ok(result) = heard.try_recv() {
+        while let Ok((id, result)) = heard.try_recv() {
             pending_stt = pending_stt.saturating_sub(1);
-            match result {
-                Ok(h) => session.heard(h, watch),
-                Err(e) => warn!(error = %e, "a caller turn could not be transcribed"),
+            if let Some(i) = session.dropped.iter().position(|&d| d == id) {
+                session.dropped.swap_remove(i);
+                continue;
+            }
+            match (result, session.speculation.as_mut()) {
+                (Ok(h), Some(s)) if s.id == id => s.heard = Some(h),
+                (Ok(mut h), _) => {
+                    if let Some(i) = session.finals.iter().position(|f| f.0 == id) {
+                        let (_, final_ms, by) = session.finals.swap_remove(i);
+                        h.turn_end_ms = h.turn_end_ms.max(final_ms);
+                        h.ended_by = by;
+                    }
+                    session.heard(h, watch)
+                }
+                (Err(e), speculation) => {
+                    session.finals.retain(|f| f.0 != id);
+                    warn!(error = %e, "a caller turn could not be transcribed");
+                    if speculation.is_some_and(|s| s.id == id) {
+                        session.speculation = None;
+                        session.endpointer.commit(TurnEnd::Silence);
+                    }
+                }
             }
         }
+        session.confirm_speculation(watch);
         session.pump_audio(line)?;
         if session.box_talking(line) {
             // Silence is counted from when the box stops talking.
@@ -286,7 +422,8 @@ pub fn run_audio_call(
                 }
                 Some(Then::Listen) | None => {
                     let silent_for = t.saturating_sub(session.last_activity_ms);
-                    if pending_stt == 0
+                    let transcribing = pending_stt > 0 || session.speculation.is_some();
+                    if !transcribing
                         && !session.endpointer.in_turn()
                         && silent_for >= session.reprompt_ms
                     {
@@ -294,7 +431,7 @@ pub fn run_audio_call(
                         session.last_activity_ms = t;
                         let reply = session.agent.handle(Event::Silence, t);
                         session.reply(reply, None, watch);
-                    } else if session.agent.is_over() && pending_stt == 0 {
+                    } else if session.agent.is_over() && !transcribing {
                         line.hang_up().map_err(CallError::Line)?;
                         break;
                     }
@@ -339,6 +476,8 @@ pub fn run_audio_call(
         turns: session.timings,
         greeting_first_audio_ms: session.greeting_first_audio_ms,
         barge_ins: session.barge_ins,
+        end_of_turn: session.endpointer.take_decisions(),
+        speculations_dropped: session.speculations_dropped,
     })
 }
 
@@ -366,6 +505,14 @@ struct Session {
     then: Option<Then>,
     greeting_first_audio_ms: Option<u64>,
     caller_speech_start_ms: Option<u64>,
+    /// The turn ended speculatively whose transcript is awaited.
+    speculation: Option<Speculation>,
+    /// Recognizer jobs whose turn resumed: their transcripts are dropped.
+    dropped: Vec<u64>,
+    /// Recognizer jobs of held turns that became final before their transcript came back: when
+    /// and how they became final.
+    finals: Vec<(u64, u64, TurnEnd)>,
+    speculations_dropped: usize,
     /// Last time anybody spoke or pressed a key (for the silence re-prompt).
     last_activity_ms: u64,
     reprompt_ms: u64,
@@ -379,6 +526,7 @@ impl Session {
         if !matches!(reply.then, Then::Listen) {
             self.then = Some(reply.then.clone());
         }
+        self.endpointer.expect(self.agent.expectation());
         if reply.say.is_empty() {
             return;
         }
@@ -417,6 +565,27 @@ impl Session {
         }
     }
 
+    /// The held transcript of a speculatively ended turn goes to the agent once the endpointer
+    /// confirms the end; the turn ended when it became final.
+    fn confirm_speculation(&mut self, watch: &mut dyn FnMut(Utterance)) {
+        let Some(text) = self
+            .speculation
+            .as_ref()
+            .and_then(|s| s.heard.as_ref())
+            .map(|h| h.text.clone())
+        else {
+            return;
+        };
+        let Some((final_ms, by)) = self.endpointer.confirm(&text) else {
+            return;
+        };
+        if let Some(mut h) = self.speculation.take().and_then(|s| s.heard) {
+            h.turn_end_ms = h.turn_end_ms.max(final_ms);
+            h.ended_by = by;
+            self.heard(h, watch);
+        }
+    }
+
     /// A transcript arrived: the caller's turn goes to the agent.
     fn heard(&mut self, h: Heard, watch: &mut dyn FnMut(Utterance)) {
         let text = h.text.trim().to_string();
@@ -444,6 +613,9 @@ impl Session {
         });
         self.timings.push(TurnTiming {
             caller_speech_end_ms: h.speech_end_ms,
+            turn_end_ms: h.turn_end_ms,
+            ended_by: h.ended_by,
+            transcribed_early: h.early,
             stt_done_ms: self.t_ms,
             reply_ready_ms: self.t_ms,
             first_audio_ms: None,

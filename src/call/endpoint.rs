@@ -2,11 +2,29 @@
 //! detector), when the caller started talking (to stop the box's voice: barge-in), and when the
 //! caller's turn is over (the end-of-turn decision), with the turn's audio handed over whole.
 //!
+//! At the early pause (a short silence after speech) the turn is *held*: its audio is handed
+//! over at once, speculatively, so the call transcribes it while the caller is silent, and Smart
+//! Turn, when installed, is asked whether the caller is done (on this endpointer's own thread,
+//! the model's work queued on the inference scheduler; the frame loop never waits for it). If the
+//! caller speaks again first, the turn resumes with all its audio and the transcript is dropped.
+//! The held end becomes final once the pause has lasted the confirmation pause and the
+//! transcript is a whole answer to what the agent asked ([`TurnExpectation::is_whole_answer`]:
+//! a yes or no, a whole number), or Smart Turn said "likely done" and the transcript does not
+//! end mid-number ([`TurnExpectation::is_complete`]): a caller dictating a number is not cut off
+//! between its groups. Otherwise the silence window (longer while the caller dictates) makes it
+//! final, and is the only rule for open answers without the model.
+//!
 //! The box's own voice leaking back into the caller channel (line echo) must not count as the
 //! caller: a frame is speech only when it is clearly louder than the echo the box's current
 //! playback could cause.
 
-use crate::line::{frame_rms, Frame, FRAME_MS, FRAME_SAMPLES};
+use std::collections::VecDeque;
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use crate::agent::TurnExpectation;
+use crate::line::{frame_rms, to_f32, Frame, FRAME_MS, FRAME_SAMPLES};
+use crate::speech::turn::{EndOfTurn, TurnError, WINDOW_SAMPLES};
 
 /// Speech probability of a frame, with state kept across a call's frames.
 pub trait VoiceActivity: Send {
@@ -68,17 +86,41 @@ impl VoiceActivity for EnergyVad {
     }
 }
 
+/// A model that says how likely the caller's audio so far (16 kHz, in [-1, 1]) ends their turn.
+pub trait TurnModel: Send + Sync {
+    fn probability(&self, samples_16k: &[f32]) -> Result<f32, TurnError>;
+}
+
+/// Smart Turn v3 on candle.
+impl TurnModel for EndOfTurn {
+    fn probability(&self, samples_16k: &[f32]) -> Result<f32, TurnError> {
+        EndOfTurn::probability(self, samples_16k)
+    }
+}
+
 /// When the endpointer decides things.
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointOptions {
     /// Consecutive speech frames before the caller counts as talking.
     pub start_ms: u64,
-    /// Silence after speech that ends the caller's turn.
+    /// Silence after speech that ends the caller's turn whatever the end-of-turn model says:
+    /// the upper bound of the wait, and the only rule without the model.
     pub end_silence_ms: u64,
+    /// Silence after speech at which the turn is held (handed over to be transcribed
+    /// speculatively) and the end-of-turn model first asked; the model is asked again when the
+    /// pause has doubled, and so on, while its answer can still come before the window.
+    pub early_pause_ms: u64,
+    /// The end-of-turn probability from which the caller is taken as likely done.
+    pub turn_threshold: f32,
+    /// Pause after which a held turn may become final (a whole answer, or likely done); the
+    /// recognizer works meanwhile.
+    pub confirm_ms: u64,
+    /// The silence window while the caller dictates ([`TurnExpectation::is_dictation`]).
+    pub dictation_silence_ms: u64,
     /// Audio kept from before the detected start, so the first syllable is not lost.
     pub preroll_ms: u64,
-    /// Silence kept after the last speech in the turn's audio (the rest of the silence window is
-    /// cut: the recognizer invents words in long silences).
+    /// Silence kept after the last speech in the turn's audio (the rest of the pause is cut:
+    /// the recognizer invents words in long silences).
     pub tail_ms: u64,
     /// The longest turn; a turn is ended here even if the caller goes on.
     pub max_turn_ms: u64,
@@ -87,11 +129,26 @@ pub struct EndpointOptions {
     pub echo_margin: f32,
 }
 
+/// Defaults of the end-of-turn keys, measured with `callbox bench call --endpointing-only`
+/// (docs/vad-and-end-of-turn.md).
+pub const DEFAULT_SILENCE_WINDOW_MS: u64 = 700;
+/// Measured with 200 ms: on a loaded 2-core box every short mid-sentence pause started a
+/// transcription the caller then talked past, and the final one queued behind them
+/// (docs/bench-call.md); at 400 ms few pauses inside a sentence are held.
+pub const DEFAULT_EARLY_PAUSE_MS: u64 = 400;
+pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
+pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 400;
+pub const DEFAULT_DICTATION_WINDOW_MS: u64 = 1_500;
+
 impl Default for EndpointOptions {
     fn default() -> Self {
         EndpointOptions {
             start_ms: 60,
-            end_silence_ms: 700,
+            end_silence_ms: DEFAULT_SILENCE_WINDOW_MS,
+            early_pause_ms: DEFAULT_EARLY_PAUSE_MS,
+            turn_threshold: DEFAULT_TURN_THRESHOLD,
+            confirm_ms: DEFAULT_CONFIRM_PAUSE_MS,
+            dictation_silence_ms: DEFAULT_DICTATION_WINDOW_MS,
             preroll_ms: 300,
             tail_ms: 200,
             max_turn_ms: 30_000,
@@ -100,49 +157,344 @@ impl Default for EndpointOptions {
     }
 }
 
+impl EndpointOptions {
+    /// The defaults with the configuration's `[endpoint]` keys.
+    pub fn configured(config: &crate::config::EndpointConfig) -> EndpointOptions {
+        EndpointOptions {
+            end_silence_ms: u64::from(config.silence_window_ms),
+            early_pause_ms: u64::from(config.early_pause_ms),
+            turn_threshold: config.smart_turn_threshold,
+            confirm_ms: u64::from(config.confirm_pause_ms),
+            dictation_silence_ms: u64::from(config.dictation_window_ms),
+            ..EndpointOptions::default()
+        }
+    }
+}
+
+/// What ended a caller's turn.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum TurnEnd {
+    /// Held at the early pause, not final: the turn resumes if the caller goes on.
+    Pause,
+    /// Final after the confirmation pause: the end-of-turn model said the caller was likely
+    /// done and the transcript does not end mid-number.
+    SmartTurn { probability: f32 },
+    /// Final after the confirmation pause: the transcript is a whole answer to what was asked.
+    Answer,
+    /// The silence window ran out.
+    Silence,
+    /// The turn reached its longest length.
+    MaxLength,
+}
+
+impl TurnEnd {
+    /// Whether the turn can still resume when the caller goes on.
+    pub fn is_speculative(&self) -> bool {
+        matches!(self, TurnEnd::Pause)
+    }
+}
+
 /// What a frame changed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
     /// The caller started talking; `at_ms` is the first speech frame.
     SpeechStarted { at_ms: u64 },
-    /// The caller's turn is over: its audio (16 kHz) and when the speech ended.
-    TurnEnded { audio: Vec<i16>, speech_end_ms: u64 },
+    /// The caller's turn is over: its audio (16 kHz), when the speech ended and what decided.
+    /// A speculative end ([`TurnEnd::is_speculative`]) holds until [`Endpointer::confirm`]
+    /// accepts its transcript or the silence window passes; before that the caller speaking
+    /// again resumes the turn.
+    TurnEnded {
+        audio: Vec<i16>,
+        speech_end_ms: u64,
+        ended_by: TurnEnd,
+    },
+    /// The caller went on after a speculative end: the turn continues with all its audio, and
+    /// whatever was started on the ended turn must be dropped.
+    TurnResumed { at_ms: u64 },
+}
+
+/// How one question to the end-of-turn model turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionOutcome {
+    /// "Likely done": the held turn may become final after the confirmation pause.
+    LikelyDone,
+    /// "Not done": the endpointer kept listening.
+    KeptListening,
+    /// The caller spoke again before the answer came.
+    Overtaken,
+    /// The turn was already final when the answer came.
+    Late,
+    /// The model failed on this audio; the silence window decides.
+    Failed,
+}
+
+/// One question to the end-of-turn model.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Decision {
+    /// When it was asked (call time, ms).
+    pub asked_ms: u64,
+    /// The pause (silent frames since the last speech frame) when it was asked.
+    pub pause_ms: u64,
+    pub probability: f32,
+    /// The model's time on this question.
+    pub compute_ms: f64,
+    pub outcome: DecisionOutcome,
+}
+
+/// A question for the worker.
+struct Ask {
+    id: u64,
+    asked_ms: u64,
+    pause_ms: u64,
+    audio: Vec<f32>,
+}
+
+/// The worker's answer.
+struct Verdict {
+    id: u64,
+    asked_ms: u64,
+    pause_ms: u64,
+    probability: Result<f32, TurnError>,
+    compute_ms: f64,
+}
+
+/// The end-of-turn model on this endpointer's own thread; the thread ends when this is dropped.
+struct Judge {
+    asks: mpsc::Sender<Ask>,
+    verdicts: mpsc::Receiver<Verdict>,
+    /// Answers already received by [`Endpointer::settle`], not yet acted on.
+    received: VecDeque<Verdict>,
+    /// Questions sent and not yet answered.
+    outstanding: usize,
+    /// The time the last answer took, to skip questions whose answer would come too late.
+    last_compute_ms: f64,
+}
+
+impl Judge {
+    fn start(model: Arc<dyn TurnModel>) -> std::io::Result<Judge> {
+        let (asks, questions) = mpsc::channel::<Ask>();
+        let (answers, verdicts) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("call-end-of-turn".into())
+            .spawn(move || {
+                while let Ok(mut ask) = questions.recv() {
+                    // Only the latest question matters; older ones are answered as overtaken.
+                    while let Ok(newer) = questions.try_recv() {
+                        let skipped = std::mem::replace(&mut ask, newer);
+                        let verdict = Verdict {
+                            id: skipped.id,
+                            asked_ms: skipped.asked_ms,
+                            pause_ms: skipped.pause_ms,
+                            probability: Ok(f32::NAN),
+                            compute_ms: 0.0,
+                        };
+                        if answers.send(verdict).is_err() {
+                            return;
+                        }
+                    }
+                    let started = Instant::now();
+                    let probability = model.probability(&ask.audio);
+                    let verdict = Verdict {
+                        id: ask.id,
+                        asked_ms: ask.asked_ms,
+                        pause_ms: ask.pause_ms,
+                        probability,
+                        compute_ms: started.elapsed().as_secs_f64() * 1e3,
+                    };
+                    if answers.send(verdict).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Judge {
+            asks,
+            verdicts,
+            received: VecDeque::new(),
+            outstanding: 0,
+            last_compute_ms: 0.0,
+        })
+    }
+}
+
+/// Where the caller's turn is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nobody is talking (or the box is).
+    Idle,
+    /// The caller is in a turn.
+    InTurn,
+    /// The turn ended speculatively and may still resume.
+    Tentative,
 }
 
 pub struct Endpointer {
     vad: Box<dyn VoiceActivity>,
     options: EndpointOptions,
+    judge: Option<Judge>,
     /// Recent frames, kept for the pre-roll.
-    recent: std::collections::VecDeque<i16>,
+    recent: VecDeque<i16>,
     /// Levels of the box's playback over the last frames (echo can lag the playback).
     played_levels: [f32; 5],
     speech_run_ms: u64,
     silence_run_ms: u64,
-    in_turn: bool,
+    phase: Phase,
     turn: Vec<i16>,
     turn_start_ms: u64,
     last_speech_end_ms: u64,
+    /// The question whose answer can still end the turn: its id.
+    asking: Option<u64>,
+    /// Questions whose answer no longer matters, and why.
+    stale: Vec<(u64, DecisionOutcome)>,
+    next_id: u64,
+    /// The pause at which the model is asked next.
+    next_ask_ms: u64,
+    decisions: Vec<Decision>,
+    /// What the agent asked for: how patient to be with this turn's pauses.
+    expecting: TurnExpectation,
+    /// The end of the last frame heard (call time, ms).
+    now_ms: u64,
+    /// When the last held end became final, and what made it so.
+    committed: (u64, TurnEnd),
+    /// The end-of-turn model's "likely done" for the current pause.
+    likely_done: Option<f32>,
 }
 
 impl Endpointer {
+    /// An endpointer that ends turns on the silence window alone.
     pub fn new(vad: Box<dyn VoiceActivity>, options: EndpointOptions) -> Endpointer {
         Endpointer {
             vad,
             options,
+            judge: None,
             recent: Default::default(),
             played_levels: [0.0; 5],
             speech_run_ms: 0,
             silence_run_ms: 0,
-            in_turn: false,
+            phase: Phase::Idle,
             turn: Vec::new(),
             turn_start_ms: 0,
             last_speech_end_ms: 0,
+            asking: None,
+            stale: Vec::new(),
+            next_id: 0,
+            next_ask_ms: options.early_pause_ms,
+            decisions: Vec::new(),
+            expecting: TurnExpectation::Open,
+            now_ms: 0,
+            committed: (0, TurnEnd::Silence),
+            likely_done: None,
         }
     }
 
-    /// Whether the caller is in the middle of a turn.
+    /// What the agent's question asks for; applies from the caller's next pause.
+    pub fn expect(&mut self, expecting: TurnExpectation) {
+        self.expecting = expecting;
+    }
+
+    /// The silence that ends the turn whatever the model says.
+    fn window_ms(&self) -> u64 {
+        if self.expecting.is_dictation() {
+            self.options
+                .dictation_silence_ms
+                .max(self.options.end_silence_ms)
+        } else {
+            self.options.end_silence_ms
+        }
+    }
+
+    /// Whether the held turn whose transcript is `transcript` is final, since when (call time,
+    /// ms) and why: once the pause has lasted the confirmation pause with a transcript that is a
+    /// whole answer to what was asked, or that the end-of-turn model found likely done and does
+    /// not end mid-number (the turn is then committed), or once the silence window made it final
+    /// whatever its transcript. `None`: keep holding it; the caller may go on, else the window
+    /// decides.
+    pub fn confirm(&mut self, transcript: &str) -> Option<(u64, TurnEnd)> {
+        if self.phase != Phase::Tentative {
+            return Some(self.committed);
+        }
+        if self.silence_run_ms < self.options.confirm_ms {
+            return None;
+        }
+        let by = if self.expecting.is_whole_answer(transcript) {
+            TurnEnd::Answer
+        } else {
+            match self.likely_done {
+                Some(probability) if self.expecting.is_complete(transcript) => {
+                    TurnEnd::SmartTurn { probability }
+                }
+                _ => return None,
+            }
+        };
+        self.commit(by);
+        Some(self.committed)
+    }
+
+    /// Lets `model` end turns after short pauses, on a thread of its own. If the thread cannot
+    /// be started the silence window goes on deciding alone.
+    pub fn with_end_of_turn(mut self, model: Option<Arc<dyn TurnModel>>) -> Endpointer {
+        if let Some(model) = model {
+            match Judge::start(model) {
+                Ok(judge) => self.judge = Some(judge),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no end-of-turn thread; the silence window decides")
+                }
+            }
+        }
+        self
+    }
+
+    /// When the last held turn became final, and what made it so.
+    pub fn last_commit(&self) -> (u64, TurnEnd) {
+        self.committed
+    }
+
+    /// Whether the caller is in the middle of a turn (a held turn is not).
     pub fn in_turn(&self) -> bool {
-        self.in_turn
+        self.phase == Phase::InTurn
+    }
+
+    /// The held turn is final, ended `by`: speech from now on starts a new turn. Does nothing
+    /// when no turn is held.
+    pub fn commit(&mut self, by: TurnEnd) {
+        if self.phase == Phase::Tentative {
+            self.phase = Phase::Idle;
+            self.committed = (self.now_ms, by);
+            if let Some(id) = self.asking.take() {
+                self.stale.push((id, DecisionOutcome::Late));
+            }
+            // The turn's last audio is the next turn's pre-roll.
+            let keep = (self.options.preroll_ms / FRAME_MS) as usize * FRAME_SAMPLES;
+            let turn = std::mem::take(&mut self.turn);
+            self.recent = turn[turn.len().saturating_sub(keep)..]
+                .iter()
+                .copied()
+                .collect();
+        }
+    }
+
+    /// Every question asked of the end-of-turn model so far, taken.
+    pub fn take_decisions(&mut self) -> Vec<Decision> {
+        std::mem::take(&mut self.decisions)
+    }
+
+    /// Waits for every question asked so far to be answered (the answers are acted on at the
+    /// next frame). For measuring decisions off the clock, never in a live call.
+    pub fn settle(&mut self) {
+        if let Some(judge) = self.judge.as_mut() {
+            while judge.outstanding > 0 {
+                match judge.verdicts.recv() {
+                    Ok(v) => {
+                        judge.outstanding -= 1;
+                        judge.received.push_back(v);
+                    }
+                    Err(_) => {
+                        judge.outstanding = 0;
+                    }
+                }
+            }
+        }
     }
 
     /// Takes one frame heard at `t_ms`, while the box played audio of RMS `played_rms`.
@@ -150,6 +502,7 @@ impl Endpointer {
         self.played_levels.rotate_right(1);
         self.played_levels[0] = played_rms;
         let echo = self.played_levels.iter().cloned().fold(0.0, f32::max);
+        self.now_ms = t_ms + FRAME_MS;
         let p = self.vad.speech_probability(frame);
         let level = frame_rms(frame);
         let voiced = p >= 0.5;
@@ -159,52 +512,198 @@ impl Endpointer {
         }
 
         let preroll = (self.options.preroll_ms / FRAME_MS) as usize * FRAME_SAMPLES;
-        if self.in_turn {
-            self.turn.extend_from_slice(frame);
-        } else {
+        if self.phase == Phase::Idle {
             self.recent.extend(frame.iter());
             while self.recent.len() > preroll + FRAME_SAMPLES * 8 {
                 self.recent.pop_front();
             }
+        } else {
+            self.turn.extend_from_slice(frame);
         }
         if speech {
             self.speech_run_ms += FRAME_MS;
             self.silence_run_ms = 0;
             self.last_speech_end_ms = t_ms + FRAME_MS;
+            // The caller goes on: a pending answer comes too late to matter.
+            if let Some(id) = self.asking.take() {
+                self.stale.push((id, DecisionOutcome::Overtaken));
+            }
+            self.likely_done = None;
+            self.next_ask_ms = self.options.early_pause_ms;
         } else {
             self.speech_run_ms = 0;
             self.silence_run_ms += FRAME_MS;
         }
-
-        if !self.in_turn {
-            if self.speech_run_ms >= self.options.start_ms {
-                self.in_turn = true;
-                let started = t_ms + FRAME_MS - self.speech_run_ms;
-                self.turn_start_ms = started;
-                let keep =
-                    preroll + self.speech_run_ms as usize / FRAME_MS as usize * FRAME_SAMPLES;
-                let skip = self.recent.len().saturating_sub(keep);
-                self.turn = self.recent.iter().skip(skip).copied().collect();
-                self.recent.clear();
-                return Some(Endpoint::SpeechStarted { at_ms: started });
-            }
-            return None;
+        if let Some(p) = self.take_verdicts() {
+            self.likely_done = Some(p);
         }
-        let too_long = t_ms + FRAME_MS - self.turn_start_ms >= self.options.max_turn_ms;
-        if self.silence_run_ms >= self.options.end_silence_ms || too_long {
-            self.in_turn = false;
-            self.speech_run_ms = 0;
-            let mut audio = std::mem::take(&mut self.turn);
-            let silence = (self.silence_run_ms.saturating_sub(self.options.tail_ms) / FRAME_MS)
-                as usize
-                * FRAME_SAMPLES;
-            audio.truncate(audio.len().saturating_sub(silence));
-            return Some(Endpoint::TurnEnded {
-                audio,
-                speech_end_ms: self.last_speech_end_ms,
+
+        match self.phase {
+            Phase::Idle => {
+                if self.speech_run_ms >= self.options.start_ms {
+                    self.phase = Phase::InTurn;
+                    let started = t_ms + FRAME_MS - self.speech_run_ms;
+                    self.turn_start_ms = started;
+                    let keep =
+                        preroll + self.speech_run_ms as usize / FRAME_MS as usize * FRAME_SAMPLES;
+                    let skip = self.recent.len().saturating_sub(keep);
+                    self.turn = self.recent.iter().skip(skip).copied().collect();
+                    self.recent.clear();
+                    return Some(Endpoint::SpeechStarted { at_ms: started });
+                }
+                None
+            }
+            Phase::Tentative => {
+                if self.speech_run_ms >= self.options.start_ms {
+                    self.phase = Phase::InTurn;
+                    return Some(Endpoint::TurnResumed {
+                        at_ms: t_ms + FRAME_MS - self.speech_run_ms,
+                    });
+                }
+                if self.silence_run_ms >= self.window_ms() {
+                    // The silence window makes the held end final.
+                    self.commit(TurnEnd::Silence);
+                    return None;
+                }
+                self.maybe_ask(t_ms);
+                None
+            }
+            Phase::InTurn => {
+                let too_long = t_ms + FRAME_MS - self.turn_start_ms >= self.options.max_turn_ms;
+                if too_long {
+                    return Some(self.end_turn(TurnEnd::MaxLength));
+                }
+                if self.silence_run_ms >= self.window_ms() {
+                    return Some(self.end_turn(TurnEnd::Silence));
+                }
+                self.maybe_ask(t_ms);
+                if self.silence_run_ms >= self.options.early_pause_ms {
+                    return Some(self.end_turn(TurnEnd::Pause));
+                }
+                None
+            }
+        }
+    }
+
+    /// Asks the model when the pause has reached the next asking point, none is pending, and
+    /// its answer can come before the silence window ends the turn anyway.
+    fn maybe_ask(&mut self, t_ms: u64) {
+        let pause = self.silence_run_ms;
+        let answered = self.likely_done.is_some();
+        if self.judge.is_none()
+            || self.asking.is_some()
+            || answered
+            || pause == 0
+            || pause < self.next_ask_ms
+        {
+            return;
+        }
+        // A re-ask is skipped when its answer would come after the window ends the turn anyway;
+        // the first question of a pause is always asked.
+        let reask = self.next_ask_ms > self.options.early_pause_ms;
+        let silence_window = self.window_ms() as f64;
+        let Some(judge) = self.judge.as_mut() else {
+            return;
+        };
+        if reask && pause as f64 + judge.last_compute_ms >= silence_window {
+            return;
+        }
+        let window = &self.turn[self.turn.len().saturating_sub(WINDOW_SAMPLES)..];
+        let id = self.next_id;
+        let ask = Ask {
+            id,
+            asked_ms: t_ms + FRAME_MS,
+            pause_ms: pause,
+            audio: to_f32(window),
+        };
+        if judge.asks.send(ask).is_err() {
+            tracing::warn!("the end-of-turn thread is gone; the silence window decides");
+            self.judge = None;
+            return;
+        }
+        judge.outstanding += 1;
+        self.next_id += 1;
+        self.asking = Some(id);
+        self.next_ask_ms = pause.max(self.options.early_pause_ms) * 2;
+    }
+
+    /// Records the model's answers that arrived; returns the probability if the pending
+    /// question was answered "likely done".
+    fn take_verdicts(&mut self) -> Option<f32> {
+        let judge = self.judge.as_mut()?;
+        let mut verdicts: Vec<Verdict> = judge.received.drain(..).collect();
+        while let Ok(v) = judge.verdicts.try_recv() {
+            judge.outstanding = judge.outstanding.saturating_sub(1);
+            verdicts.push(v);
+        }
+        let mut likely_done = None;
+        for v in verdicts {
+            let stale = self
+                .stale
+                .iter()
+                .position(|(id, _)| *id == v.id)
+                .map(|i| self.stale.swap_remove(i).1);
+            let (probability, outcome) = match (v.probability, stale) {
+                (Err(e), _) => {
+                    tracing::warn!(error = %e, "end-of-turn model failed; the silence window decides");
+                    (f32::NAN, DecisionOutcome::Failed)
+                }
+                (Ok(p), Some(outcome)) => (p, outcome),
+                (Ok(p), None) if self.asking == Some(v.id) => {
+                    judge.last_compute_ms = v.compute_ms;
+                    if p >= self.options.turn_threshold {
+                        likely_done = Some(p);
+                        (p, DecisionOutcome::LikelyDone)
+                    } else {
+                        (p, DecisionOutcome::KeptListening)
+                    }
+                }
+                (Ok(p), None) => (p, DecisionOutcome::Late),
+            };
+            if self.asking == Some(v.id) {
+                self.asking = None;
+            }
+            if probability.is_nan() && outcome != DecisionOutcome::Failed {
+                // Skipped by the worker for a newer question: never computed.
+                continue;
+            }
+            self.decisions.push(Decision {
+                asked_ms: v.asked_ms,
+                pause_ms: v.pause_ms,
+                probability,
+                compute_ms: v.compute_ms,
+                outcome,
             });
         }
-        None
+        likely_done
+    }
+
+    /// Ends the caller's turn: its audio without the pause beyond the tail. A held end keeps the
+    /// audio in case the turn resumes, and a question to the model still open.
+    fn end_turn(&mut self, ended_by: TurnEnd) -> Endpoint {
+        if !ended_by.is_speculative() {
+            if let Some(id) = self.asking.take() {
+                self.stale.push((id, DecisionOutcome::Late));
+            }
+            self.next_ask_ms = self.options.early_pause_ms;
+        }
+        self.speech_run_ms = 0;
+        let mut audio = if ended_by.is_speculative() {
+            self.phase = Phase::Tentative;
+            self.turn.clone()
+        } else {
+            self.phase = Phase::Idle;
+            std::mem::take(&mut self.turn)
+        };
+        let silence = (self.silence_run_ms.saturating_sub(self.options.tail_ms) / FRAME_MS)
+            as usize
+            * FRAME_SAMPLES;
+        audio.truncate(audio.len().saturating_sub(silence));
+        Endpoint::TurnEnded {
+            audio,
+            speech_end_ms: self.last_speech_end_ms,
+            ended_by,
+        }
     }
 }
 
@@ -222,11 +721,15 @@ mod tests {
     }
 
     fn endpointer() -> Endpointer {
-        Endpointer::new(Box::<EnergyVad>::default(), EndpointOptions::default())
+        let options = EndpointOptions {
+            early_pause_ms: 200,
+            ..EndpointOptions::default()
+        };
+        Endpointer::new(Box::<EnergyVad>::default(), options)
     }
 
     #[test]
-    fn a_turn_starts_on_speech_and_ends_after_the_silence_window() {
+    fn a_turn_is_held_at_the_early_pause_and_final_after_the_silence_window() {
         let mut ep = endpointer();
         let mut events = Vec::new();
         // 0.5 s silence, 1 s speech, 1 s silence.
@@ -239,6 +742,10 @@ mod tests {
             if let Some(e) = ep.push(&frame, i as u64 * FRAME_MS, 0.0) {
                 events.push((i, e));
             }
+            if i == 100 {
+                // Held, 520 ms into the pause: an open answer waits for the window.
+                assert_eq!(ep.confirm("I have a question about my bill."), None);
+            }
         }
         assert_eq!(events.len(), 2, "{events:?}");
         assert_eq!(events[0].1, Endpoint::SpeechStarted { at_ms: 500 });
@@ -246,14 +753,276 @@ mod tests {
             Endpoint::TurnEnded {
                 audio,
                 speech_end_ms,
+                ended_by,
             } => {
                 assert_eq!(*speech_end_ms, 1500);
+                assert_eq!(*ended_by, TurnEnd::Pause);
                 // 1 s of speech, the pre-roll before it and 200 ms of the silence after it.
                 assert_eq!(audio.len(), (300 + 1000 + 200) * 16);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(events[1].0, 74 + 35);
+        // Held after 200 ms of silence; final at the 700 ms window (frame 74 + 35).
+        assert_eq!(events[1].0, 74 + 10);
+        assert_eq!(
+            ep.confirm("I have a question about my bill."),
+            Some(((74 + 35 + 1) * FRAME_MS, TurnEnd::Silence))
+        );
+    }
+
+    /// An end-of-turn model with a fixed answer, to drive the state machine; the real model's
+    /// decisions are tested on speech in `tests/endpoint.rs`.
+    struct Answers(f32);
+
+    impl TurnModel for Answers {
+        fn probability(&self, _: &[f32]) -> Result<f32, TurnError> {
+            Ok(self.0)
+        }
+    }
+
+    fn judged(p: f32) -> Endpointer {
+        endpointer().with_end_of_turn(Some(Arc::new(Answers(p))))
+    }
+
+    /// Plays `plan` (true: a tone frame, false: silence) from frame `from`, waiting for each
+    /// answer of the model before the next frame; returns the events with their frame.
+    fn play(ep: &mut Endpointer, from: usize, plan: &[bool]) -> Vec<(usize, Endpoint)> {
+        let mut events = Vec::new();
+        for (k, &loud) in plan.iter().enumerate() {
+            let i = from + k;
+            let frame = if loud {
+                tone(0.3, i)
+            } else {
+                [0; FRAME_SAMPLES]
+            };
+            if let Some(e) = ep.push(&frame, i as u64 * FRAME_MS, 0.0) {
+                events.push((i, e));
+            }
+            ep.settle();
+        }
+        events
+    }
+
+    fn plan(parts: &[(bool, usize)]) -> Vec<bool> {
+        parts
+            .iter()
+            .flat_map(|&(loud, ms)| std::iter::repeat_n(loud, ms / FRAME_MS as usize))
+            .collect()
+    }
+
+    #[test]
+    fn the_model_is_asked_when_the_turn_is_held_and_not_again_once_likely_done() {
+        let mut ep = judged(0.9);
+        let events = play(
+            &mut ep,
+            0,
+            &plan(&[(false, 200), (true, 1000), (false, 1000)]),
+        );
+        assert_eq!(events.len(), 2, "{events:?}");
+        // Speech ends after frame 59; held and asked at 200 ms of pause (frame 69).
+        let (i, ended) = &events[1];
+        assert_eq!(*i, 69);
+        assert!(
+            matches!(
+                ended,
+                Endpoint::TurnEnded {
+                    ended_by: TurnEnd::Pause,
+                    speech_end_ms: 1200,
+                    ..
+                }
+            ),
+            "{ended:?}"
+        );
+        let decisions = ep.take_decisions();
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
+        assert_eq!(decisions[0].outcome, DecisionOutcome::LikelyDone);
+        assert_eq!(decisions[0].pause_ms, 200);
+        // Held until the silence window: not in a turn, and no second end.
+        assert!(!ep.in_turn());
+    }
+
+    #[test]
+    fn not_done_keeps_listening_until_the_silence_window() {
+        let mut ep = judged(0.1);
+        let events = play(
+            &mut ep,
+            0,
+            &plan(&[(false, 200), (true, 1000), (false, 1000)]),
+        );
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(matches!(
+            events[1].1,
+            Endpoint::TurnEnded {
+                ended_by: TurnEnd::Pause,
+                ..
+            }
+        ));
+        // A complete answer the model did not find done is final at the window (frame 59 + 35).
+        assert_eq!(
+            ep.confirm("I have a question about my bill."),
+            Some(((59 + 35 + 1) * FRAME_MS, TurnEnd::Silence))
+        );
+        // Asked at 200 ms and again at 400 ms of pause (the answers are instant here).
+        let decisions = ep.take_decisions();
+        let pauses: Vec<u64> = decisions.iter().map(|d| d.pause_ms).collect();
+        assert_eq!(pauses, [200, 400], "{decisions:?}");
+        assert!(decisions
+            .iter()
+            .all(|d| d.outcome == DecisionOutcome::KeptListening));
+    }
+
+    #[test]
+    fn the_caller_going_on_after_a_likely_end_resumes_the_turn_with_all_its_audio() {
+        let mut ep = judged(0.9);
+        let first = plan(&[(false, 200), (true, 1000), (false, 400)]);
+        let events = play(&mut ep, 0, &first);
+        assert!(matches!(
+            events.last(),
+            Some((_, Endpoint::TurnEnded { ended_by, .. })) if ended_by.is_speculative()
+        ));
+        let events = play(&mut ep, first.len(), &plan(&[(true, 600), (false, 300)]));
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].1, Endpoint::TurnResumed { at_ms: 1600 });
+        match &events[1].1 {
+            Endpoint::TurnEnded {
+                audio,
+                speech_end_ms,
+                ..
+            } => {
+                assert_eq!(*speech_end_ms, 2200);
+                // Pre-roll, both stretches of speech, the pause between them, 200 ms of tail.
+                assert_eq!(audio.len(), (200 + 1000 + 400 + 600 + 200) * 16);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn after_a_commit_the_next_speech_is_a_new_turn() {
+        let mut ep = judged(0.9);
+        let first = plan(&[(false, 200), (true, 1000), (false, 300)]);
+        play(&mut ep, 0, &first);
+        ep.commit(TurnEnd::Answer);
+        let events = play(&mut ep, first.len(), &plan(&[(true, 200)]));
+        assert!(
+            matches!(events.first(), Some((_, Endpoint::SpeechStarted { .. }))),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_held_end_becomes_final_at_the_silence_window() {
+        let mut ep = judged(0.9);
+        let first = plan(&[(false, 200), (true, 1000), (false, 1000)]);
+        play(&mut ep, 0, &first);
+        // No commit from the call, but the pause outlasted the window: speech is a new turn.
+        let events = play(&mut ep, first.len(), &plan(&[(true, 200)]));
+        assert!(
+            matches!(events.first(), Some((_, Endpoint::SpeechStarted { .. }))),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_likely_end_is_final_only_after_the_confirmation_pause_with_a_whole_answer() {
+        let mut ep = judged(0.9);
+        let first = plan(&[(false, 200), (true, 1000), (false, 300)]);
+        let events = play(&mut ep, 0, &first);
+        assert!(matches!(
+            events.last(),
+            Some((_, Endpoint::TurnEnded { ended_by, .. })) if ended_by.is_speculative()
+        ));
+        // 300 ms of pause: not yet, whatever the transcript.
+        assert_eq!(ep.confirm("I have a question about my bill."), None);
+        let more = plan(&[(false, 100)]);
+        play(&mut ep, first.len(), &more);
+        // An answer ending in part of a number is held.
+        assert_eq!(ep.confirm("my number is five five five"), None);
+        // 400 ms of pause: final at the frame that made it 400 ms.
+        assert!(
+            matches!(
+                ep.confirm("I have a question about my bill."),
+                Some((1_600, TurnEnd::SmartTurn { probability })) if (probability - 0.9).abs() < 1e-6
+            ),
+            "{:?}",
+            ep.confirm("")
+        );
+        let events = play(&mut ep, first.len() + more.len(), &plan(&[(true, 200)]));
+        assert!(
+            matches!(events.first(), Some((_, Endpoint::SpeechStarted { .. }))),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_dictated_number_is_held_until_it_is_whole_and_resumes_between_groups() {
+        let mut ep = judged(0.9);
+        ep.expect(TurnExpectation::PhoneNumber);
+        let group = plan(&[(false, 200), (true, 800), (false, 600)]);
+        let events = play(&mut ep, 0, &group);
+        assert!(matches!(
+            events.last(),
+            Some((_, Endpoint::TurnEnded { ended_by, .. })) if ended_by.is_speculative()
+        ));
+        assert_eq!(ep.confirm("555, 234."), None);
+        let rest = plan(&[(true, 800), (false, 500)]);
+        let events = play(&mut ep, group.len(), &rest);
+        assert_eq!(events[0].1, Endpoint::TurnResumed { at_ms: 1_600 });
+        assert!(matches!(
+            events.last(),
+            Some((_, Endpoint::TurnEnded { ended_by, .. })) if ended_by.is_speculative()
+        ));
+        assert_eq!(
+            ep.confirm("555, 234, 9876."),
+            Some((2_900, TurnEnd::Answer))
+        );
+    }
+
+    #[test]
+    fn a_held_end_with_an_unfinished_answer_is_final_at_the_silence_window() {
+        let mut ep = judged(0.9);
+        let events = play(
+            &mut ep,
+            0,
+            &plan(&[(false, 200), (true, 1000), (false, 800)]),
+        );
+        assert_eq!(events.len(), 2, "{events:?}");
+        // The window (700 ms after the speech ended at 1 200) made it final.
+        assert_eq!(
+            ep.confirm("my number is five five five"),
+            Some((1_900, TurnEnd::Silence))
+        );
+    }
+
+    #[test]
+    fn a_caller_dictating_gets_the_longer_window_without_the_model() {
+        let mut ep = endpointer();
+        ep.expect(TurnExpectation::PhoneNumber);
+        let first = plan(&[(false, 200), (true, 1000), (false, 1400)]);
+        let events = play(&mut ep, 0, &first);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(ep.confirm("five five five"), None);
+        play(&mut ep, first.len(), &plan(&[(false, 200)]));
+        // Speech ends after frame 59; the 1 500 ms dictation window, not the 700 ms one.
+        assert_eq!(
+            ep.confirm("five five five"),
+            Some(((59 + 75 + 1) * FRAME_MS, TurnEnd::Silence))
+        );
+    }
+
+    #[test]
+    fn without_the_model_a_whole_yes_is_final_after_the_confirmation_pause() {
+        let mut ep = endpointer();
+        ep.expect(TurnExpectation::YesNo);
+        let first = plan(&[(false, 200), (true, 1000), (false, 300)]);
+        play(&mut ep, 0, &first);
+        assert_eq!(ep.confirm("Yes, that's right."), None);
+        play(&mut ep, first.len(), &plan(&[(false, 100)]));
+        assert_eq!(ep.confirm("I'm not sure"), None);
+        assert_eq!(
+            ep.confirm("Yes, that's right."),
+            Some((1_600, TurnEnd::Answer))
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::speech::scheduler::{Scheduler, SchedulerOptions};
 use crate::speech::stt::{SpeechToText, SttOptions};
 use crate::speech::testset::Condition;
 use crate::speech::tts::speaker::{CancelToken, Speaker, SpeakerOptions};
+use crate::speech::turn::{self, EndOfTurn};
 use crate::speech::vad::VadModel;
 use crate::store::Store;
 
@@ -48,21 +49,9 @@ pub fn inference_scheduler(config: &Config) -> anyhow::Result<Arc<Scheduler>> {
 /// work runs on one inference scheduler.
 pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
     let manifest = Manifest::embedded();
-    let Some(stt_entry) = manifest.get(&config.models.stt) else {
-        bail!(
-            "no speech-to-text model `{}` in the manifest",
-            config.models.stt
-        );
-    };
     let started = std::time::Instant::now();
     let scheduler = inference_scheduler(config)?;
-    let stt_options = SttOptions {
-        workers: scheduler.threads(),
-        ..SttOptions::for_calls()
-    };
-    let stt = SpeechToText::load_with(&stt_entry.dir(&config.models.dir), stt_options)
-        .context("cannot load the speech-to-text model (run `callbox models import`)")?
-        .with_scheduler(Arc::clone(&scheduler));
+    let stt = load_stt(config, scheduler.threads())?.with_scheduler(Arc::clone(&scheduler));
     let speaker = Speaker::installed(
         &config.models.dir,
         &config.models.tts,
@@ -79,6 +68,37 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
         prewarmed.lines,
         started.elapsed().as_secs_f64()
     );
+    let vad = load_vad(config, &manifest)?;
+    let end_of_turn = load_end_of_turn(config, &manifest)?
+        .map(|model| Arc::new(model.with_scheduler(Arc::clone(&scheduler))));
+    Ok(Voices {
+        stt: Arc::new(stt),
+        speaker,
+        vad,
+        end_of_turn,
+        scorer: super::llm::live_scorer(config, script, &scheduler)?,
+    })
+}
+
+/// The configuration's speech-to-text model, set up for calls with `workers` decoders.
+pub fn load_stt(config: &Config, workers: usize) -> anyhow::Result<SpeechToText> {
+    let manifest = Manifest::embedded();
+    let Some(stt_entry) = manifest.get(&config.models.stt) else {
+        bail!(
+            "no speech-to-text model `{}` in the manifest",
+            config.models.stt
+        );
+    };
+    let options = SttOptions {
+        workers,
+        ..SttOptions::for_calls()
+    };
+    SpeechToText::load_with(&stt_entry.dir(&config.models.dir), options)
+        .context("cannot load the speech-to-text model (run `callbox models import`)")
+}
+
+/// Silero VAD, when it is installed; without it the energy detector listens.
+pub fn load_vad(config: &Config, manifest: &Manifest) -> anyhow::Result<Option<VadModel>> {
     let vad = manifest
         .get("silero-vad")
         .map(|entry| entry.dir(&config.models.dir).join("silero_vad.onnx"))
@@ -89,12 +109,30 @@ pub fn load_voices(config: &Config, script: &Script) -> anyhow::Result<Voices> {
     if vad.is_none() {
         eprintln!("Silero VAD is not installed (models/fetch); the energy detector listens");
     }
-    Ok(Voices {
-        stt: Arc::new(stt),
-        speaker,
-        vad,
-        scorer: super::llm::live_scorer(config, script, &scheduler)?,
-    })
+    Ok(vad)
+}
+
+/// Smart Turn, when it is installed and imported; without it the silence window ends turns.
+pub fn load_end_of_turn(config: &Config, manifest: &Manifest) -> anyhow::Result<Option<EndOfTurn>> {
+    let Some(dir) = manifest
+        .get("smart-turn-v3")
+        .map(|entry| entry.dir(&config.models.dir))
+        .filter(|dir| {
+            dir.join(turn::CANDLE_DIR)
+                .join(turn::import::WEIGHTS_FILE)
+                .exists()
+        })
+    else {
+        eprintln!(
+            "Smart Turn is not imported (models/fetch, then `callbox models import smart-turn-v3`); \
+             the {} ms silence window ends the caller's turns",
+            config.endpoint.silence_window_ms
+        );
+        return Ok(None);
+    };
+    EndOfTurn::load(&dir)
+        .map(Some)
+        .context("cannot load Smart Turn")
 }
 
 /// The caller's turns: recorded WAVs, or the text lines spoken through a telephone channel.
@@ -185,7 +223,7 @@ pub fn simulate_audio(
         LineKind::AudioFile,
         &mut line,
         &voices,
-        EndpointOptions::default(),
+        EndpointOptions::configured(&config.endpoint),
         store,
         watch,
     )?;

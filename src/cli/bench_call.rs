@@ -5,6 +5,11 @@
 //! 1, 2 and 4 calls at once sharing one set of models. Reported per turn and as p50/p95: end of
 //! the caller's speech → first reply audio on the line, and where that time went; greeting
 //! latency; barge-in reaction; peak memory. Written as JSON and as a PNG chart on request.
+//!
+//! Before the calls it measures the end-of-turn decisions themselves: callers who pause in the
+//! middle of their turn (a number dictated in groups, "I'd like to, um, book…") and callers who
+//! are done, run through the endpointer off the clock, for precision and recall of Smart Turn's
+//! "likely done" at several pauses and thresholds, and its cost per decision.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,16 +18,19 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::audio_call::load_voices;
+use super::audio_call::{load_end_of_turn, load_stt, load_vad, load_voices};
 use crate::agent::summary::LineKind;
-use crate::agent::Script;
+use crate::agent::{Script, TurnExpectation};
 use crate::call::audio::{run_audio_call, BargeIn, TurnTiming, Voices};
-use crate::call::endpoint::EndpointOptions;
+use crate::call::endpoint::{detector, Decision, EndpointOptions, Endpointer, TurnEnd, TurnModel};
 use crate::call::TextCall;
 use crate::config::Config;
 use crate::line::audio_file::{AudioFileLine, AudioFileOptions, CallerAction, LineEvent};
-use crate::line::{frame_rms, to_i16, FRAME_MS, FRAME_SAMPLES};
+use crate::line::{frame_rms, to_f32, to_i16, Frame, FRAME_MS, FRAME_SAMPLES};
+use crate::models::Manifest;
+use crate::speech::stt::SpeechToText;
 use crate::speech::testset::{self, Condition, Voice};
+use crate::speech::turn::testset::{self as paused, stretch_pauses};
 use crate::store::{OpenMode, Store};
 use crate::system::resources::{mib, peak_rss_bytes};
 
@@ -40,6 +48,12 @@ pub struct BenchCallArgs {
     /// Draw the distribution of the caller's wait as a PNG chart.
     #[arg(long)]
     pub png: Option<PathBuf>,
+    /// Measure the end-of-turn decisions only, no calls.
+    #[arg(long)]
+    pub endpointing_only: bool,
+    /// Run the calls without Smart Turn (the silence window alone), for comparison.
+    #[arg(long)]
+    pub no_smart_turn: bool,
 }
 
 /// How a caller in the set speaks.
@@ -138,9 +152,14 @@ pub struct TurnFigures {
     pub turn: usize,
     /// End of the caller's speech → first audio of the reply on the line (the headline).
     pub wait_ms: u64,
-    /// End of speech → the recognizer starting: the endpointer's silence window and any wait
-    /// for a free decoder.
+    /// End of speech → the turn final (Smart Turn's pause and answer and the confirmation
+    /// pause, or the silence window, and the VAD's hangover).
     pub endpointing_ms: u64,
+    /// The turn ended → the recognizer starting (a wait for a free decoder); 0 for a turn
+    /// transcribed speculatively before it was final.
+    pub stt_queue_ms: u64,
+    /// The recognizer's time the caller waited: all of it, or for a turn transcribed
+    /// speculatively, only what was left when the turn became final.
     pub stt_ms: u64,
     pub agent_ms: f64,
     /// Reply text → its first audio on the line: synthesis of the first chunk and playout start.
@@ -148,6 +167,8 @@ pub struct TurnFigures {
     /// Whether the end of speech is the caller's audio (`true`) or, when the endpointer split
     /// or merged utterances, the endpointer's own estimate.
     pub end_from_audio: bool,
+    /// What ended the turn.
+    pub ended_by: TurnEnd,
 }
 
 /// One call's figures and its turns, or why it could not run.
@@ -171,6 +192,10 @@ pub struct CallFigures {
     pub paused_barge_in_ms: Vec<u64>,
     /// Caller turns that got no reply audio.
     pub unanswered: usize,
+    /// Turns Smart Turn ended whose caller went on (their transcripts dropped).
+    pub speculations_dropped: usize,
+    /// The questions to Smart Turn during the call.
+    pub end_of_turn: Vec<Decision>,
     pub line_seconds: f64,
 }
 
@@ -209,6 +234,7 @@ pub struct Level {
     pub calls: usize,
     pub wait: Spread,
     pub endpointing: Spread,
+    pub stt_queue: Spread,
     pub stt: Spread,
     pub agent: Spread,
     pub tts_first: Spread,
@@ -218,6 +244,13 @@ pub struct Level {
     /// Barge-ins by callers who had waited for a pause (see [`CallFigures`]).
     pub paused_barge_ins: usize,
     pub unanswered: usize,
+    /// Turns made final by Smart Turn, of all turns.
+    pub ended_by_smart_turn: usize,
+    /// Turns made final by a whole answer in their transcript.
+    pub ended_by_answer: usize,
+    pub speculations_dropped: usize,
+    /// Smart Turn's time per question during the calls (ms).
+    pub decision_cost: Spread,
     /// Process peak RSS when the level was done (levels run in order, so it only grows).
     pub peak_rss_mib: Option<f64>,
     pub wall_seconds: f64,
@@ -225,6 +258,9 @@ pub struct Level {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
+    /// Whether Smart Turn ended turns in the calls.
+    pub smart_turn: bool,
+    pub end_of_turn: Option<DecisionSet>,
     pub stt_model: String,
     pub stt_workers: usize,
     pub voice: String,
@@ -240,7 +276,30 @@ pub fn run(config: &Config, args: BenchCallArgs) -> anyhow::Result<std::process:
     if args.calls == 0 || args.concurrent.is_empty() || args.concurrent.contains(&0) {
         bail!("--calls and every --concurrent level must be at least 1");
     }
-    let report = bench(config, &args)?;
+    let report = if args.endpointing_only {
+        let manifest = Manifest::embedded();
+        let vad = load_vad(config, &manifest)?;
+        let Some(model) = load_end_of_turn(config, &manifest)?.map(Arc::new) else {
+            bail!("Smart Turn is not imported: there are no end-of-turn decisions to measure");
+        };
+        let stt = load_stt(config, 1)?;
+        let decisions = decision_set(config, vad.as_ref(), model, Some(&stt))?;
+        Report {
+            smart_turn: false,
+            end_of_turn: Some(decisions),
+            stt_model: String::new(),
+            stt_workers: 0,
+            voice: String::new(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load_seconds: 0.0,
+            rss_after_load_mib: None,
+            levels: Vec::new(),
+            calls: Vec::new(),
+            turns: Vec::new(),
+        }
+    } else {
+        bench(config, &args)?
+    };
     print(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -257,7 +316,19 @@ pub fn run(config: &Config, args: BenchCallArgs) -> anyhow::Result<std::process:
 fn bench(config: &Config, args: &BenchCallArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     let clinic = Script::builtin("clinic").context("the built-in clinic script")?;
-    let voices = load_voices(config, &clinic)?;
+    let mut voices = load_voices(config, &clinic)?;
+    let end_of_turn = match &voices.end_of_turn {
+        Some(model) => Some(decision_set(
+            config,
+            voices.vad.as_ref(),
+            Arc::clone(model),
+            Some(&voices.stt),
+        )?),
+        None => None,
+    };
+    if args.no_smart_turn {
+        voices.end_of_turn = None;
+    }
     // The law script's fixed lines too, as a box that serves both would keep them.
     let law = Script::builtin("law").context("the built-in law script")?;
     voices
@@ -269,6 +340,8 @@ fn bench(config: &Config, args: &BenchCallArgs) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
 
     let mut report = Report {
+        smart_turn: voices.end_of_turn.is_some(),
+        end_of_turn,
         stt_model: config.models.stt.clone(),
         stt_workers: voices.stt.options().workers,
         voice: match voices.speaker.neural_problem() {
@@ -395,7 +468,7 @@ fn one_call(
         LineKind::AudioFile,
         &mut line,
         voices,
-        EndpointOptions::default(),
+        EndpointOptions::configured(&config.endpoint),
         &mut store,
         &mut |_| {},
     )
@@ -425,6 +498,8 @@ fn one_call(
         barge_in_ms,
         paused_barge_in_ms,
         unanswered: felt.unanswered,
+        speculations_dropped: report.speculations_dropped,
+        end_of_turn: report.end_of_turn.clone(),
         line_seconds: line.now_ms() as f64 / 1000.0,
     };
     Ok((figures, felt.turns))
@@ -474,18 +549,27 @@ impl Felt {
                 .min_by_key(|end| end.abs_diff(t.caller_speech_end_ms))
                 .filter(|end| end.abs_diff(t.caller_speech_end_ms) <= 600);
             let end = end_of_speech.unwrap_or(t.caller_speech_end_ms);
-            let stt_started = t.stt_done_ms.saturating_sub(t.stt_compute_ms);
+            let turn_end = t.turn_end_ms.max(end);
+            let (stt_queue_ms, stt_ms) = if t.transcribed_early {
+                let left = t.stt_done_ms.saturating_sub(turn_end);
+                (0, left.min(t.stt_compute_ms))
+            } else {
+                let stt_started = t.stt_done_ms.saturating_sub(t.stt_compute_ms);
+                (stt_started.saturating_sub(turn_end), t.stt_compute_ms)
+            };
             turns.push(TurnFigures {
                 concurrent,
                 call,
                 conversation: conversation.name,
                 turn: i + 1,
                 wait_ms: first_audio.saturating_sub(end),
-                endpointing_ms: stt_started.saturating_sub(end),
-                stt_ms: t.stt_compute_ms,
+                endpointing_ms: turn_end - end,
+                stt_queue_ms,
+                stt_ms,
                 agent_ms: t.agent_compute_us as f64 / 1000.0,
                 tts_first_ms: first_audio.saturating_sub(t.reply_ready_ms),
                 end_from_audio: end_of_speech.is_some(),
+                ended_by: t.ended_by,
             });
         }
         // Barge-ins: from the caller's onset to the first frame the box no longer played. When the
@@ -530,6 +614,7 @@ fn level(concurrent: usize, calls: &[CallFigures], turns: &[TurnFigures], wall: 
         calls: calls.len(),
         wait: of(|t| t.wait_ms as f64),
         endpointing: of(|t| t.endpointing_ms as f64),
+        stt_queue: of(|t| t.stt_queue_ms as f64),
         stt: of(|t| t.stt_ms as f64),
         agent: of(|t| t.agent_ms),
         tts_first: of(|t| t.tts_first_ms as f64),
@@ -542,36 +627,80 @@ fn level(concurrent: usize, calls: &[CallFigures], turns: &[TurnFigures], wall: 
         barge_ins_missed: calls.iter().map(|c| c.barge_ins_missed).sum(),
         paused_barge_ins: calls.iter().map(|c| c.paused_barge_in_ms.len()).sum(),
         unanswered: calls.iter().map(|c| c.unanswered).sum(),
+        ended_by_smart_turn: turns
+            .iter()
+            .filter(|t| matches!(t.ended_by, TurnEnd::SmartTurn { .. }))
+            .count(),
+        ended_by_answer: turns
+            .iter()
+            .filter(|t| t.ended_by == TurnEnd::Answer)
+            .count(),
+        speculations_dropped: calls.iter().map(|c| c.speculations_dropped).sum(),
+        decision_cost: Spread::of(
+            calls
+                .iter()
+                .flat_map(|c| c.end_of_turn.iter().map(|d| d.compute_ms)),
+        ),
         peak_rss_mib: peak_rss_bytes().map(mib),
         wall_seconds: wall,
     }
 }
 
 fn print(r: &Report) {
+    if let Some(d) = &r.end_of_turn {
+        print_decisions(d);
+    }
+    if r.levels.is_empty() {
+        return;
+    }
     println!(
-        "bench call: {} ({} decoders), voice {}, {} cores; models loaded in {:.1} s, RSS {}",
+        "\nbench call: {} ({} decoders), voice {}, {} cores; end of turn by {}; models loaded in {:.1} s, RSS {}",
         r.stt_model,
         r.stt_workers,
         r.voice,
         r.cores,
+        if r.smart_turn {
+            "Smart Turn, silence window as the bound"
+        } else {
+            "the silence window alone"
+        },
         r.load_seconds,
         r.rss_after_load_mib
             .map_or("?".into(), |m| format!("{m:.0} MiB")),
     );
     println!("\nper turn (ms): wait = end of caller speech → first reply audio");
     println!(
-        "{:>4} {:>4} {:<16} {:>4} {:>6} {:>8} {:>6} {:>7} {:>8}",
-        "conc", "call", "conversation", "turn", "wait", "endpoint", "stt", "agent", "tts 1st"
+        "{:>4} {:>4} {:<16} {:>4} {:>6} {:>8} {:>10} {:>6} {:>6} {:>7} {:>8}",
+        "conc",
+        "call",
+        "conversation",
+        "turn",
+        "wait",
+        "endpoint",
+        "ended by",
+        "queue",
+        "stt",
+        "agent",
+        "tts 1st"
     );
     for t in &r.turns {
+        let ended_by = match t.ended_by {
+            TurnEnd::SmartTurn { probability } => format!("turn {probability:.2}"),
+            TurnEnd::Answer => "answer".into(),
+            TurnEnd::Pause => "held".into(),
+            TurnEnd::Silence => "silence".into(),
+            TurnEnd::MaxLength => "max".into(),
+        };
         println!(
-            "{:>4} {:>4} {:<16} {:>4} {:>6} {:>8} {:>6} {:>7.2} {:>8}{}",
+            "{:>4} {:>4} {:<16} {:>4} {:>6} {:>8} {:>10} {:>6} {:>6} {:>7.2} {:>8}{}",
             t.concurrent,
             t.call + 1,
             t.conversation,
             t.turn,
             t.wait_ms,
             t.endpointing_ms,
+            ended_by,
+            t.stt_queue_ms,
             t.stt_ms,
             t.agent_ms,
             t.tts_first_ms,
@@ -584,12 +713,13 @@ fn print(r: &Report) {
     }
     println!("\np50 / p95 in ms");
     println!(
-        "{:>4} {:>5} {:>5} {:>13} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9}",
+        "{:>4} {:>5} {:>5} {:>13} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9}",
         "conc",
         "calls",
         "turns",
         "wait",
         "endpoint",
+        "stt queue",
         "stt",
         "agent",
         "tts 1st",
@@ -600,12 +730,13 @@ fn print(r: &Report) {
     let pair = |s: &Spread| format!("{:.0} / {:.0}", s.p50, s.p95);
     for l in &r.levels {
         println!(
-            "{:>4} {:>5} {:>5} {:>13} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9}",
+            "{:>4} {:>5} {:>5} {:>13} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9}",
             l.concurrent,
             l.calls,
             l.wait.n,
             pair(&l.wait),
             pair(&l.endpointing),
+            pair(&l.stt_queue),
             pair(&l.stt),
             format!("{:.2} / {:.2}", l.agent.p50, l.agent.p95),
             pair(&l.tts_first),
@@ -613,12 +744,343 @@ fn print(r: &Report) {
             pair(&l.barge_in),
             l.peak_rss_mib.map_or("?".into(), |m| format!("{m:.0} MiB")),
         );
+        println!(
+            "     of {} turns final by Smart Turn {}, by a whole answer {}; {} held turns dropped (the caller went on)",
+            l.wait.n, l.ended_by_smart_turn, l.ended_by_answer, l.speculations_dropped,
+        );
+        if r.smart_turn {
+            println!(
+                "     Smart Turn {} per decision over {} decisions",
+                pair(&l.decision_cost),
+                l.decision_cost.n,
+            );
+        }
         if l.barge_ins_missed + l.paused_barge_ins + l.unanswered > 0 {
             println!(
                 "     {} barge-ins not heard; {} by a caller who had waited for a pause (the voice fell behind); {} caller turns without reply audio",
                 l.barge_ins_missed, l.paused_barge_ins, l.unanswered
             );
         }
+    }
+}
+
+/// The end-of-turn decisions on the paused and complete callers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DecisionSet {
+    /// Callers who pause mid-turn, and how many pauses they make in all.
+    pub paused_callers: usize,
+    pub mid_pauses: usize,
+    pub complete_callers: usize,
+    /// Length of each mid-turn pause.
+    pub mid_pause_ms: u64,
+    pub silence_window_ms: u64,
+    pub by_pause: Vec<PauseDecisions>,
+    /// The configured pause and threshold with the confirmation gate, when a recognizer ran.
+    pub gated: Option<GatedDecisions>,
+}
+
+/// Smart Turn's first answers at the configured pause and threshold, then the same once the
+/// confirmation gate has passed them: the pause lasted `confirm_ms` and the transcript so far
+/// is a whole answer to what the caller was asked (a number's callers were asked for their
+/// number, the date of birth's for it, the others an open question).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GatedDecisions {
+    pub early_pause_ms: u64,
+    pub threshold: f32,
+    pub confirm_ms: u64,
+    pub ungated: ThresholdDecisions,
+    pub gated: ThresholdDecisions,
+    /// "Likely done" answers the gate held, mid-turn and at a true end.
+    pub held_mid_turn: usize,
+    pub held_at_end: usize,
+    /// The recognizer's time per gate (ms).
+    pub stt_cost: Spread,
+}
+
+/// Smart Turn asked after one length of pause.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PauseDecisions {
+    pub early_pause_ms: u64,
+    /// Every question asked (first asks and re-asks).
+    pub decisions: usize,
+    /// Smart Turn's time per question (ms, off the clock: one question at a time).
+    pub cost: Spread,
+    /// First question of each pause: (the caller was done, probability).
+    pub first_asks: Vec<(bool, f32)>,
+    pub by_threshold: Vec<ThresholdDecisions>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ThresholdDecisions {
+    pub threshold: f32,
+    /// Of the first questions answered "likely done", the share where the caller was done.
+    pub precision: f64,
+    /// Of the first questions at a caller's true end, the share answered "likely done".
+    pub recall: f64,
+    /// Callers whose turn would have been ended (speculatively) in a mid-turn pause.
+    pub callers_cut: usize,
+    /// Callers whose true end Smart Turn found before the silence window.
+    pub ends_found: usize,
+}
+
+/// Pause before the first question, as measured.
+const TURN_PAUSES_MS: [u64; 5] = [100, 150, 200, 250, 400];
+const THRESHOLDS: [f32; 7] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+/// Each mid-turn pause of the paused callers.
+const MID_PAUSE_MS: usize = 600;
+/// A question asked this close before the true end of speech counts as at the end (the VAD can
+/// end speech a little before the energy does).
+const END_TOLERANCE_MS: u64 = 150;
+
+/// Runs the paused and complete callers through the endpointer (Silero VAD, Smart Turn asked
+/// but never acting) off the clock, once per pause length, and scores the answers; with `stt`,
+/// the configured pause's answers again through the confirmation gate.
+fn decision_set(
+    config: &Config,
+    vad: Option<&crate::speech::vad::VadModel>,
+    model: Arc<crate::speech::turn::EndOfTurn>,
+    stt: Option<&SpeechToText>,
+) -> anyhow::Result<DecisionSet> {
+    let models = crate::models::default_models_dir();
+    let cache = models.parent().unwrap_or(&models).join("bench-call-speech");
+    let piper = models.join("piper-joe/en_US-joe-medium.onnx");
+    let lines: Vec<&str> = paused::PAUSED_LINES
+        .iter()
+        .chain(paused::COMPLETE_LINES)
+        .copied()
+        .collect();
+    eprintln!("end-of-turn decisions on {} callers…", lines.len());
+    let spoken = testset::speak_lines(Voice::Piper, &lines, &cache, &piper)
+        .context("speaking the end-of-turn callers")?;
+    // (audio at telephone quality with lead and trailing silence, true end in ms, pauses).
+    let mut callers = Vec::new();
+    let lead = vec![0f32; 8_000];
+    for (i, u) in spoken.iter().enumerate() {
+        let p = stretch_pauses(&u.samples, paused::pauses_in(&u.text), MID_PAUSE_MS);
+        let audio = [lead.clone(), p.samples, vec![0f32; 24_000]].concat();
+        let heard = to_i16(&Condition::Telephone.apply(&audio, 100 + i as u64)?);
+        let end_ms = ((lead.len() + p.speech_end) / 16) as u64;
+        callers.push((heard, end_ms, p.pauses.len()));
+    }
+    let model: Arc<dyn TurnModel> = model;
+    let mut by_pause = Vec::new();
+    let configured_pause = u64::from(config.endpoint.early_pause_ms);
+    // The configured pause's first questions, per caller: (asked at, true end, probability).
+    let mut configured_asks: Vec<Vec<(u64, bool, f32)>> = Vec::new();
+    for pause in TURN_PAUSES_MS {
+        let options = EndpointOptions {
+            early_pause_ms: pause,
+            // Never acts: every question of the pause is asked and recorded.
+            turn_threshold: f32::INFINITY,
+            ..EndpointOptions::configured(&config.endpoint)
+        };
+        let first_ask_below = pause.div_ceil(FRAME_MS) * FRAME_MS * 2;
+        let mut all = Vec::new();
+        let mut first_asks = Vec::new();
+        let mut per_caller = Vec::new();
+        for (audio, end_ms, _) in &callers {
+            let mut ep =
+                Endpointer::new(detector(vad), options).with_end_of_turn(Some(Arc::clone(&model)));
+            for (k, chunk) in audio.chunks_exact(FRAME_SAMPLES).enumerate() {
+                let mut frame: Frame = [0; FRAME_SAMPLES];
+                frame.copy_from_slice(chunk);
+                ep.push(&frame, k as u64 * FRAME_MS, 0.0);
+                ep.settle();
+            }
+            let decisions = ep.take_decisions();
+            let done = |d: &Decision| d.asked_ms + END_TOLERANCE_MS >= *end_ms;
+            let firsts: Vec<(u64, bool, f32)> = decisions
+                .iter()
+                .filter(|d| d.pause_ms < first_ask_below)
+                .map(|d| (d.asked_ms, done(d), d.probability))
+                .collect();
+            first_asks.extend(firsts.iter().map(|&(_, done, p)| (done, p)));
+            if pause == configured_pause {
+                configured_asks.push(firsts);
+            }
+            per_caller.push(
+                decisions
+                    .iter()
+                    .map(|d| (done(d), d.probability))
+                    .collect::<Vec<_>>(),
+            );
+            all.extend(decisions);
+        }
+        let by_threshold = THRESHOLDS
+            .iter()
+            .map(|&threshold| {
+                score(threshold, &first_asks, &per_caller, |&(_, p)| {
+                    p >= threshold
+                })
+            })
+            .collect();
+        by_pause.push(PauseDecisions {
+            early_pause_ms: pause,
+            decisions: all.len(),
+            cost: Spread::of(all.iter().map(|d| d.compute_ms)),
+            first_asks,
+            by_threshold,
+        });
+    }
+    let gated = match stt {
+        Some(stt) => Some(gate_decisions(
+            config,
+            stt,
+            &lines,
+            &callers,
+            &configured_asks,
+        )?),
+        None => None,
+    };
+    Ok(DecisionSet {
+        gated,
+        paused_callers: paused::PAUSED_LINES.len(),
+        mid_pauses: callers.iter().map(|c| c.2).sum(),
+        complete_callers: paused::COMPLETE_LINES.len(),
+        mid_pause_ms: MID_PAUSE_MS as u64,
+        silence_window_ms: u64::from(config.endpoint.silence_window_ms),
+        by_pause,
+    })
+}
+
+/// Precision and recall of the answers `yes` takes as "likely done" among `asks` (true end,
+/// probability), with the callers they cut and the ends they found among `per_caller`.
+fn score(
+    threshold: f32,
+    asks: &[(bool, f32)],
+    per_caller: &[Vec<(bool, f32)>],
+    yes: impl Fn(&(bool, f32)) -> bool,
+) -> ThresholdDecisions {
+    let tp = asks.iter().filter(|a| a.0 && yes(a)).count();
+    let fp = asks.iter().filter(|a| !a.0 && yes(a)).count();
+    let fn_ = asks.iter().filter(|a| a.0 && !yes(a)).count();
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    ThresholdDecisions {
+        threshold,
+        precision: ratio(tp, tp + fp),
+        recall: ratio(tp, tp + fn_),
+        callers_cut: per_caller
+            .iter()
+            .filter(|c| c.iter().any(|a| !a.0 && yes(a)))
+            .count(),
+        ends_found: per_caller
+            .iter()
+            .filter(|c| c.iter().any(|a| a.0 && yes(a)))
+            .count(),
+    }
+}
+
+/// What the agent would have asked each caller of the set for.
+fn expectation_of(line: &str) -> TurnExpectation {
+    if crate::agent::extract::phone_number(line).is_some() {
+        TurnExpectation::PhoneNumber
+    } else if line.contains("date of birth") {
+        TurnExpectation::Date
+    } else {
+        TurnExpectation::Open
+    }
+}
+
+/// The configured pause's first questions through the confirmation gate: the caller's audio up
+/// to each is transcribed as the held turn would be, and the end passes when the pause lasts the
+/// confirmation pause and the transcript is a whole answer, or Smart Turn said "likely done" and
+/// the transcript does not end mid-number (the live call's rule, `Endpointer::confirm`).
+fn gate_decisions(
+    config: &Config,
+    stt: &SpeechToText,
+    lines: &[&str],
+    callers: &[(Vec<i16>, u64, usize)],
+    asks: &[Vec<(u64, bool, f32)>],
+) -> anyhow::Result<GatedDecisions> {
+    let threshold = config.endpoint.smart_turn_threshold;
+    let confirm_ms = u64::from(config.endpoint.confirm_pause_ms);
+    eprintln!("the confirmation gate on the likely ends…");
+    let mut ungated = Vec::new();
+    let mut gated = Vec::new();
+    let (mut held_mid_turn, mut held_at_end) = (0, 0);
+    let mut stt_ms = Vec::new();
+    for ((line, (audio, _, _)), caller_asks) in lines.iter().zip(callers).zip(asks) {
+        let expecting = expectation_of(line);
+        let mut caller_ungated = Vec::new();
+        let mut caller_gated = Vec::new();
+        for &(asked_ms, done, p) in caller_asks {
+            let likely = p >= threshold;
+            let pause_lasts = done || MID_PAUSE_MS as u64 >= confirm_ms;
+            let heard = &audio[..(asked_ms as usize * 16).min(audio.len())];
+            let started = Instant::now();
+            let text = stt.transcribe(&to_f32(heard))?.text;
+            stt_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            let passes = pause_lasts
+                && (expecting.is_whole_answer(&text) || (likely && expecting.is_complete(&text)));
+            if likely && !passes {
+                *if done {
+                    &mut held_at_end
+                } else {
+                    &mut held_mid_turn
+                } += 1;
+            }
+            caller_ungated.push((done, if likely { 1.0 } else { 0.0 }));
+            caller_gated.push((done, if passes { 1.0 } else { 0.0 }));
+        }
+        ungated.push(caller_ungated);
+        gated.push(caller_gated);
+    }
+    let flat = |c: &[Vec<(bool, f32)>]| c.iter().flatten().copied().collect::<Vec<_>>();
+    let yes = |a: &(bool, f32)| a.1 > 0.5;
+    Ok(GatedDecisions {
+        early_pause_ms: u64::from(config.endpoint.early_pause_ms),
+        threshold,
+        confirm_ms,
+        ungated: score(threshold, &flat(&ungated), &ungated, yes),
+        gated: score(threshold, &flat(&gated), &gated, yes),
+        held_mid_turn,
+        held_at_end,
+        stt_cost: Spread::of(stt_ms),
+    })
+}
+
+fn print_decisions(d: &DecisionSet) {
+    println!(
+        "end-of-turn decisions: {} callers who pause mid-turn ({} pauses of {} ms) and {} who do not; Smart Turn asked on Silero VAD pauses, silence window {} ms",
+        d.paused_callers, d.mid_pauses, d.mid_pause_ms, d.complete_callers, d.silence_window_ms
+    );
+    for p in &d.by_pause {
+        let ends = p.first_asks.iter().filter(|a| a.0).count();
+        println!(
+            "\nfirst asked at {} ms of pause: {} questions ({} first, {} at a true end); Smart Turn {:.0} / {:.0} ms per question (p50 / p95)",
+            p.early_pause_ms,
+            p.decisions,
+            p.first_asks.len(),
+            ends,
+            p.cost.p50,
+            p.cost.p95
+        );
+        println!(
+            "{:>10} {:>10} {:>8} {:>12} {:>11}",
+            "threshold", "precision", "recall", "callers cut", "ends found"
+        );
+        for t in &p.by_threshold {
+            println!(
+                "{:>10.1} {:>10.2} {:>8.2} {:>12} {:>11}",
+                t.threshold, t.precision, t.recall, t.callers_cut, t.ends_found
+            );
+        }
+    }
+    if let Some(g) = &d.gated {
+        println!(
+            "\nwith the confirmation gate ({} ms pause, whole answer; first asked at {} ms, threshold {:.1}; recognizer {:.0} / {:.0} ms per gate):",
+            g.confirm_ms, g.early_pause_ms, g.threshold, g.stt_cost.p50, g.stt_cost.p95
+        );
+        for (name, t) in [("likely done", &g.ungated), ("gated", &g.gated)] {
+            println!(
+                "{:>12}: precision {:.2}, recall {:.2}, {} callers cut, {} ends found",
+                name, t.precision, t.recall, t.callers_cut, t.ends_found
+            );
+        }
+        println!(
+            "  held by the gate: {} mid-turn, {} at a true end",
+            g.held_mid_turn, g.held_at_end
+        );
     }
 }
 
@@ -880,17 +1342,24 @@ mod tests {
             event(10_300, "caller speech end"),
         ];
         let timings = [
+            // Transcribed speculatively from 4 400: 200 ms of it left when the turn was final.
             TurnTiming {
                 caller_speech_end_ms: 4_160,
-                stt_done_ms: 5_400,
-                reply_ready_ms: 5_400,
-                first_audio_ms: Some(5_620),
+                turn_end_ms: 4_700,
+                ended_by: TurnEnd::SmartTurn { probability: 0.8 },
+                transcribed_early: true,
+                stt_done_ms: 4_900,
+                reply_ready_ms: 4_900,
+                first_audio_ms: Some(5_120),
                 stt_compute_ms: 500,
                 agent_compute_us: 300,
             },
             // The endpointer's end is far from any utterance's end: its own estimate is used.
             TurnTiming {
                 caller_speech_end_ms: 9_000,
+                turn_end_ms: 9_700,
+                ended_by: TurnEnd::Silence,
+                transcribed_early: false,
                 stt_done_ms: 10_000,
                 reply_ready_ms: 10_001,
                 first_audio_ms: Some(10_200),
@@ -899,6 +1368,9 @@ mod tests {
             },
             TurnTiming {
                 caller_speech_end_ms: 10_100,
+                turn_end_ms: 10_800,
+                ended_by: TurnEnd::Silence,
+                transcribed_early: false,
                 stt_done_ms: 11_000,
                 reply_ready_ms: 11_000,
                 first_audio_ms: None,
@@ -911,16 +1383,17 @@ mod tests {
         assert_eq!(felt.turns.len(), 2);
         let t = &felt.turns[0];
         assert!(t.end_from_audio);
-        assert_eq!(t.wait_ms, 5_620 - 4_100);
+        assert_eq!(t.wait_ms, 5_120 - 4_100);
         assert_eq!(
-            (t.endpointing_ms, t.stt_ms, t.tts_first_ms),
-            (800, 500, 220)
+            (t.endpointing_ms, t.stt_queue_ms, t.stt_ms, t.tts_first_ms),
+            (600, 0, 200, 220)
         );
         assert_eq!(
-            t.endpointing_ms + t.stt_ms + t.tts_first_ms,
+            t.endpointing_ms + t.stt_queue_ms + t.stt_ms + t.tts_first_ms,
             t.wait_ms,
             "{t:?}"
         );
+        assert!(matches!(t.ended_by, TurnEnd::SmartTurn { .. }));
         assert!((t.agent_ms - 0.3).abs() < 1e-9);
         let t = &felt.turns[1];
         assert!(!t.end_from_audio);
@@ -974,14 +1447,18 @@ mod tests {
             turn: 1,
             wait_ms,
             endpointing_ms: 0,
+            stt_queue_ms: 0,
             stt_ms: 0,
             agent_ms: 0.0,
             tts_first_ms: 0,
             end_from_audio: true,
+            ended_by: TurnEnd::Silence,
         };
         let turns = vec![turn(1, 900), turn(1, 1_100), turn(4, 2_600)];
         let level = |concurrent| super::level(concurrent, &[], &turns, 1.0);
         let report = Report {
+            smart_turn: true,
+            end_of_turn: None,
             stt_model: "whisper-tiny-en".into(),
             stt_workers: 2,
             voice: "piper-joe".into(),
@@ -1012,6 +1489,8 @@ mod tests {
     #[test]
     fn an_unwritable_chart_path_is_a_clear_error() {
         let report = Report {
+            smart_turn: true,
+            end_of_turn: None,
             stt_model: String::new(),
             stt_workers: 1,
             voice: String::new(),

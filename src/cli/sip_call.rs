@@ -66,7 +66,7 @@ pub fn simulate_sip(
                 LineKind::Sip,
                 line,
                 &voices,
-                EndpointOptions::default(),
+                EndpointOptions::configured(&config.endpoint),
                 store,
                 watch,
             )

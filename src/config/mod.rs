@@ -80,6 +80,7 @@ pub struct Config {
     pub sip: SipConfig,
     pub handoff: HandoffConfig,
     pub audio: AudioConfig,
+    pub endpoint: EndpointConfig,
     pub modem: Option<ModemConfig>,
     pub mqtt: Option<MqttConfig>,
     pub fleet: FleetConfig,
@@ -195,6 +196,22 @@ pub struct AudioConfig {
     pub playback_device: Option<String>,
 }
 
+/// When the caller's turn is over (`[endpoint]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EndpointConfig {
+    /// Silence that ends a turn whatever Smart Turn says, and the only rule without it.
+    pub silence_window_ms: u32,
+    /// Silence at which the turn is held and transcribed speculatively, and Smart Turn first
+    /// asked.
+    pub early_pause_ms: u32,
+    /// Smart Turn probability from which the turn is over.
+    pub smart_turn_threshold: f32,
+    /// Pause after which a held turn may become final (a whole answer, or likely done).
+    pub confirm_pause_ms: u32,
+    /// Silence window while the caller dictates a phone number, a date or a name.
+    pub dictation_window_ms: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct ModemConfig {
     pub port: PathBuf,
@@ -267,6 +284,8 @@ struct RawConfig {
     handoff: RawHandoff,
     #[serde(default)]
     audio: RawAudio,
+    #[serde(default)]
+    endpoint: RawEndpoint,
     modem: Option<RawModem>,
     mqtt: Option<RawMqtt>,
     #[serde(default)]
@@ -355,6 +374,16 @@ struct RawHandoff {
 struct RawAudio {
     capture_device: Option<String>,
     playback_device: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    silence_window_ms: Option<u32>,
+    early_pause_ms: Option<u32>,
+    smart_turn_threshold: Option<f64>,
+    confirm_pause_ms: Option<u32>,
+    dictation_window_ms: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -593,6 +622,7 @@ impl Validator<'_> {
             capture_device: raw.audio.capture_device,
             playback_device: raw.audio.playback_device,
         };
+        let endpoint = self.endpoint(raw.endpoint);
         let modem = raw.modem.map(|m| {
             let baud = m.baud.unwrap_or(115_200);
             if !SERIAL_BAUDS.contains(&baud) {
@@ -629,6 +659,7 @@ impl Validator<'_> {
             sip,
             handoff,
             audio,
+            endpoint,
             modem,
             mqtt,
             fleet,
@@ -741,6 +772,81 @@ impl Validator<'_> {
             silence_reprompt_s: reprompt,
             silence_hangup_s: hangup,
             max_turns: self.range("agent.max_turns", raw.max_turns, 40, 4, 200),
+        }
+    }
+
+    fn endpoint(&mut self, raw: RawEndpoint) -> EndpointConfig {
+        use crate::call::endpoint::{
+            DEFAULT_CONFIRM_PAUSE_MS, DEFAULT_DICTATION_WINDOW_MS, DEFAULT_EARLY_PAUSE_MS,
+            DEFAULT_SILENCE_WINDOW_MS, DEFAULT_TURN_THRESHOLD,
+        };
+        let window = self.range(
+            "endpoint.silence_window_ms",
+            raw.silence_window_ms,
+            DEFAULT_SILENCE_WINDOW_MS as u32,
+            200,
+            5_000,
+        );
+        let pause = self.range(
+            "endpoint.early_pause_ms",
+            raw.early_pause_ms,
+            DEFAULT_EARLY_PAUSE_MS as u32,
+            60,
+            5_000,
+        );
+        if pause >= window {
+            self.report(
+                "endpoint.early_pause_ms",
+                format!("{pause} ms is not shorter than silence_window_ms ({window} ms)"),
+                "a pause shorter than endpoint.silence_window_ms",
+            );
+        }
+        let threshold = match raw.smart_turn_threshold {
+            Some(t) if !(0.0..=1.0).contains(&t) => {
+                self.report(
+                    "endpoint.smart_turn_threshold",
+                    format!("{t} is not a probability"),
+                    "0.0 to 1.0",
+                );
+                DEFAULT_TURN_THRESHOLD
+            }
+            Some(t) => t as f32,
+            None => DEFAULT_TURN_THRESHOLD,
+        };
+        let confirm = self.range(
+            "endpoint.confirm_pause_ms",
+            raw.confirm_pause_ms,
+            DEFAULT_CONFIRM_PAUSE_MS as u32,
+            0,
+            5_000,
+        );
+        if confirm > window {
+            self.report(
+                "endpoint.confirm_pause_ms",
+                format!("{confirm} ms is longer than silence_window_ms ({window} ms)"),
+                "a pause no longer than endpoint.silence_window_ms",
+            );
+        }
+        let dictation = self.range(
+            "endpoint.dictation_window_ms",
+            raw.dictation_window_ms,
+            DEFAULT_DICTATION_WINDOW_MS as u32,
+            200,
+            10_000,
+        );
+        if dictation < window {
+            self.report(
+                "endpoint.dictation_window_ms",
+                format!("{dictation} ms is shorter than silence_window_ms ({window} ms)"),
+                "a window no shorter than endpoint.silence_window_ms",
+            );
+        }
+        EndpointConfig {
+            silence_window_ms: window,
+            early_pause_ms: pause,
+            smart_turn_threshold: threshold,
+            confirm_pause_ms: confirm,
+            dictation_window_ms: dictation,
         }
     }
 

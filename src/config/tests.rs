@@ -277,3 +277,35 @@ fn inference_threads_default_to_the_cores_and_are_bounded() {
     assert_eq!(p.key, "inference.threads");
     assert_eq!(p.valid, "1 to 256");
 }
+
+#[test]
+fn endpoint_keys_default_and_are_checked() {
+    let c = Config::parse(GOOD, "good.toml", ConfigSource::Embedded).unwrap();
+    assert_eq!(c.endpoint.silence_window_ms, 700);
+    let text = format!(
+        "{GOOD}\n[endpoint]\nsilence_window_ms = 900\nearly_pause_ms = 150\nsmart_turn_threshold = 0.7\n"
+    );
+    let c = Config::parse(&text, "t.toml", ConfigSource::Embedded).unwrap();
+    assert_eq!(
+        (c.endpoint.silence_window_ms, c.endpoint.early_pause_ms),
+        (900, 150)
+    );
+    assert!((c.endpoint.smart_turn_threshold - 0.7).abs() < 1e-6);
+    let p = one_problem(&format!("{GOOD}\n[endpoint]\nsmart_turn_threshold = 1.5\n"));
+    assert_eq!(p.key, "endpoint.smart_turn_threshold");
+    let p = one_problem(&format!(
+        "{GOOD}\n[endpoint]\nsilence_window_ms = 400\nearly_pause_ms = 400\n"
+    ));
+    assert_eq!(p.key, "endpoint.early_pause_ms");
+    assert!(p.message.contains("not shorter"), "{p:?}");
+    assert_eq!(
+        (c.endpoint.confirm_pause_ms, c.endpoint.dictation_window_ms),
+        (400, 1_500)
+    );
+    let p = one_problem(&format!(
+        "{GOOD}\n[endpoint]\nsilence_window_ms = 600\ndictation_window_ms = 500\n"
+    ));
+    assert_eq!(p.key, "endpoint.dictation_window_ms");
+    let p = one_problem(&format!("{GOOD}\n[endpoint]\nconfirm_pause_ms = 900\n"));
+    assert_eq!(p.key, "endpoint.confirm_pause_ms");
+}

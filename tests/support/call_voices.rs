@@ -1,6 +1,6 @@
 //! What whole-call tests share: the box's voices (tiny.en, the Piper voice on candle with the
-//! clinic's fixed lines prewarmed, Silero VAD, all run by one inference scheduler as on the
-//! box), loaded once per test binary, and callers whose
+//! clinic's fixed lines prewarmed, Silero VAD, Smart Turn, all run by one inference scheduler
+//! as on the box), loaded once per test binary, and callers whose
 //! lines are spoken by Piper's own runtime through a telephone channel.
 
 use std::path::Path;
@@ -15,6 +15,8 @@ use callbox::speech::stt::import::{import_model, ImportOptions};
 use callbox::speech::stt::{SpeechToText, SttOptions};
 use callbox::speech::testset::{self, Condition, Voice};
 use callbox::speech::tts::speaker::{Speaker, SpeakerOptions};
+use callbox::speech::turn::import::import_smart_turn;
+use callbox::speech::turn::{self, EndOfTurn};
 use callbox::speech::vad::VadModel;
 
 use super::voice;
@@ -40,7 +42,7 @@ pub fn voices() -> &'static Voices {
             .with_scheduler(Arc::clone(&scheduler));
         voice::weights();
         let speaker = Speaker::installed(&models, voice::VOICE, SpeakerOptions::default())
-            .with_scheduler(scheduler);
+            .with_scheduler(Arc::clone(&scheduler));
         assert!(speaker.neural().is_some(), "{:?}", speaker.neural_problem());
         let speaker = Arc::new(speaker);
         // As when the script is activated on the box: its fixed lines cost nothing to say.
@@ -48,10 +50,20 @@ pub fn voices() -> &'static Voices {
             .prewarm_background(&Script::builtin("clinic").unwrap())
             .expect("prewarm the clinic's lines");
         let vad = VadModel::load(&models.join("silero-vad/silero_vad.onnx")).expect("Silero VAD");
+        let turn_dir = models.join("smart-turn-v3");
+        import_smart_turn(
+            &turn_dir.join("smart-turn-v3.2-cpu.onnx"),
+            &turn_dir.join(turn::CANDLE_DIR),
+        )
+        .expect("import Smart Turn");
+        let end_of_turn = EndOfTurn::load(&turn_dir)
+            .expect("Smart Turn")
+            .with_scheduler(scheduler);
         Voices {
             stt: Arc::new(stt),
             speaker,
             vad: Some(vad),
+            end_of_turn: Some(Arc::new(end_of_turn)),
             scorer: None,
         }
     })

@@ -16,14 +16,21 @@
 //! summation (onnxruntime's fused int8 kernels and the same graph run node by node differ by up
 //! to 0.24 on the same input); in f32 nearby inputs give nearby answers. See
 //! `docs/vad-and-end-of-turn.md`.
+//!
+//! With an inference scheduler attached ([`EndOfTurn::with_scheduler`]) each decision runs as a
+//! live job on its workers, like a transcription, so the calls' model work shares one bounded set
+//! of threads.
 
 pub mod import;
+pub mod testset;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
 
+use super::scheduler::{Priority, ScheduleError, Scheduler};
 use super::stt::encoder::EncoderLayer;
 use super::stt::mel;
 
@@ -55,6 +62,8 @@ pub enum TurnError {
     },
     #[error("Smart Turn inference: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("Smart Turn decision: {0}")]
+    Schedule(#[from] ScheduleError),
 }
 
 type Result<T> = std::result::Result<T, TurnError>;
@@ -69,6 +78,11 @@ fn linear(
 
 /// Smart Turn v3: the encoder and the pooling classifier. Shareable between calls.
 pub struct EndOfTurn {
+    network: Arc<Network>,
+    scheduler: Option<Arc<Scheduler>>,
+}
+
+struct Network {
     conv1: Conv1d,
     conv2: Conv1d,
     positions: Tensor,
@@ -102,10 +116,48 @@ impl EndOfTurn {
             VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu)
                 .map_err(weights_err)?
         };
-        EndOfTurn::from_var_builder(&vb).map_err(weights_err)
+        let network = Network::from_var_builder(&vb).map_err(weights_err)?;
+        Ok(EndOfTurn {
+            network: Arc::new(network),
+            scheduler: None,
+        })
     }
 
-    fn from_var_builder(vb: &VarBuilder) -> candle_core::Result<EndOfTurn> {
+    /// Runs every decision on `scheduler`'s workers, as live work.
+    pub fn with_scheduler(mut self, scheduler: Arc<Scheduler>) -> EndOfTurn {
+        self.scheduler = Some(scheduler);
+        self
+    }
+
+    /// The probability that the turn is complete, from the caller's latest audio (16 kHz, in
+    /// [-1, 1]); only the last 8 s are used, shorter audio is padded with silence at the start.
+    /// With a scheduler this waits for a live job (run inline when already on one of its
+    /// workers).
+    pub fn probability(&self, samples_16k: &[f32]) -> Result<f32> {
+        match &self.scheduler {
+            Some(scheduler) if !Scheduler::on_worker() => {
+                let network = Arc::clone(&self.network);
+                let window =
+                    samples_16k[samples_16k.len().saturating_sub(WINDOW_SAMPLES)..].to_vec();
+                scheduler.run(Priority::Live, move || network.probability(&window))?
+            }
+            _ => self.network.probability(samples_16k),
+        }
+    }
+
+    /// The model's input for `samples_16k`: `[80, 800]` log-mel features, row-major.
+    pub fn features(&self, samples_16k: &[f32]) -> Result<Vec<f32>> {
+        self.network.features(samples_16k)
+    }
+
+    /// The probability for prepared features `[1, 80, 800]`, on the calling thread.
+    pub fn probability_of_features(&self, features: &Tensor) -> Result<f32> {
+        self.network.probability_of_features(features)
+    }
+}
+
+impl Network {
+    fn from_var_builder(vb: &VarBuilder) -> candle_core::Result<Network> {
         let conv = |stride| Conv1dConfig {
             padding: 1,
             stride,
@@ -114,7 +166,7 @@ impl EndOfTurn {
         let layers = (0..LAYERS)
             .map(|i| EncoderLayer::load(vb.pp(format!("encoder.layers.{i}")), D_MODEL))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(EndOfTurn {
+        Ok(Network {
             conv1: candle_nn::conv1d(N_MELS, D_MODEL, 3, conv(1), vb.pp("encoder.conv1"))?,
             conv2: candle_nn::conv1d(D_MODEL, D_MODEL, 3, conv(2), vb.pp("encoder.conv2"))?,
             positions: vb.get((FRAMES / 2, D_MODEL), "encoder.embed_positions.weight")?,
@@ -132,16 +184,13 @@ impl EndOfTurn {
         })
     }
 
-    /// The probability that the turn is complete, from the caller's latest audio (16 kHz, in
-    /// [-1, 1]); only the last 8 s are used, shorter audio is padded with silence at the start.
-    pub fn probability(&self, samples_16k: &[f32]) -> Result<f32> {
+    fn probability(&self, samples_16k: &[f32]) -> Result<f32> {
         let features = self.features(samples_16k)?;
         let input = Tensor::from_vec(features, (1, N_MELS, FRAMES), &Device::Cpu)?;
         self.probability_of_features(&input)
     }
 
-    /// The model's input for `samples_16k`: `[80, 800]` log-mel features, row-major.
-    pub fn features(&self, samples_16k: &[f32]) -> Result<Vec<f32>> {
+    fn features(&self, samples_16k: &[f32]) -> Result<Vec<f32>> {
         let mut window = vec![0f32; WINDOW_SAMPLES.saturating_sub(samples_16k.len())];
         window.extend_from_slice(&samples_16k[samples_16k.len().saturating_sub(WINDOW_SAMPLES)..]);
         let n = window.len() as f64;
@@ -162,8 +211,7 @@ impl EndOfTurn {
             .features(&normalized, FRAMES, mel::EndPadding::Reflect)?)
     }
 
-    /// The probability for prepared features `[1, 80, 800]`.
-    pub fn probability_of_features(&self, features: &Tensor) -> Result<f32> {
+    fn probability_of_features(&self, features: &Tensor) -> Result<f32> {
         let x = self.conv1.forward(features)?.gelu_erf()?;
         let x = self.conv2.forward(&x)?.gelu_erf()?;
         let mut x = x.transpose(1, 2)?.broadcast_add(&self.positions)?;

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use callbox::models::{default_models_dir, Manifest};
+use callbox::speech::scheduler::CancelToken;
 use callbox::speech::stt::ct2::Ct2Model;
 use callbox::speech::stt::import::{self, ImportError, ImportOptions};
-use callbox::speech::stt::{SpeechToText, SttOptions};
+use callbox::speech::stt::{SpeechToText, SttError, SttOptions};
 use callbox::speech::testset::{self, Condition, Utterance, Voice};
 use callbox::speech::wer::{edit_distance, WordErrors};
 
@@ -271,6 +272,33 @@ fn silence_gives_empty_text() {
     assert_eq!(t.text, "", "low noise: {t:?}");
     assert_eq!(stt().transcribe(&[0.0; 800]).unwrap().text, "");
     assert!(stt().transcribe(&[f32::NAN; 1600]).is_err());
+}
+
+#[test]
+fn a_cancelled_transcription_stops_and_an_uncancelled_one_is_unchanged() {
+    let utterance = &spoken(Voice::Piper)[12].samples;
+    let cancel = CancelToken::new();
+    let kept = stt().transcribe_cancellable(utterance, &cancel).unwrap();
+    let plain = stt().transcribe(utterance).unwrap();
+    assert_eq!((kept.text, kept.confidence), (plain.text, plain.confidence));
+    cancel.cancel();
+    let stopped = stt().transcribe_cancellable(utterance, &cancel);
+    assert!(matches!(stopped, Err(SttError::Cancelled)), "{stopped:?}");
+    // Raised while it runs: 25 s of speech (one window) takes far longer to encode and decode
+    // than the moment before the cancel.
+    let long: Vec<f32> = spoken(Voice::Piper)
+        .iter()
+        .flat_map(|u| u.samples.iter().copied())
+        .take(25 * 16_000)
+        .collect();
+    let cancel = CancelToken::new();
+    let result = std::thread::scope(|s| {
+        let running = s.spawn(|| stt().transcribe_cancellable(&long, &cancel));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        cancel.cancel();
+        running.join().unwrap()
+    });
+    assert!(matches!(result, Err(SttError::Cancelled)), "{result:?}");
 }
 
 #[test]

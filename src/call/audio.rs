@@ -12,7 +12,7 @@
 //! speculatively, and its transcript held until the endpointer confirms the end (the pause lasted
 //! long enough and the transcript answers what the agent asked or Smart Turn found the caller
 //! done, see [`Endpointer::confirm`]): if the caller goes on first, the transcript is dropped
-//! unseen (its job skipped if it has not started) and the turn continues; the agent only ever
+//! unseen (its job skipped, or stopped mid-way) and the turn continues; the agent only ever
 //! hears final turns. After each reply the endpointer learns what the agent asked for.
 
 use std::sync::mpsc;
@@ -129,7 +129,7 @@ const PLAYOUT_START_MS: usize = 200;
 /// A caller turn for the recognizer.
 struct SttJob {
     id: u64,
-    /// Raised when the held turn resumed: the job is skipped if it has not started.
+    /// Raised when the held turn resumed: the job is skipped, or stopped if it has started.
     dropped: CancelToken,
     speech_start_ms: u64,
     speech_end_ms: u64,
@@ -149,7 +149,7 @@ struct Heard {
     text: String,
     compute_ms: u64,
     confidence: f32,
-    /// Windows the recognizer decoded a second time, on the 30 s window, for want of confidence.
+    /// Windows the recognizer decoded a second time, on a longer window, for want of confidence.
     retried_windows: usize,
 }
 
@@ -213,8 +213,10 @@ pub fn run_audio_call(
                     continue;
                 }
                 let started = Instant::now();
+                // A held turn whose caller goes on is dropped: its transcription stops
+                // mid-way rather than delaying the turn that follows.
                 let result = stt
-                    .transcribe(&to_f32(&u.audio))
+                    .transcribe_cancellable(&to_f32(&u.audio), &u.dropped)
                     .map(|t| Heard {
                         speech_start_ms: u.speech_start_ms,
                         speech_end_ms: u.speech_end_ms,

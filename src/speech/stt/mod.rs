@@ -104,6 +104,8 @@ pub enum SttError {
     Scheduler(#[from] ScheduleError),
     #[error("no inference scheduler is attached to the recognizer")]
     NoScheduler,
+    #[error("the transcription was cancelled")]
+    Cancelled,
 }
 
 /// How the model is loaded and run.
@@ -458,10 +460,37 @@ impl SpeechToText {
                 let engine = Arc::clone(&self.engine);
                 let samples = samples_16k.to_vec();
                 scheduler.run(Priority::Live, move || {
-                    engine.transcribe_with(&samples, pad_to_30s)
+                    engine.transcribe_with(&samples, pad_to_30s, &CancelToken::new())
                 })?
             }
-            _ => self.engine.transcribe_with(samples_16k, pad_to_30s),
+            _ => self
+                .engine
+                .transcribe_with(samples_16k, pad_to_30s, &CancelToken::new()),
+        }
+    }
+
+    /// [`Self::transcribe`] that stops when `cancel` is raised: before it starts, between
+    /// decoder steps and before a second decode ([`SttError::Cancelled`]). For a turn
+    /// transcribed while held, whose caller may go on: its transcript would be dropped, and the
+    /// time it would still take is taken from the call's next turn.
+    pub fn transcribe_cancellable(
+        &self,
+        samples_16k: &[f32],
+        cancel: &CancelToken,
+    ) -> Result<Transcript, SttError> {
+        let pad = self.engine.options.pad_to_30s;
+        match &self.scheduler {
+            Some(_) if !Scheduler::on_worker() => {
+                match self
+                    .submit(Priority::Live, cancel, samples_16k.to_vec())?
+                    .wait()
+                {
+                    Ok(result) => result,
+                    Err(ScheduleError::Cancelled) => Err(SttError::Cancelled),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            _ => self.engine.transcribe_with(samples_16k, pad, cancel),
         }
     }
 
@@ -476,8 +505,9 @@ impl SpeechToText {
         let scheduler = self.scheduler.as_ref().ok_or(SttError::NoScheduler)?;
         let engine = Arc::clone(&self.engine);
         let pad = engine.options.pad_to_30s;
+        let stop = cancel.clone();
         Ok(scheduler.submit(priority, cancel, move || {
-            engine.transcribe_with(&samples_16k, pad)
+            engine.transcribe_with(&samples_16k, pad, &stop)
         })?)
     }
 }
@@ -487,6 +517,7 @@ impl Recognizer {
         &self,
         samples_16k: &[f32],
         pad_to_30s: bool,
+        cancel: &CancelToken,
     ) -> Result<Transcript, SttError> {
         if samples_16k.iter().any(|s| !s.is_finite()) {
             return Err(SttError::BadAudio);
@@ -505,11 +536,11 @@ impl Recognizer {
                 true => mel::N_FRAMES,
                 false => self.options.min_frames,
             };
-            let mut d = self.transcribe_window(chunk, least_frames, &mut timings)?;
+            let mut d = self.transcribe_window(chunk, least_frames, cancel, &mut timings)?;
             if !pad_to_30s && d.mean_prob() < self.options.retry_confidence {
                 retried_windows += 1;
                 let again =
-                    self.transcribe_window(chunk, self.options.retry_frames, &mut timings)?;
+                    self.transcribe_window(chunk, self.options.retry_frames, cancel, &mut timings)?;
                 if again.mean_prob() > d.mean_prob() {
                     d = again;
                 }
@@ -550,8 +581,12 @@ impl Recognizer {
         &self,
         samples: &[f32],
         least_frames: usize,
+        cancel: &CancelToken,
         timings: &mut Timings,
     ) -> Result<Decoded, SttError> {
+        if cancel.is_cancelled() {
+            return Err(SttError::Cancelled);
+        }
         let started = Instant::now();
         let n_mels = self.config.dims.num_mel_bins;
         let mut lead = vec![0f32; LEAD_SAMPLES];
@@ -577,9 +612,11 @@ impl Recognizer {
         let started = Instant::now();
         let decoded = if self.options.cached_decoder {
             let mut state = self.decoder.start(&audio)?;
-            self.greedy(|tokens, fed| self.decoder.step(&mut state, &tokens[fed..]))?
+            self.greedy(cancel, |tokens, fed| {
+                self.decoder.step(&mut state, &tokens[fed..])
+            })?
         } else {
-            self.greedy(|tokens, fed| {
+            self.greedy(cancel, |tokens, fed| {
                 let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
                 model.decode(&input, &audio, fed == 0)
             })?
@@ -593,6 +630,7 @@ impl Recognizer {
     /// first `fed` were given in earlier calls.
     fn greedy(
         &self,
+        cancel: &CancelToken,
         mut next_logits: impl FnMut(&[u32], usize) -> candle_core::Result<Tensor>,
     ) -> Result<Decoded, SttError> {
         let specials = self.tokenizer.specials;
@@ -605,6 +643,9 @@ impl Recognizer {
         let mut fed = 0;
         let mut steps = 0;
         for step in 0..max_len {
+            if cancel.is_cancelled() {
+                return Err(SttError::Cancelled);
+            }
             let logits = next_logits(&tokens, fed)?;
             fed = tokens.len();
             steps += 1;

@@ -69,10 +69,10 @@ pub const LOGPROB_THRESHOLD: f32 = -1.0;
 /// Whisper's threshold: text whose zlib compression ratio is above this is a repetition loop.
 pub const COMPRESSION_RATIO_THRESHOLD: f32 = 2.4;
 /// A window encoded at its own length whose text's mean token probability is below this is
-/// decoded again on a longer window ([`RETRY_FRAMES`]), and the more confident text is kept. On a short window
-/// Whisper sometimes stops early or says only the end ("Sorry, could you repeat that?" →
-/// "that", mean probability 0.09; "My email is maria at example dot com." → "My name is",
-/// 0.50), while right texts of the test set score 0.57 and more (docs/stt.md). Whisper itself
+/// decoded again on a longer window ([`RETRY_FRAMES`]), and the more confident text is kept. On
+/// a short window Whisper sometimes stops early or says only the end ("Sorry, could you repeat
+/// that?" → "that", mean probability 0.09; "My email is maria at example dot com." → "My name
+/// is", 0.50), while right texts of the test set score 0.57 and more (docs/stt.md). Whisper itself
 /// decodes again (at a higher temperature) below a mean log-probability of −1.
 pub const RETRY_CONFIDENCE: f32 = 0.55;
 

@@ -206,15 +206,9 @@ pub fn run_audio_call(
         .name("call-stt".into())
         .spawn(move || {
             for u in utterances {
-                if u.dropped.is_cancelled() {
-                    if heard_tx.send((u.id, Err("dropped".into()))).is_err() {
-                        break;
-                    }
-                    continue;
-                }
                 let started = Instant::now();
-                // A held turn whose caller goes on is dropped: its transcription stops
-                // mid-way rather than delaying the turn that follows.
+                // A held turn whose caller goes on is dropped: its transcription is skipped,
+                // or stops mid-way, rather than delaying the turn that follows.
                 let result = stt
                     .transcribe_cancellable(&to_f32(&u.audio), &u.dropped)
                     .map(|t| Heard {

@@ -50,6 +50,26 @@ impl TurnExpectation {
         )
     }
 
+    /// Whether `transcript`, heard so far, is the dictation this expectation waits for, so that
+    /// the longer window still applies: a caller who answers a request for their name or number
+    /// with a question ("what are your hours?") or a refusal ("I'd rather not say") is not
+    /// dictating, and is answered after the ordinary window.
+    pub fn is_dictating(self, transcript: &str) -> bool {
+        if !self.is_dictation() || transcript.trim_end().ends_with('?') {
+            return false;
+        }
+        match self {
+            TurnExpectation::Name => {
+                let spelling = extract::normalize(transcript)
+                    .split_whitespace()
+                    .next_back()
+                    .is_some_and(|w| w.chars().count() == 1);
+                spelling || extract::answered_name(transcript).is_some()
+            }
+            _ => true,
+        }
+    }
+
     /// Whether `transcript` by its words alone is a whole answer of this kind (a yes or a no,
     /// all the digits of a number, a first and last name), so that the turn may end after the
     /// confirmation pause whatever the end-of-turn model says. An open answer never is: only
@@ -145,6 +165,20 @@ mod tests {
         );
         assert!(!TurnExpectation::YesNo.is_dictation());
         assert!(!TurnExpectation::for_slot(SlotType::FreeText).is_dictation());
+    }
+
+    #[test]
+    fn a_question_or_a_refusal_is_not_dictation() {
+        let name = TurnExpectation::Name;
+        assert!(name.is_dictating("Dana"));
+        assert!(name.is_dictating("Dana Lee, L E"));
+        assert!(!name.is_dictating("What are your hours?"));
+        assert!(!name.is_dictating("I'd rather not say."));
+        let phone = TurnExpectation::PhoneNumber;
+        assert!(phone.is_dictating("555, 234"));
+        assert!(!phone.is_dictating("Why do you need it?"));
+        assert!(TurnExpectation::Date.is_dictating("March fourth"));
+        assert!(!TurnExpectation::Open.is_dictating("Dana"));
     }
 
     #[test]

@@ -359,6 +359,9 @@ pub struct Endpointer {
     committed: (u64, TurnEnd),
     /// The end-of-turn model's "likely done" for the current pause.
     likely_done: Option<f32>,
+    /// Whether the held turn's transcript is the dictation that was asked for (assumed until a
+    /// transcript says otherwise): the longer window applies only then.
+    dictating: bool,
 }
 
 impl Endpointer {
@@ -385,6 +388,7 @@ impl Endpointer {
             now_ms: 0,
             committed: (0, TurnEnd::Silence),
             likely_done: None,
+            dictating: true,
         }
     }
 
@@ -395,7 +399,7 @@ impl Endpointer {
 
     /// The silence that ends the turn whatever the model says.
     fn window_ms(&self) -> u64 {
-        if self.expecting.is_dictation() {
+        if self.expecting.is_dictation() && self.dictating {
             self.options
                 .dictation_silence_ms
                 .max(self.options.end_silence_ms)
@@ -414,6 +418,7 @@ impl Endpointer {
         if self.phase != Phase::Tentative {
             return Some(self.committed);
         }
+        self.dictating = self.expecting.is_dictating(transcript);
         if self.silence_run_ms < self.options.confirm_ms {
             return None;
         }
@@ -542,6 +547,7 @@ impl Endpointer {
             Phase::Idle => {
                 if self.speech_run_ms >= self.options.start_ms {
                     self.phase = Phase::InTurn;
+                    self.dictating = true;
                     let started = t_ms + FRAME_MS - self.speech_run_ms;
                     self.turn_start_ms = started;
                     let keep =
@@ -556,6 +562,7 @@ impl Endpointer {
             Phase::Tentative => {
                 if self.speech_run_ms >= self.options.start_ms {
                     self.phase = Phase::InTurn;
+                    self.dictating = true;
                     return Some(Endpoint::TurnResumed {
                         at_ms: t_ms + FRAME_MS - self.speech_run_ms,
                     });
@@ -767,6 +774,40 @@ mod tests {
         assert_eq!(
             ep.confirm("I have a question about my bill."),
             Some(((74 + 35 + 1) * FRAME_MS, TurnEnd::Silence))
+        );
+    }
+
+    #[test]
+    fn a_question_in_place_of_a_dictated_answer_ends_at_the_ordinary_window() {
+        // Asked for a name, the caller says 1 s of words and is silent for 2 s; the transcript
+        // arrives 520 ms into the pause.
+        let run = |transcript: &str| {
+            let mut ep = endpointer();
+            ep.expect(TurnExpectation::Name);
+            let mut final_at = None;
+            for i in 0..175 {
+                let frame = if (25..75).contains(&i) {
+                    tone(0.3, i)
+                } else {
+                    [0; FRAME_SAMPLES]
+                };
+                ep.push(&frame, i as u64 * FRAME_MS, 0.0);
+                if i >= 100 && final_at.is_none() {
+                    final_at = ep.confirm(transcript);
+                }
+            }
+            final_at
+        };
+        // A question: final when the 700 ms window ends (frame 74 + 35), as for an open answer.
+        assert_eq!(
+            run("What are your hours?"),
+            Some(((74 + 35 + 1) * FRAME_MS, TurnEnd::Silence))
+        );
+        // A first name alone: the caller may be going on to the last name or spelling it, so
+        // the 1.5 s dictation window applies (frame 74 + 75).
+        assert_eq!(
+            run("Dana"),
+            Some(((74 + 75 + 1) * FRAME_MS, TurnEnd::Silence))
         );
     }
 

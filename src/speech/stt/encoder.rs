@@ -131,7 +131,7 @@ impl Conv3 {
 
     /// Frames out of `frames` in.
     fn frames_out(&self, frames: usize) -> usize {
-        (frames + self.stride - 1) / self.stride
+        frames.div_ceil(self.stride)
     }
 
     /// `padded` is the time-major input with a row of zeros before and after its `frames` rows;
@@ -166,7 +166,7 @@ impl Encoder {
         let layers = (0..shape.layers)
             .map(|i| EncoderLayer::load(vb.pp(format!("layers.{i}")), shape))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        if positions.len() % d != 0 {
+        if !positions.len().is_multiple_of(d) {
             candle_core::bail!("position table of {} values for width {d}", positions.len());
         }
         Ok(Encoder {

@@ -14,7 +14,9 @@
 //! - [`wer`]: word error rate, the measure of recognition and intelligibility.
 //! - [`testset`]: the spoken utterances and line conditions that measure recognition.
 //! - [`scheduler`]: the inference workers every model's work runs on, live calls first.
+//! - `kernels`: the f32 kernels of the Whisper-style audio encoders (speech to text, end of turn).
 pub mod audio;
+pub(crate) mod kernels;
 pub mod llm;
 pub mod onnx;
 pub mod scheduler;

@@ -1,11 +1,13 @@
 //! Whisper's log-mel front end, shared by the recognizer and the end-of-turn model: the
 //! Slaney-scale mel filter bank (computed here, as librosa's `mel(sr=16000, n_fft=400, n_mels=80)`
 //! does, not shipped with the model) and the spectrogram as Whisper computes it: a centered STFT
-//! (periodic Hann window 400, hop 160) as one matrix product with a windowed-DFT matrix, power
-//! |X|², mel filters, log10, clamped to max − 8, scaled (x + 4) / 4.
+//! (periodic Hann window 400, hop 160) as one matrix product with a windowed-DFT matrix (the
+//! frames read in place from the padded signal, hop by hop), power |X|², mel filters (a second
+//! product), log10, clamped to max − 8, scaled (x + 4) / 4.
 
-use candle_core::{Device, Tensor};
 use candle_transformers::models::whisper as w;
+
+use crate::speech::kernels::{self, View};
 
 pub const SAMPLE_RATE: usize = w::SAMPLE_RATE;
 pub const N_FFT: usize = w::N_FFT;
@@ -64,10 +66,11 @@ pub fn mel_filters(sample_rate: usize, n_fft: usize, n_mels: usize) -> Vec<f32> 
 /// The spectrogram's fixed matrices, made once per model.
 pub struct LogMel {
     n_mels: usize,
-    /// `[n_fft, 2 · bins]`: column k is `w[n]·cos(2πkn/N)`, column bins + k is `−w[n]·sin(…)`.
-    dft: Tensor,
-    /// `[n_mels, bins]`.
-    filters: Tensor,
+    /// `[n_fft, 2 · bins]` row-major: column k is `w[n]·cos(2πkn/N)`, column bins + k is
+    /// `−w[n]·sin(…)`.
+    dft: Vec<f32>,
+    /// `[n_mels, bins]` row-major.
+    filters: Vec<f32>,
 }
 
 impl LogMel {
@@ -87,12 +90,8 @@ impl LogMel {
         }
         Ok(LogMel {
             n_mels,
-            dft: Tensor::from_vec(m, (n, 2 * bins), &Device::Cpu)?,
-            filters: Tensor::from_vec(
-                mel_filters(SAMPLE_RATE, n, n_mels),
-                (n_mels, bins),
-                &Device::Cpu,
-            )?,
+            dft: m,
+            filters: mel_filters(SAMPLE_RATE, n, n_mels),
         })
     }
 
@@ -117,26 +116,45 @@ impl LogMel {
             padded.extend((1..=half.min(last)).map(|i| signal[last - i]));
         }
         padded.resize(padded.len().max(needed), 0.0);
-        let mut windows = Vec::with_capacity(frames * N_FFT);
-        for i in 0..frames {
-            let start = i * HOP_LENGTH;
-            windows.extend_from_slice(&padded[start..start + N_FFT]);
-        }
-        let windows = Tensor::from_vec(windows, (frames, N_FFT), &Device::Cpu)?;
-        let spectrum = windows.matmul(&self.dft)?;
         let bins = N_FFT / 2 + 1;
-        let power =
-            (spectrum.narrow(1, 0, bins)?.sqr()? + spectrum.narrow(1, bins, bins)?.sqr()?)?;
-        let log_mel = (self
-            .filters
-            .matmul(&power.t()?)?
-            .clamp(1e-10f32, f32::MAX)?
-            .log()?
-            / std::f64::consts::LN_10)?;
-        let max = log_mel.max_all()?.to_scalar::<f32>()?;
-        let scaled = ((log_mel.clamp(max - 8.0, f32::MAX)? + 4.0)? / 4.0)?;
-        debug_assert_eq!(scaled.dims(), [self.n_mels, frames]);
-        scaled.flatten_all()?.to_vec1::<f32>()
+        // Frame i is the N_FFT samples from i · hop: rows of the padded signal, hop apart.
+        let mut spectrum = vec![0f32; frames * 2 * bins];
+        kernels::matmul(
+            &mut spectrum,
+            2 * bins,
+            View::rows(&padded, HOP_LENGTH),
+            View::rows(&self.dft, 2 * bins),
+            (frames, 2 * bins, N_FFT),
+            false,
+        );
+        let mut power = vec![0f32; frames * bins];
+        for (p, x) in power
+            .chunks_exact_mut(bins)
+            .zip(spectrum.chunks_exact(2 * bins))
+        {
+            let (re, im) = x.split_at(bins);
+            for ((p, &re), &im) in p.iter_mut().zip(re).zip(im) {
+                *p = re * re + im * im;
+            }
+        }
+        let mut log_mel = vec![0f32; self.n_mels * frames];
+        kernels::matmul(
+            &mut log_mel,
+            frames,
+            View::rows(&self.filters, bins),
+            View::transposed(&power, bins),
+            (self.n_mels, frames, bins),
+            false,
+        );
+        let mut max = f32::NEG_INFINITY;
+        for v in log_mel.iter_mut() {
+            *v = v.max(1e-10).log10();
+            max = max.max(*v);
+        }
+        for v in log_mel.iter_mut() {
+            *v = (v.max(max - 8.0) + 4.0) / 4.0;
+        }
+        Ok(log_mel)
     }
 }
 

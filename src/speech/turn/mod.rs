@@ -8,7 +8,10 @@
 //! attention pooling over time and a small classifier to one logit. Its input is prepared as the
 //! reference pipeline does: the audio cut to its last 8 s or zero-padded at the start,
 //! normalized to zero mean and unit variance, and turned into Whisper's 80-bin log-mel
-//! spectrogram (centered STFT, 800 frames, clamp to max − 8, (x + 4) / 4).
+//! spectrogram (centered STFT, 800 frames, clamp to max − 8, (x + 4) / 4). The encoder is the
+//! speech-to-text one ([`super::stt::encoder`]) with learned positions; it and the head run on
+//! the project's f32 kernels, not on candle's tensors (which cost most of a decision in copies,
+//! scalar GELU and softmax).
 //!
 //! The weights come from `callbox models import smart-turn-v3` ([`import`]), which dequantizes
 //! the int8 ONNX file into f32 safetensors. The activations are computed in f32: the shipped
@@ -27,11 +30,12 @@ pub mod testset;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
+use super::kernels::{self, Dense, Norm};
 use super::scheduler::{Priority, ScheduleError, Scheduler};
-use super::stt::encoder::EncoderLayer;
+use super::stt::encoder::{Encoder, EncoderShape};
 use super::stt::mel;
 
 /// The sub-directory of the model directory the importer writes.
@@ -68,12 +72,8 @@ pub enum TurnError {
 
 type Result<T> = std::result::Result<T, TurnError>;
 
-fn linear(
-    vb: &VarBuilder,
-    module: &str,
-    (inputs, outputs): (usize, usize),
-) -> candle_core::Result<Linear> {
-    candle_nn::linear(inputs, outputs, vb.pp(module))
+fn dense(vb: &VarBuilder, module: &str, shape: (usize, usize)) -> candle_core::Result<Dense> {
+    Dense::load(&vb.pp(module), shape, true)
 }
 
 /// Smart Turn v3: the encoder and the pooling classifier. Shareable between calls.
@@ -83,15 +83,11 @@ pub struct EndOfTurn {
 }
 
 struct Network {
-    conv1: Conv1d,
-    conv2: Conv1d,
-    positions: Tensor,
-    layers: Vec<EncoderLayer>,
-    final_norm: LayerNorm,
-    pool_hidden: Linear,
-    pool_score: Linear,
-    classifier: [Linear; 3],
-    classifier_norm: LayerNorm,
+    encoder: Encoder,
+    pool_hidden: Dense,
+    pool_score: Dense,
+    classifier: [Dense; 3],
+    classifier_norm: Norm,
     /// Whisper's log-mel front end.
     mel: mel::LogMel,
 }
@@ -158,36 +154,33 @@ impl EndOfTurn {
 
 impl Network {
     fn from_var_builder(vb: &VarBuilder) -> candle_core::Result<Network> {
-        let conv = |stride| Conv1dConfig {
-            padding: 1,
-            stride,
-            ..Conv1dConfig::default()
+        let shape = EncoderShape {
+            mels: N_MELS,
+            width: D_MODEL,
+            heads: HEADS,
+            layers: LAYERS,
         };
-        let layers = (0..LAYERS)
-            .map(|i| EncoderLayer::load(vb.pp(format!("encoder.layers.{i}")), D_MODEL))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let positions = vb
+            .get((FRAMES / 2, D_MODEL), "encoder.embed_positions.weight")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         Ok(Network {
-            conv1: candle_nn::conv1d(N_MELS, D_MODEL, 3, conv(1), vb.pp("encoder.conv1"))?,
-            conv2: candle_nn::conv1d(D_MODEL, D_MODEL, 3, conv(2), vb.pp("encoder.conv2"))?,
-            positions: vb.get((FRAMES / 2, D_MODEL), "encoder.embed_positions.weight")?,
-            layers,
-            final_norm: candle_nn::layer_norm(D_MODEL, LN_EPS, vb.pp("encoder.layer_norm"))?,
-            pool_hidden: linear(vb, "pool_attention.0", (D_MODEL, POOL))?,
-            pool_score: linear(vb, "pool_attention.2", (POOL, 1))?,
+            encoder: Encoder::load(vb.pp("encoder"), shape, positions)?,
+            pool_hidden: dense(vb, "pool_attention.0", (D_MODEL, POOL))?,
+            pool_score: dense(vb, "pool_attention.2", (POOL, 1))?,
             classifier: [
-                linear(vb, "classifier.0", (D_MODEL, POOL))?,
-                linear(vb, "classifier.4", (POOL, 64))?,
-                linear(vb, "classifier.6", (64, 1))?,
+                dense(vb, "classifier.0", (D_MODEL, POOL))?,
+                dense(vb, "classifier.4", (POOL, 64))?,
+                dense(vb, "classifier.6", (64, 1))?,
             ],
-            classifier_norm: candle_nn::layer_norm(POOL, LN_EPS, vb.pp("classifier.1"))?,
+            classifier_norm: Norm::load(&vb.pp("classifier.1"), POOL, LN_EPS)?,
             mel: mel::LogMel::new(N_MELS)?,
         })
     }
 
     fn probability(&self, samples_16k: &[f32]) -> Result<f32> {
         let features = self.features(samples_16k)?;
-        let input = Tensor::from_vec(features, (1, N_MELS, FRAMES), &Device::Cpu)?;
-        self.probability_of_features(&input)
+        self.probability_of_mel(&features)
     }
 
     fn features(&self, samples_16k: &[f32]) -> Result<Vec<f32>> {
@@ -212,26 +205,36 @@ impl Network {
     }
 
     fn probability_of_features(&self, features: &Tensor) -> Result<f32> {
-        let x = self.conv1.forward(features)?.gelu_erf()?;
-        let x = self.conv2.forward(&x)?.gelu_erf()?;
-        let mut x = x.transpose(1, 2)?.broadcast_add(&self.positions)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, HEADS)?;
+        let (_, mels, frames) = features.dims3()?;
+        if (mels, frames) != (N_MELS, FRAMES) {
+            return Err(candle_core::Error::Msg(format!(
+                "Smart Turn takes {N_MELS} mels of {FRAMES} frames, not {mels} of {frames}"
+            ))
+            .into());
         }
-        let x = self.final_norm.forward(&x)?;
+        self.probability_of_mel(&features.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// The probability for features `[80, 800]`, row-major.
+    fn probability_of_mel(&self, features: &[f32]) -> Result<f32> {
+        let x = self.encoder.forward(features, FRAMES)?;
+        let frames = self.encoder.frames_out(FRAMES);
         // Attention pooling over time.
-        let scores = self
-            .pool_score
-            .forward(&self.pool_hidden.forward(&x)?.tanh()?)?;
-        let weights = candle_nn::ops::softmax(&scores, 1)?;
-        let pooled = x.broadcast_mul(&weights)?.sum(1)?;
+        let mut hidden = self.pool_hidden.forward(&x, frames);
+        kernels::tanh(&mut hidden);
+        let mut weights = self.pool_score.forward(&hidden, frames);
+        kernels::softmax(&mut weights);
+        let mut pooled = vec![0f32; D_MODEL];
+        for (row, &w) in x.chunks_exact(D_MODEL).zip(&weights) {
+            pooled.iter_mut().zip(row).for_each(|(p, &v)| *p += w * v);
+        }
         let [c0, c4, c6] = &self.classifier;
-        let h = c0.forward(&pooled)?;
-        let h = self.classifier_norm.forward(&h)?.gelu_erf()?;
-        let h = c4.forward(&h)?.gelu_erf()?;
-        let logit = c6.forward(&h)?;
-        let p = candle_nn::ops::sigmoid(&logit)?.flatten_all()?.get(0)?;
-        Ok(p.to_scalar::<f32>()?)
+        let mut h = self.classifier_norm.forward(&c0.forward(&pooled, 1));
+        kernels::gelu(&mut h);
+        let mut h = c4.forward(&h, 1);
+        kernels::gelu(&mut h);
+        let logit = c6.forward(&h, 1)[0];
+        Ok(kernels::sigmoid(logit))
     }
 }
 

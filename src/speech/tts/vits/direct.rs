@@ -1,12 +1,14 @@
-//! A direct 1-D convolution kernel for the voice's narrow convolutions (the decoder's 32- and
-//! 64-channel stages, two thirds of its multiply-adds), where one matrix product per tap has
-//! too little depth (32–64) for a matrix kernel to reach speed. Here a block of output channels
-//! × columns stays in registers while every tap and every input channel is multiplied into it,
-//! so the depth of each block is taps × inputs and nothing is packed per call.
+//! A direct 1-D convolution kernel for the voice's convolutions, above all the decoder's narrow
+//! ones (the 32- and 64-channel stages, two thirds of its multiply-adds), where one matrix
+//! product per tap has too little depth (32–64) for a matrix kernel to reach speed. Here a
+//! block of output channels × columns stays in registers while every tap and every input
+//! channel is multiplied into it, so the depth of each block is taps × inputs and nothing is
+//! packed per call.
 //!
-//! It is plain array arithmetic of fixed widths, which the compiler turns into vector
-//! instructions (AVX2 with FMA on the x86-64-v3 build, NEON on ARM); the weights are regrouped
-//! once at load so each step reads one small run of them.
+//! On the x86-64-v3 build the blocks are AVX2/FMA instructions; elsewhere (ARM) they are plain
+//! array arithmetic of fixed widths, which the compiler turns into vector instructions; both
+//! are tested against a plain convolution. The weights are regrouped once at load so each step
+//! reads one small run of them.
 
 /// Output channels per register block.
 pub(crate) const BLOCK_ROWS: usize = 4;
@@ -130,7 +132,9 @@ fn accumulate_with(
         return;
     }
     assert!(
-        first_row % BLOCK_ROWS == 0 && first_row + rows <= w.outputs && bias.len() >= w.outputs,
+        first_row.is_multiple_of(BLOCK_ROWS)
+            && first_row + rows <= w.outputs
+            && bias.len() >= w.outputs,
         "direct convolution rows {first_row}+{rows} of {}",
         w.outputs
     );

@@ -12,6 +12,7 @@
 //! the constants of Piper's training configuration, named where they are used.
 mod decoder;
 mod dense;
+mod direct;
 mod duration;
 mod encoder;
 mod flow;

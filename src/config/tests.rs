@@ -300,7 +300,7 @@ fn endpoint_keys_default_and_are_checked() {
     assert!(p.message.contains("not shorter"), "{p:?}");
     assert_eq!(
         (c.endpoint.confirm_pause_ms, c.endpoint.dictation_window_ms),
-        (400, 1_500)
+        (200, 1_500)
     );
     let p = one_problem(&format!(
         "{GOOD}\n[endpoint]\nsilence_window_ms = 600\ndictation_window_ms = 500\n"

@@ -50,7 +50,7 @@ fn parallelism() -> gemm::Parallelism {
 }
 
 /// `dst[m × n] = (dst if accumulate, else 0) + lhs[m × k] · rhs[k × n]`, `dst` row-major with
-/// rows `dst_row_stride` apart.
+/// rows `dst_row_stride` apart, on candle's thread count.
 pub(crate) fn matmul(
     dst: &mut [f32],
     dst_row_stride: usize,
@@ -59,7 +59,34 @@ pub(crate) fn matmul(
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
 ) {
-    let dst_view = View::rows(dst, dst_row_stride);
+    matmul_strided(
+        dst,
+        (dst_row_stride, 1),
+        lhs,
+        rhs,
+        (m, n, k),
+        accumulate,
+        parallelism(),
+    );
+}
+
+/// [`matmul`] with `dst`'s strides given as `(rows, columns)` and the threads chosen by the
+/// caller. The bounds of every operand are checked here, so the one unsafe call stays inside
+/// them.
+pub(crate) fn matmul_strided(
+    dst: &mut [f32],
+    (dst_row_stride, dst_col_stride): (usize, usize),
+    lhs: View<'_>,
+    rhs: View<'_>,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let dst_view = View {
+        data: dst,
+        row_stride: dst_row_stride,
+        col_stride: dst_col_stride,
+    };
     assert!(
         dst_view.holds(m, n) && lhs.holds(m, k) && rhs.holds(k, n),
         "matrix product operands out of bounds"
@@ -70,7 +97,9 @@ pub(crate) fn matmul(
     if k == 0 {
         if !accumulate {
             for row in 0..m {
-                dst[row * dst_row_stride..][..n].fill(0.0);
+                for col in 0..n {
+                    dst[row * dst_row_stride + col * dst_col_stride] = 0.0;
+                }
             }
         }
         return;
@@ -84,7 +113,7 @@ pub(crate) fn matmul(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
+            dst_col_stride as isize,
             dst_row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
@@ -98,7 +127,7 @@ pub(crate) fn matmul(
             false,
             false,
             false,
-            parallelism(),
+            parallelism,
         );
     }
 }

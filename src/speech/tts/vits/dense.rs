@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::direct::{self, PackedWeights, BLOCK_ROWS};
 use super::{bad, VitsError};
+use crate::speech::kernels::{self, View};
 
 /// Output columns per matrix product: the output tile and its input rows stay in L2 across taps.
 const TILE: usize = 512;
@@ -267,9 +268,14 @@ pub(crate) struct MatRef<'a> {
     pub(crate) cols: usize,
 }
 
-/// Whether a `rows × cols` matrix with these strides lies within `len` elements.
-fn fits(len: usize, (rows, cols): (usize, usize), (rs, cs): (usize, usize)) -> bool {
-    rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
+impl<'a> MatRef<'a> {
+    fn view(self) -> View<'a> {
+        View {
+            data: self.data,
+            row_stride: self.rows,
+            col_stride: self.cols,
+        }
+    }
 }
 
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, each row-major with the given row strides (columns are
@@ -303,61 +309,25 @@ fn matmul(
     );
 }
 
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with any strides (`dst`'s as `(rows, cols)`): the bounds
-/// are checked here, so the one unsafe call below stays inside them.
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with any strides (`dst`'s as `(rows, cols)`), on the
+/// calling thread: the voice parallelizes over windows and chunks itself.
 pub(crate) fn matmul_strided(
     dst: &mut [f32],
-    (dst_rs, dst_cs): (usize, usize),
+    dst_strides: (usize, usize),
     lhs: MatRef<'_>,
     rhs: MatRef<'_>,
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     accumulate: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(
-        fits(dst.len(), (m, n), (dst_rs, dst_cs))
-            && fits(lhs.data.len(), (m, k), (lhs.rows, lhs.cols))
-            && fits(rhs.data.len(), (k, n), (rhs.rows, rhs.cols)),
-        "matmul operands out of bounds"
+    kernels::matmul_strided(
+        dst,
+        dst_strides,
+        lhs.view(),
+        rhs.view(),
+        mnk,
+        accumulate,
+        gemm::Parallelism::None,
     );
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                for c in 0..n {
-                    dst[r * dst_rs + c * dst_cs] = 0.0;
-                }
-            }
-        }
-        return;
-    }
-    // SAFETY: every element gemm reads or writes — `(r, c)` at `r · rows + c · cols` for the
-    // rows and columns of each operand — lies within the slices, as asserted above; `dst` is
-    // borrowed mutably, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cols as isize,
-            lhs.rows as isize,
-            rhs.data.as_ptr(),
-            rhs.cols as isize,
-            rhs.rows as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 /// The values of a rank-3 weight times `scale`, each moved to `index(d0, d1, d2)`.

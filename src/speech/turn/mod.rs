@@ -30,7 +30,7 @@ pub mod testset;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::kernels::{self, Dense, Norm};
@@ -145,11 +145,6 @@ impl EndOfTurn {
     pub fn features(&self, samples_16k: &[f32]) -> Result<Vec<f32>> {
         self.network.features(samples_16k)
     }
-
-    /// The probability for prepared features `[1, 80, 800]`, on the calling thread.
-    pub fn probability_of_features(&self, features: &Tensor) -> Result<f32> {
-        self.network.probability_of_features(features)
-    }
 }
 
 impl Network {
@@ -202,17 +197,6 @@ impl Network {
         Ok(self
             .mel
             .features(&normalized, FRAMES, mel::EndPadding::Reflect)?)
-    }
-
-    fn probability_of_features(&self, features: &Tensor) -> Result<f32> {
-        let (_, mels, frames) = features.dims3()?;
-        if (mels, frames) != (N_MELS, FRAMES) {
-            return Err(candle_core::Error::Msg(format!(
-                "Smart Turn takes {N_MELS} mels of {FRAMES} frames, not {mels} of {frames}"
-            ))
-            .into());
-        }
-        self.probability_of_mel(&features.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// The probability for features `[80, 800]`, row-major.

@@ -132,10 +132,11 @@ pub struct EndpointOptions {
 /// Defaults of the end-of-turn keys, measured with `callbox bench call --endpointing-only`
 /// (docs/vad-and-end-of-turn.md).
 pub const DEFAULT_SILENCE_WINDOW_MS: u64 = 700;
-/// 200 ms holds a short mid-sentence pause now and then; its transcription stops at the next
-/// decoder step when the caller goes on, and Smart Turn (~170 ms a question) answers inside the
-/// window. Against 400 ms on the same calls: the caller's wait 731 / 1117 ms (p50 / p95) instead
-/// of 871 / 1239, with as many callers cut (docs/bench-call.md, 2026-11-23).
+/// 100 ms holds a short mid-sentence pause now and then; its transcription stops at the next
+/// decoder step when the caller goes on, and Smart Turn (~150 ms a question) answers well inside
+/// the window, as precise at 100 ms as at 200. With the level rule for the end of speech and the
+/// fast decoder the caller's wait is 451 / 909 ms (p50 / p95) where it was 731 / 1117 ms
+/// (docs/bench-call.md, session 17).
 pub const DEFAULT_EARLY_PAUSE_MS: u64 = 100;
 pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 200;

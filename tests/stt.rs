@@ -173,22 +173,36 @@ fn q8_0_on_the_piper_voice() {
     check_all_conditions(stt_q8(), "q8_0 + f32 encoder", Voice::Piper);
 }
 
+/// The imported f32 weights as candle-transformers' Whisper loads them: their directory, the
+/// configuration, the weights and candle's model on them.
+fn candle_whisper() -> (
+    PathBuf,
+    callbox::speech::stt::import::CandleConfig,
+    candle_nn::VarBuilder<'static>,
+    candle_transformers::models::whisper::model::Whisper,
+) {
+    use callbox::speech::stt::import::{CANDLE_DIR, CONFIG_FILE, SAFETENSORS_FILE};
+    let dir = imported().join(CANDLE_DIR);
+    let config: callbox::speech::stt::import::CandleConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap()).unwrap();
+    let device = candle_core::Device::Cpu;
+    let tensors = candle_core::safetensors::load(dir.join(SAFETENSORS_FILE), &device).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
+    let candles =
+        candle_transformers::models::whisper::model::Whisper::load(&vb, config.whisper_config())
+            .unwrap();
+    (dir, config, vb, candles)
+}
+
 /// The project's stateless encoder computes what candle's Whisper encoder computes on the same
 /// weights (the two differ only in GELU's form: the exact one here, tanh's approximation there).
 #[test]
 fn own_encoder_matches_candles() {
     use callbox::speech::stt::encoder::AudioEncoder;
-    use callbox::speech::stt::import::{CandleConfig, CANDLE_DIR, CONFIG_FILE, SAFETENSORS_FILE};
-    use candle_core::{DType, Device, Tensor};
-    use candle_transformers::models::whisper::model::Whisper;
+    use candle_core::{Device, Tensor};
 
-    let dir = imported().join(CANDLE_DIR);
-    let config: CandleConfig =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap()).unwrap();
+    let (_, config, vb, mut candles) = candle_whisper();
     let device = Device::Cpu;
-    let tensors = candle_core::safetensors::load(dir.join(SAFETENSORS_FILE), &device).unwrap();
-    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &device);
-    let mut candles = Whisper::load(&vb, config.whisper_config()).unwrap();
     let ours = AudioEncoder::load(vb.pp("model.encoder"), &config.dims).unwrap();
 
     let utterance = &spoken(Voice::Piper)[0];
@@ -480,22 +494,15 @@ fn cached_decoder_matches_the_recomputing_one() {
 fn cached_decoder_logits_stay_close_to_candles_f32_model() {
     use callbox::speech::stt::decoder::{TextDecoder, Weights};
     use callbox::speech::stt::encoder::AudioEncoder;
-    use callbox::speech::stt::import::{
-        CandleConfig, CANDLE_DIR, CONFIG_FILE, GGUF_FILE, SAFETENSORS_FILE,
-    };
+    use callbox::speech::stt::import::GGUF_FILE;
     use callbox::speech::stt::mel::{EndPadding, LogMel, HOP_LENGTH};
     use callbox::speech::stt::tokenizer::Tokenizer;
     use callbox::speech::stt::{LEAD_SAMPLES, TAIL_FRAMES};
-    use candle_core::{DType, Device, IndexOp, Tensor};
-    use candle_transformers::models::whisper::{model::Whisper, quantized_model};
+    use candle_core::{Device, IndexOp, Tensor};
+    use candle_transformers::models::whisper::quantized_model;
 
-    let dir = imported().join(CANDLE_DIR);
-    let config: CandleConfig =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap()).unwrap();
+    let (dir, config, vb, mut candles) = candle_whisper();
     let device = Device::Cpu;
-    let tensors = candle_core::safetensors::load(dir.join(SAFETENSORS_FILE), &device).unwrap();
-    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &device);
-    let mut candles = Whisper::load(&vb, config.whisper_config()).unwrap();
     let encoder = AudioEncoder::load(vb.pp("model.encoder"), &config.dims).unwrap();
     let f32_decoder = TextDecoder::load(&Weights::Full(&vb), &config.dims, false).unwrap();
     let qvb = quantized_model::VarBuilder::from_gguf(dir.join(GGUF_FILE), &device).unwrap();

@@ -134,8 +134,9 @@ pub struct EndpointOptions {
 pub const DEFAULT_SILENCE_WINDOW_MS: u64 = 700;
 /// 200 ms holds a short mid-sentence pause now and then; its transcription stops at the next
 /// decoder step when the caller goes on, and Smart Turn (~150 ms a question) answers inside the
-/// window. 100 ms measured a shorter wait (553 / 966 ms against 731 / 1117, docs/bench-call.md,
-/// session 17) but split "Yes, that's right." at its comma in `tests/endpoint.rs` now and then.
+/// window. 100 ms with the faster decoder of branch `dec` measured a shorter wait (553 / 966 ms
+/// against 731 / 1117, docs/bench-call.md, session 17), but a whole answer then became final
+/// inside a comma's pause ("Yes, that's right." in `tests/endpoint.rs`).
 pub const DEFAULT_EARLY_PAUSE_MS: u64 = 200;
 pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 200;

@@ -618,11 +618,7 @@ impl Recognizer {
         } else {
             self.greedy(cancel, |tokens, fed| {
                 let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-                model
-                    .decode(&input, &audio, fed == 0)?
-                    .flatten_all()?
-                    .to_dtype(DType::F32)?
-                    .to_vec1()
+                model.decode(&input, &audio, fed == 0)
             })?
         };
         timings.decode += started.elapsed();
@@ -635,7 +631,7 @@ impl Recognizer {
     fn greedy(
         &self,
         cancel: &CancelToken,
-        mut next_logits: impl FnMut(&[u32], usize) -> candle_core::Result<Vec<f32>>,
+        mut next_logits: impl FnMut(&[u32], usize) -> candle_core::Result<Tensor>,
     ) -> Result<Decoded, SttError> {
         let specials = self.tokenizer.specials;
         let mut tokens = self.tokenizer.prompt();
@@ -653,6 +649,7 @@ impl Recognizer {
             let logits = next_logits(&tokens, fed)?;
             fed = tokens.len();
             steps += 1;
+            let logits: Vec<f32> = logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             if step == 0 {
                 no_speech_prob = softmax_at(&logits, specials.no_speech as usize, |_| false);
             }

@@ -132,12 +132,11 @@ pub struct EndpointOptions {
 /// Defaults of the end-of-turn keys, measured with `callbox bench call --endpointing-only`
 /// (docs/vad-and-end-of-turn.md).
 pub const DEFAULT_SILENCE_WINDOW_MS: u64 = 700;
-/// 200 ms holds a short mid-sentence pause now and then; its transcription stops at the next
-/// decoder step when the caller goes on, and Smart Turn (~150 ms a question) answers inside the
-/// window. 100 ms with the faster decoder of branch `dec` measured a shorter wait (553 / 966 ms
-/// against 731 / 1117, docs/bench-call.md, session 17), but a whole answer then became final
-/// inside a comma's pause ("Yes, that's right." in `tests/endpoint.rs`).
-pub const DEFAULT_EARLY_PAUSE_MS: u64 = 200;
+/// 100 ms: a pause this short starts transcription early, so the text is ready when the caller
+/// has finished; a caller who goes on stops it at the next decoder step. A whole answer becomes
+/// final at this pause only when Smart Turn does not doubt the end (`confirm`), so "Yes, that's
+/// right." is not cut at its comma. Measured in docs/bench-call.md (session 18).
+pub const DEFAULT_EARLY_PAUSE_MS: u64 = 100;
 pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 200;
 pub const DEFAULT_DICTATION_WINDOW_MS: u64 = 1_500;
@@ -182,7 +181,8 @@ pub enum TurnEnd {
     /// Final after the confirmation pause: the end-of-turn model said the caller was likely
     /// done and the transcript does not end mid-number.
     SmartTurn { probability: f32 },
-    /// Final after the confirmation pause: the transcript is a whole answer to what was asked.
+    /// Final after the confirmation pause: the transcript is a whole answer to what was asked,
+    /// and the end-of-turn model (when there is one) does not hold that the caller goes on.
     Answer,
     /// The silence window ran out.
     Silence,
@@ -361,6 +361,8 @@ pub struct Endpointer {
     committed: (u64, TurnEnd),
     /// The end-of-turn model's "likely done" for the current pause.
     likely_done: Option<f32>,
+    /// The end-of-turn model's "not done" for the current pause, not since revised.
+    kept_listening: bool,
     /// Whether the held turn's transcript is the dictation that was asked for (assumed until a
     /// transcript says otherwise): the longer window applies only then.
     dictating: bool,
@@ -390,6 +392,7 @@ impl Endpointer {
             now_ms: 0,
             committed: (0, TurnEnd::Silence),
             likely_done: None,
+            kept_listening: false,
             dictating: true,
         }
     }
@@ -412,10 +415,11 @@ impl Endpointer {
 
     /// Whether the held turn whose transcript is `transcript` is final, since when (call time,
     /// ms) and why: once the pause has lasted the confirmation pause with a transcript that is a
-    /// whole answer to what was asked, or that the end-of-turn model found likely done and does
-    /// not end mid-number (the turn is then committed), or once the silence window made it final
-    /// whatever its transcript. `None`: keep holding it; the caller may go on, else the window
-    /// decides.
+    /// whole answer to what was asked (unless the end-of-turn model is still weighing the pause
+    /// or heard the caller going on: "Yes," before "that's right" is a whole answer too), or that
+    /// the end-of-turn model found likely done and does not end mid-number (the turn is then
+    /// committed), or once the silence window made it final whatever its transcript. `None`:
+    /// keep holding it; the caller may go on, else the window decides.
     pub fn confirm(&mut self, transcript: &str) -> Option<(u64, TurnEnd)> {
         if self.phase != Phase::Tentative {
             return Some(self.committed);
@@ -424,7 +428,7 @@ impl Endpointer {
         if self.silence_run_ms < self.options.confirm_ms {
             return None;
         }
-        let by = if self.expecting.is_whole_answer(transcript) {
+        let by = if self.expecting.is_whole_answer(transcript) && !self.model_doubts_the_end() {
             TurnEnd::Answer
         } else {
             match self.likely_done {
@@ -436,6 +440,14 @@ impl Endpointer {
         };
         self.commit(by);
         Some(self.committed)
+    }
+
+    /// Whether the end-of-turn model stands against ending the current pause: its answer is
+    /// still coming, or it said "not done" and has not said otherwise since.
+    fn model_doubts_the_end(&self) -> bool {
+        self.judge.is_some()
+            && self.likely_done.is_none()
+            && (self.asking.is_some() || self.kept_listening)
     }
 
     /// Lets `model` end turns after short pauses, on a thread of its own. If the thread cannot
@@ -536,6 +548,7 @@ impl Endpointer {
                 self.stale.push((id, DecisionOutcome::Overtaken));
             }
             self.likely_done = None;
+            self.kept_listening = false;
             self.next_ask_ms = self.options.early_pause_ms;
         } else {
             self.speech_run_ms = 0;
@@ -664,6 +677,7 @@ impl Endpointer {
                         likely_done = Some(p);
                         (p, DecisionOutcome::LikelyDone)
                     } else {
+                        self.kept_listening = true;
                         (p, DecisionOutcome::KeptListening)
                     }
                 }
@@ -1067,6 +1081,50 @@ mod tests {
             ep.confirm("Yes, that's right."),
             Some((1_600, TurnEnd::Answer))
         );
+    }
+
+    #[test]
+    fn a_whole_answer_the_model_hears_going_on_waits_for_the_silence_window() {
+        let mut ep = judged(0.1);
+        ep.expect(TurnExpectation::YesNo);
+        let first = plan(&[(false, 200), (true, 1000), (false, 500)]);
+        play(&mut ep, 0, &first);
+        // "Yes," with the caller's voice going on: not final at the confirmation pause.
+        assert_eq!(ep.confirm("Yes."), None);
+        play(&mut ep, first.len(), &plan(&[(false, 300)]));
+        assert_eq!(ep.confirm("Yes."), Some((1_900, TurnEnd::Silence)));
+    }
+
+    /// A model whose answer comes when the test lets it.
+    struct Held(std::sync::Mutex<mpsc::Receiver<f32>>);
+
+    impl TurnModel for Held {
+        fn probability(&self, _: &[f32]) -> Result<f32, TurnError> {
+            Ok(self.0.lock().unwrap().recv().unwrap_or(f32::NAN))
+        }
+    }
+
+    #[test]
+    fn a_whole_answer_waits_for_the_models_pending_answer() {
+        let (answer, answers) = mpsc::channel();
+        let mut ep =
+            endpointer().with_end_of_turn(Some(Arc::new(Held(std::sync::Mutex::new(answers)))));
+        ep.expect(TurnExpectation::YesNo);
+        let speech = plan(&[(false, 200), (true, 1000), (false, 500)]);
+        for (i, &loud) in speech.iter().enumerate() {
+            let frame = if loud {
+                tone(0.3, i)
+            } else {
+                [0; FRAME_SAMPLES]
+            };
+            ep.push(&frame, i as u64 * FRAME_MS, 0.0);
+        }
+        // Asked at 200 ms of pause, not answered yet: the whole answer waits.
+        assert_eq!(ep.confirm("Yes."), None);
+        answer.send(0.9).unwrap();
+        ep.settle();
+        ep.push(&[0; FRAME_SAMPLES], speech.len() as u64 * FRAME_MS, 0.0);
+        assert_eq!(ep.confirm("Yes."), Some((1_720, TurnEnd::Answer)));
     }
 
     #[test]

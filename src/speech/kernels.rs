@@ -2,7 +2,8 @@
 //! products on the `gemm` crate (the kernels candle itself uses) over strided views of plain
 //! buffers, so that attention heads, convolution taps and transposes need no copies, and the
 //! element-wise steps (GELU, softmax, layer norm, tanh) as loops the compiler vectorizes, with
-//! `exp` and `erf` as polynomials (libm's are scalar calls).
+//! `exp` and `erf` as polynomials (libm's are scalar calls). Matrix-vector products of q8_0
+//! rows ([`Q8Matrix`], for one-token decoder steps) run on 8-bit integer dot products.
 //!
 //! Each matrix product uses as many threads as candle's own do
 //! ([`candle_core::utils::get_num_threads`], set per process by
@@ -249,6 +250,226 @@ impl Dense {
     }
 }
 
+/// Values in a q8_0 block: 32 8-bit integers sharing one f32 scale.
+pub(crate) const Q8_BLOCK: usize = 32;
+
+/// A vector rounded to q8_0 (ggml's rounding: each block's scale is its largest magnitude over
+/// 127, each value the nearest multiple of it), for products with a [`Q8Matrix`].
+pub(crate) struct Q8Vector {
+    quants: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Q8Vector {
+    /// Rounds `values` (a multiple of 32 long).
+    pub(crate) fn quantize(values: &[f32]) -> Q8Vector {
+        assert!(
+            values.len().is_multiple_of(Q8_BLOCK),
+            "q8_0 of {} values",
+            values.len()
+        );
+        let mut quants = vec![0i8; values.len()];
+        let mut scales = Vec::with_capacity(values.len() / Q8_BLOCK);
+        for (block, q) in values
+            .chunks_exact(Q8_BLOCK)
+            .zip(quants.chunks_exact_mut(Q8_BLOCK))
+        {
+            let largest = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = largest / 127.0;
+            let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+            for (q, &v) in q.iter_mut().zip(block) {
+                *q = (v * inverse).round().clamp(-127.0, 127.0) as i8;
+            }
+            scales.push(scale);
+        }
+        Q8Vector { quants, scales }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.quants.len()
+    }
+}
+
+/// A matrix whose rows are stored as q8_0 ([`Q8Vector`]'s rounding), for matrix-vector
+/// products that read a quarter of f32's bytes: `Σ_blocks scale_row · scale_x · Σ q_row · q_x`,
+/// the 32-value integer dot products exact.
+pub(crate) struct Q8Matrix {
+    /// `[rows, cols]`, row-major.
+    quants: Vec<i8>,
+    /// `[rows, cols / 32]`.
+    scales: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Q8Matrix {
+    /// Rounds `values` (`[rows, cols]` row-major, `cols` a multiple of 32). Values that are
+    /// already q8_0 (dequantized) come back exactly.
+    pub(crate) fn quantize(values: &[f32], cols: usize) -> Q8Matrix {
+        assert!(
+            cols > 0 && values.len().is_multiple_of(cols),
+            "{} values in rows of {cols}",
+            values.len()
+        );
+        let Q8Vector { quants, scales } = Q8Vector::quantize(values);
+        Q8Matrix {
+            quants,
+            scales,
+            rows: values.len() / cols,
+            cols,
+        }
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The values again (`[rows, cols]`).
+    pub(crate) fn dequantize(&self) -> Vec<f32> {
+        self.quants
+            .chunks_exact(Q8_BLOCK)
+            .zip(&self.scales)
+            .flat_map(|(q, &s)| q.iter().map(move |&q| f32::from(q) * s))
+            .collect()
+    }
+
+    /// `out[r] = Σ_c M[r, c] · x[c]`.
+    pub(crate) fn product_into(&self, x: &Q8Vector, out: &mut [f32]) {
+        assert_eq!(x.len(), self.cols, "q8_0 product of {} columns", x.len());
+        let blocks = self.cols / Q8_BLOCK;
+        let out = &mut out[..self.rows];
+        let quads = self.rows / 4 * 4;
+        let (quad_out, rest_out) = out.split_at_mut(quads);
+        let rows = self.quants.chunks_exact(4 * self.cols);
+        let scales = self.scales.chunks_exact(4 * blocks);
+        let ahead = PREFETCH_QUADS * 4 * self.cols;
+        for (i, ((out, q), s)) in quad_out
+            .chunks_exact_mut(4)
+            .zip(rows)
+            .zip(scales)
+            .enumerate()
+        {
+            if let Some(next) = self.quants.get(i * 4 * self.cols + ahead..) {
+                prefetch(&next[..next.len().min(4 * self.cols)]);
+                let next = &self.scales[(i + PREFETCH_QUADS) * 4 * blocks..];
+                prefetch(&next[..next.len().min(4 * blocks)]);
+            }
+            out.copy_from_slice(&q8_dot4(q, s, x));
+        }
+        let q = self.quants[quads * self.cols..].chunks_exact(self.cols);
+        let s = self.scales[quads * blocks..].chunks_exact(blocks);
+        for ((out, q), s) in rest_out.iter_mut().zip(q).zip(s) {
+            *out = q8_dot(q, s, x);
+        }
+    }
+}
+
+/// How far ahead of the rows being multiplied [`Q8Matrix::product_into`] asks for the next ones
+/// (in groups of four rows): the product is bound by reading the matrix, and the hint halved
+/// its time on a 51864 × 384 matrix (3.4 → 1.7 ms on this Xeon, loaded).
+const PREFETCH_QUADS: usize = 4;
+
+/// Hints the CPU to bring `values` into its caches.
+fn prefetch<T>(values: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in values.chunks(64 / std::mem::size_of::<T>()) {
+        // SAFETY: a prefetch is a hint; it reads nothing and cannot fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
+/// One q8_0 row's dot product with `x`.
+fn q8_dot(row: &[i8], scales: &[f32], x: &Q8Vector) -> f32 {
+    row.chunks_exact(Q8_BLOCK)
+        .zip(x.quants.chunks_exact(Q8_BLOCK))
+        .zip(scales.iter().zip(&x.scales))
+        .map(|((a, b), (&sa, &sb))| {
+            let dot: i32 = a
+                .iter()
+                .zip(b)
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+            sa * sb * dot as f32
+        })
+        .sum()
+}
+
+/// Four consecutive q8_0 rows' dot products with `x` (`rows` `[4, cols]`, `scales`
+/// `[4, cols / 32]`), reading each block of `x` once for the four.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+fn q8_dot4(rows: &[i8], scales: &[f32], x: &Q8Vector) -> [f32; 4] {
+    // SAFETY: this build targets AVX2 and FMA (the cfg above), so the CPU has them.
+    unsafe { q8_dot4_avx2(rows, scales, x) }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx2,fma")]
+fn q8_dot4_avx2(rows: &[i8], scales: &[f32], x: &Q8Vector) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let cols = x.quants.len();
+    let blocks = x.scales.len();
+    assert!(rows.len() == 4 * cols && scales.len() == 4 * blocks);
+    // 32 bytes from a slice of at least 32.
+    let load = |v: &[i8]| -> __m256i {
+        let v = &v[..32];
+        // SAFETY: `v` holds 32 bytes; the load has no alignment requirement.
+        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+    };
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (b, (xq, &xs)) in x.quants.chunks_exact(Q8_BLOCK).zip(&x.scales).enumerate() {
+        let xv = load(xq);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let w = load(&rows[r * cols + b * Q8_BLOCK..]);
+            // |w| · (x with w's sign): unsigned by signed bytes, pairwise summed to 16 bits
+            // (at most 2 · 127 · 127, no saturation), then to 32 bits.
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(scales[r * blocks + b] * xs), sums, *acc);
+        }
+    }
+    acc.map(|v| {
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 f32s.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        lanes.iter().sum()
+    })
+}
+
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+fn q8_dot4(rows: &[i8], scales: &[f32], x: &Q8Vector) -> [f32; 4] {
+    let (cols, blocks) = (x.quants.len(), x.scales.len());
+    std::array::from_fn(|r| {
+        q8_dot(
+            &rows[r * cols..][..cols],
+            &scales[r * blocks..][..blocks],
+            x,
+        )
+    })
+}
+
 /// A layer norm over rows of `gamma.len()` values.
 pub(crate) struct Norm {
     gamma: Vec<f32>,
@@ -321,6 +542,21 @@ fn sum(values: &[f32]) -> f32 {
         acc.iter_mut().zip(chunk).for_each(|(a, &v)| *a += v);
     }
     acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// The dot product of two rows of the same length.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot product of rows of different lengths");
+    let mut acc = [0f32; LANES];
+    let mut pairs = a.chunks_exact(LANES).zip(b.chunks_exact(LANES));
+    for (x, y) in &mut pairs {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    let tail = a.len() - a.len() % LANES;
+    let rest: f32 = a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + rest
 }
 
 fn max(values: &[f32]) -> f32 {
@@ -574,6 +810,69 @@ mod tests {
         let part = tensor(&x, &[rows, inputs]).narrow(1, 10, 20).unwrap();
         let expected = values(part.matmul(&part.t().unwrap()).unwrap());
         assert!(largest_difference(&gram, &expected) < 1e-5);
+    }
+
+    #[test]
+    fn dot_products_match_candle_on_rows_of_any_length() {
+        for (len, seed) in [(64, 8), (384, 9), (37, 10), (5, 11), (0, 12)] {
+            let (a, b) = (random(len, 2.0, seed), random(len, 2.0, seed + 100));
+            let expected: f32 = if len == 0 {
+                0.0
+            } else {
+                let product = (tensor(&a, &[len]) * tensor(&b, &[len])).unwrap();
+                product.sum_all().unwrap().to_scalar().unwrap()
+            };
+            let got = dot(&a, &b);
+            assert!(
+                (got - expected).abs() < 1e-5 * (1.0 + len as f32),
+                "{len}: {got} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn q8_0_products_are_exact_on_the_rounded_values_and_close_to_candles() {
+        use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+        let (rows, cols) = (37, 96);
+        let w = random(rows * cols, 1.0, 13);
+        // Weights as the GGUF holds them (candle's q8_0), dequantized: rounded again, the same.
+        let quantized = QTensor::quantize(&tensor(&w, &[rows, cols]), GgmlDType::Q8_0).unwrap();
+        let stored = values(quantized.dequantize(&Device::Cpu).unwrap());
+        let matrix = Q8Matrix::quantize(&stored, cols);
+        assert_eq!((matrix.rows(), matrix.cols()), (rows, cols));
+        assert_eq!(matrix.dequantize(), stored);
+
+        let x = random(cols, 3.0, 14);
+        let xq = Q8Vector::quantize(&x);
+        let rounded: Vec<f32> = xq
+            .quants
+            .chunks_exact(Q8_BLOCK)
+            .zip(&xq.scales)
+            .flat_map(|(q, &s)| q.iter().map(move |&q| f32::from(q) * s))
+            .collect();
+        assert!(largest_difference(&rounded, &x) <= 3.0 / 127.0 / 2.0 * 1.0001);
+        let mut got = vec![0.0; rows];
+        matrix.product_into(&xq, &mut got);
+        // In f64 on the rounded values: the integer sums are exact, only the scaling rounds.
+        let exact: Vec<f32> = stored
+            .chunks_exact(cols)
+            .map(|row| {
+                row.iter()
+                    .zip(&rounded)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        assert!(largest_difference(&got, &exact) < 1e-5);
+        // candle's own product rounds the vector's scales to f16 as well.
+        let candles = QMatMul::from_qtensor(quantized).unwrap();
+        let expected =
+            values(candle_core::Module::forward(&candles, &tensor(&x, &[1, cols])).unwrap());
+        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(largest_difference(&got, &expected) < 2e-3 * scale);
+        // A zero block has a zero scale, not a division by zero.
+        let zeros = Q8Vector::quantize(&[0.0; 64]);
+        assert!(zeros.scales.iter().all(|&s| s == 0.0) && zeros.quants.iter().all(|&q| q == 0));
     }
 
     #[test]

@@ -618,7 +618,11 @@ impl Recognizer {
         } else {
             self.greedy(cancel, |tokens, fed| {
                 let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-                model.decode(&input, &audio, fed == 0)
+                model
+                    .decode(&input, &audio, fed == 0)?
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1()
             })?
         };
         timings.decode += started.elapsed();
@@ -631,7 +635,7 @@ impl Recognizer {
     fn greedy(
         &self,
         cancel: &CancelToken,
-        mut next_logits: impl FnMut(&[u32], usize) -> candle_core::Result<Tensor>,
+        mut next_logits: impl FnMut(&[u32], usize) -> candle_core::Result<Vec<f32>>,
     ) -> Result<Decoded, SttError> {
         let specials = self.tokenizer.specials;
         let mut tokens = self.tokenizer.prompt();
@@ -649,7 +653,6 @@ impl Recognizer {
             let logits = next_logits(&tokens, fed)?;
             fed = tokens.len();
             steps += 1;
-            let logits: Vec<f32> = logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             if step == 0 {
                 no_speech_prob = softmax_at(&logits, specials.no_speech as usize, |_| false);
             }

@@ -366,7 +366,16 @@ pub struct Endpointer {
     /// Whether the held turn's transcript is the dictation that was asked for (assumed until a
     /// transcript says otherwise): the longer window applies only then.
     dictating: bool,
+    /// The caller's speech level on this line (dBFS), a running mean over their speech frames.
+    speech_level_db: Option<f32>,
 }
+
+/// A frame this far below the caller's speech level is not speech, whatever the detector says:
+/// the end of the last word, not the detector's decay after it. Line noise within this distance
+/// of the speech (15 dB SNR) leaves the detector alone to decide.
+const FADED_BELOW_SPEECH_DB: f32 = 25.0;
+/// How fast the speech level follows the caller's speech frames (per frame).
+const SPEECH_LEVEL_RATE: f32 = 0.05;
 
 impl Endpointer {
     /// An endpointer that ends turns on the silence window alone.
@@ -394,6 +403,7 @@ impl Endpointer {
             likely_done: None,
             kept_listening: false,
             dictating: true,
+            speech_level_db: None,
         }
     }
 
@@ -524,8 +534,20 @@ impl Endpointer {
         self.now_ms = t_ms + FRAME_MS;
         let p = self.vad.speech_probability(frame);
         let level = frame_rms(frame);
-        let voiced = p >= 0.5;
+        let level_db = 20.0 * level.max(1e-6).log10();
+        // The detector's probability decays over ~100 ms after the last word; a frame that has
+        // fallen far below the caller's own speech level is silence already.
+        let faded = self
+            .speech_level_db
+            .is_some_and(|speech_db| level_db < speech_db - FADED_BELOW_SPEECH_DB);
+        let voiced = p >= 0.5 && !faded;
         let speech = voiced && level > echo * self.options.echo_margin;
+        if speech {
+            self.speech_level_db = Some(match self.speech_level_db {
+                Some(speech_db) => speech_db + SPEECH_LEVEL_RATE * (level_db - speech_db),
+                None => level_db,
+            });
+        }
         if voiced && !speech && level > 0.0 {
             tracing::debug!(t_ms, level, echo, "a voiced frame taken for the box's echo");
         }
@@ -1158,5 +1180,58 @@ mod tests {
             "steady noise is not speech"
         );
         assert!(vad.speech_probability(&tone(0.3, 0)) > 0.9);
+    }
+
+    /// A detector that goes on hearing speech for 100 ms after the tone of frames 25..75 ends,
+    /// as Silero's probability does after a last word.
+    struct LaggingDetector {
+        frame: usize,
+    }
+
+    impl VoiceActivity for LaggingDetector {
+        fn speech_probability(&mut self, _frame: &Frame) -> f32 {
+            self.frame += 1;
+            if (26..=80).contains(&self.frame) {
+                0.9
+            } else {
+                0.1
+            }
+        }
+    }
+
+    /// The speech end the endpointer reports for the tone of frames 25..75 followed by `after`.
+    fn speech_end_with_lagging_detector(after: impl Fn(usize) -> Frame) -> u64 {
+        let mut ep = Endpointer::new(
+            Box::new(LaggingDetector { frame: 0 }),
+            EndpointOptions::default(),
+        );
+        (0..125)
+            .find_map(|i| {
+                let frame = match i {
+                    0..25 => [0; FRAME_SAMPLES],
+                    25..75 => tone(0.3, i),
+                    _ => after(i),
+                };
+                match ep.push(&frame, i as u64 * FRAME_MS, 0.0) {
+                    Some(Endpoint::TurnEnded { speech_end_ms, .. }) => Some(speech_end_ms),
+                    _ => None,
+                }
+            })
+            .expect("the turn ends")
+    }
+
+    #[test]
+    fn speech_ends_where_the_level_falls_away_not_where_the_detector_lets_go() {
+        // Silence after the last word: the end is the word's end, not 100 ms later.
+        assert_eq!(
+            speech_end_with_lagging_detector(|_| [0; FRAME_SAMPLES]),
+            1500
+        );
+        // Line noise 15 dB below the speech: the detector decides, lag and all.
+        let noise_level = 0.3 * 10f32.powf(-15.0 / 20.0);
+        assert_eq!(
+            speech_end_with_lagging_detector(|i| tone(noise_level, i)),
+            1600
+        );
     }
 }

@@ -362,6 +362,15 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// The blocks per row, after checking that every row holds them (what the pointer reads of
+    /// the kernels rely on).
+    fn checked_blocks(w: &[&[u8]], x: &[&[ActBlock]], size: usize) -> usize {
+        let blocks = x[0].len();
+        assert!(w.iter().all(|row| row.len() >= blocks * size));
+        assert!(x.iter().all(|acts| acts.len() >= blocks));
+        blocks
+    }
+
     /// The 32 nibbles of a Q4_1 block as bytes, in value order.
     #[inline(always)]
     unsafe fn nibbles(qs: *const u8) -> __m256i {
@@ -377,13 +386,7 @@ mod avx2 {
         x: [&[ActBlock]; C],
     ) -> [[f32; C]; R] {
         const SIZE: usize = 20;
-        let blocks = x[0].len();
-        for row in &w {
-            assert!(row.len() >= blocks * SIZE);
-        }
-        for acts in &x {
-            assert!(acts.len() >= blocks);
-        }
+        let blocks = checked_blocks(&w, &x, SIZE);
         // SAFETY: AVX2/FMA are enabled at compile time; every pointer read is inside the slices
         // checked above (a block of `SIZE` bytes at `k · SIZE`, activation block `k`).
         unsafe {
@@ -425,13 +428,7 @@ mod avx2 {
         x: [&[ActBlock]; C],
     ) -> [[f32; C]; R] {
         const SIZE: usize = 2 + BLOCK;
-        let blocks = x[0].len();
-        for row in &w {
-            assert!(row.len() >= blocks * SIZE);
-        }
-        for acts in &x {
-            assert!(acts.len() >= blocks);
-        }
+        let blocks = checked_blocks(&w, &x, SIZE);
         // SAFETY: as in `q4_1`.
         unsafe {
             let ones = _mm256_set1_epi16(1);

@@ -133,9 +133,10 @@ pub struct EndpointOptions {
 /// (docs/vad-and-end-of-turn.md).
 pub const DEFAULT_SILENCE_WINDOW_MS: u64 = 700;
 /// 200 ms holds a short mid-sentence pause now and then; its transcription stops at the next
-/// decoder step when the caller goes on, and Smart Turn (~170 ms a question) answers inside the
-/// window. Against 400 ms on the same calls: the caller's wait 731 / 1117 ms (p50 / p95) instead
-/// of 871 / 1239, with as many callers cut (docs/bench-call.md, 2026-11-23).
+/// decoder step when the caller goes on, and Smart Turn (~150 ms a question) answers inside the
+/// window. 100 ms with the faster decoder of branch `dec` measured a shorter wait (553 / 966 ms
+/// against 731 / 1117, docs/bench-call.md, session 17), but a whole answer then became final
+/// inside a comma's pause ("Yes, that's right." in `tests/endpoint.rs`).
 pub const DEFAULT_EARLY_PAUSE_MS: u64 = 200;
 pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 200;

@@ -155,6 +155,9 @@ pub struct TurnFigures {
     /// End of speech → the turn final (Smart Turn's pause and answer and the confirmation
     /// pause, or the silence window, and the VAD's hangover).
     pub endpointing_ms: u64,
+    /// The VAD's end of speech (its last speech frame) − the caller's end of speech: how long
+    /// the detector kept hearing speech after the last word (negative: it stopped early).
+    pub vad_lag_ms: i64,
     /// The turn ended → the recognizer starting (a wait for a free decoder); 0 for a turn
     /// transcribed speculatively before it was final.
     pub stt_queue_ms: u64,
@@ -234,6 +237,8 @@ pub struct Level {
     pub calls: usize,
     pub wait: Spread,
     pub endpointing: Spread,
+    /// How long the VAD kept hearing speech after the caller's last word.
+    pub vad_lag: Spread,
     pub stt_queue: Spread,
     pub stt: Spread,
     pub agent: Spread,
@@ -564,6 +569,7 @@ impl Felt {
                 turn: i + 1,
                 wait_ms: first_audio.saturating_sub(end),
                 endpointing_ms: turn_end - end,
+                vad_lag_ms: t.caller_speech_end_ms as i64 - end as i64,
                 stt_queue_ms,
                 stt_ms,
                 agent_ms: t.agent_compute_us as f64 / 1000.0,
@@ -614,6 +620,7 @@ fn level(concurrent: usize, calls: &[CallFigures], turns: &[TurnFigures], wall: 
         calls: calls.len(),
         wait: of(|t| t.wait_ms as f64),
         endpointing: of(|t| t.endpointing_ms as f64),
+        vad_lag: of(|t| t.vad_lag_ms as f64),
         stt_queue: of(|t| t.stt_queue_ms as f64),
         stt: of(|t| t.stt_ms as f64),
         agent: of(|t| t.agent_ms),
@@ -668,15 +675,16 @@ fn print(r: &Report) {
         r.rss_after_load_mib
             .map_or("?".into(), |m| format!("{m:.0} MiB")),
     );
-    println!("\nper turn (ms): wait = end of caller speech → first reply audio");
+    println!("\nper turn (ms): wait = end of caller speech → first reply audio; vad = the VAD's end of speech − the caller's");
     println!(
-        "{:>4} {:>4} {:<16} {:>4} {:>6} {:>8} {:>10} {:>6} {:>6} {:>7} {:>8}",
+        "{:>4} {:>4} {:<16} {:>4} {:>6} {:>8} {:>5} {:>10} {:>6} {:>6} {:>7} {:>8}",
         "conc",
         "call",
         "conversation",
         "turn",
         "wait",
         "endpoint",
+        "vad",
         "ended by",
         "queue",
         "stt",
@@ -692,13 +700,14 @@ fn print(r: &Report) {
             TurnEnd::MaxLength => "max".into(),
         };
         println!(
-            "{:>4} {:>4} {:<16} {:>4} {:>6} {:>8} {:>10} {:>6} {:>6} {:>7.2} {:>8}{}",
+            "{:>4} {:>4} {:<16} {:>4} {:>6} {:>8} {:>5} {:>10} {:>6} {:>6} {:>7.2} {:>8}{}",
             t.concurrent,
             t.call + 1,
             t.conversation,
             t.turn,
             t.wait_ms,
             t.endpointing_ms,
+            t.vad_lag_ms,
             ended_by,
             t.stt_queue_ms,
             t.stt_ms,
@@ -747,6 +756,10 @@ fn print(r: &Report) {
         println!(
             "     of {} turns final by Smart Turn {}, by a whole answer {}; {} held turns dropped (the caller went on)",
             l.wait.n, l.ended_by_smart_turn, l.ended_by_answer, l.speculations_dropped,
+        );
+        println!(
+            "     the VAD heard speech {} ms past the caller's last word",
+            pair(&l.vad_lag)
         );
         if r.smart_turn {
             println!(
@@ -1447,6 +1460,7 @@ mod tests {
             turn: 1,
             wait_ms,
             endpointing_ms: 0,
+            vad_lag_ms: 0,
             stt_queue_ms: 0,
             stt_ms: 0,
             agent_ms: 0.0,

@@ -15,7 +15,7 @@ use callbox::agent::{Agent, CallContext, Event, Script};
 use callbox::models::{default_models_dir, Manifest};
 use callbox::speech::llm::{
     summary_text, summary_text_in_background, GenerateOptions, GroundedAnswerer, LanguageModel,
-    LlamaBackend, LlmError, LlmScorer, Prompt, StopReason, SummarySource,
+    LlmError, LlmScorer, Prompt, StopReason, SummarySource,
 };
 use callbox::speech::scheduler::{CancelToken, Priority, Scheduler, SchedulerOptions};
 
@@ -282,74 +282,6 @@ fn generation_streams_and_the_cached_prefix_changes_nothing() {
         .generate(Some(&prefix), &user, &options, &mut |_| {})
         .unwrap();
     assert_eq!(again.text, full.text);
-}
-
-/// The logits of the own llama forward pass against candle's `quantized_llama` on the same
-/// tokens: the same top token, and every logit within 10 % of the logit range (measured 3.8 % on the prefix and 7.3 % on a turn: larger than the formats alone explain, see docs/llm.md) (the two differ by
-/// design: candle multiplies Q8_0 copies of the Q4_1 weights with f16-scaled activations, the own
-/// kernels the stored Q4_1 blocks with f32-scaled ones).
-fn assert_logits_close(own: &[f32], candle: &[f32], what: &str) {
-    assert_eq!(own.len(), candle.len());
-    let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
-    let top = candle.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let bottom = candle.iter().copied().fold(f32::INFINITY, f32::min);
-    let worst = own
-        .iter()
-        .zip(candle)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    eprintln!(
-        "{what}: max |Δlogit| {worst:.4} over a range of {:.2}",
-        top - bottom
-    );
-    assert_eq!(argmax(own), argmax(candle), "{what}: top tokens differ");
-    assert!(
-        worst <= 0.1 * (top - bottom),
-        "{what}: max |Δlogit| {worst} over a range of {}",
-        top - bottom
-    );
-}
-
-#[test]
-#[ignore = "open: the own forward's logits differ from candle's by 7 % of the range on a turn and \
-            greedy text diverges after two tokens (docs/llm.md)"]
-fn the_own_llama_forward_matches_candles() {
-    let path = model_path("smollm2-135m");
-    let own = LanguageModel::load_with(&path, LlamaBackend::Own).unwrap();
-    let candle = LanguageModel::load_with(&path, LlamaBackend::Candle).unwrap();
-    assert_eq!(own.info().backend, LlamaBackend::Own);
-    assert_eq!(candle.info().backend, LlamaBackend::Candle);
-    let template = own.template();
-    let system = template.system("You are the receptionist of a dental clinic. Be brief.");
-    let options = GenerateOptions {
-        max_tokens: 16,
-        ..GenerateOptions::default()
-    };
-    let own_prefix = own.prefix(&system).unwrap();
-    let candle_prefix = candle.prefix(&system).unwrap();
-    assert_logits_close(own_prefix.logits(), candle_prefix.logits(), "prefix");
-    for (i, question) in [
-        "What is the capital of France?",
-        "Can I book a cleaning for Tuesday morning?",
-        "Do you take new patients?",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let user = template.user(question);
-        // A prompt pass continuing the cached prefix (several tokens at once).
-        let a = own.extend(&own_prefix, &user).unwrap();
-        let b = candle.extend(&candle_prefix, &user).unwrap();
-        assert_logits_close(a.logits(), b.logits(), &format!("turn {i}"));
-        // Greedy text: the single-token steps.
-        let a = own
-            .generate(Some(&own_prefix), &user, &options, &mut |_| {})
-            .unwrap();
-        let b = candle
-            .generate(Some(&candle_prefix), &user, &options, &mut |_| {})
-            .unwrap();
-        assert_eq!(a.text, b.text, "turn {i}");
-    }
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! prompts with a reusable KV-cached [`Prefix`], and generating text token by token.
 //!
 //! The llama architecture runs on the project's own forward pass ([`super::llama`], quantized
-//! kernels in `speech::quant`); candle's `quantized_llama` stays selectable
-//! ([`LlamaBackend::Candle`]) as the reference it is tested against. Gemma 3 runs on `gemma3.rs`.
+//! kernels in `speech::quant`; tests/llm_forward.rs holds it to an f64 forward on the dequantized
+//! weights); candle's `quantized_llama` stays selectable ([`LlamaBackend::Candle`]) with
+//! [`LanguageModel::load_with`]. Gemma 3 runs on `gemma3.rs`.
 //!
 //! Prefix reuse: a model state holds its KV cache and clones cheaply. The own llama state
 //! freezes the prefix's positions into shared segments that every session continuing it reads.
@@ -38,12 +39,10 @@ pub const ARCHITECTURES: [&str; 2] = ["llama", "gemma3"];
 /// Which forward pass runs the llama architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LlamaBackend {
-    /// The project's own ([`super::llama`]): Q4_1 and Q8_0 blocks as stored, own threads. Not
-    /// the default yet: its logits still differ from candle's more than the formats explain
-    /// (docs/llm.md).
-    Own,
-    /// candle's `quantized_llama`, slow formats converted to Q8_0 (the reference).
+    /// The project's own ([`super::llama`]): Q4_1 and Q8_0 blocks as stored, own threads.
     #[default]
+    Own,
+    /// candle's `quantized_llama`, slow formats converted to Q8_0 at load.
     Candle,
 }
 

@@ -352,7 +352,7 @@ mod portable {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{half_at, ActBlock, BLOCK};
+    use super::{f16_to_f32, ActBlock, BLOCK};
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -360,6 +360,12 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
+    }
+
+    /// The f16 at `at` as f32 (unaligned; the caller keeps `at` inside a checked block).
+    #[inline(always)]
+    unsafe fn half_read(at: *const u8) -> f32 {
+        f16_to_f32(u16::from_le(std::ptr::read_unaligned(at as *const u16)))
     }
 
     /// The blocks per row, after checking that every row holds them (what the pointer reads of
@@ -392,11 +398,14 @@ mod avx2 {
         unsafe {
             let ones = _mm256_set1_epi16(1);
             let mut acc = [[_mm256_setzero_ps(); C]; R];
+            // The minimums' term Σ_k m_k · s_k, one scalar chain per pair of rows.
+            let mut mins = [[0f32; C]; R];
             for k in 0..blocks {
                 for (i, row) in w.iter().enumerate() {
                     let block = row.as_ptr().add(k * SIZE);
                     let q = nibbles(block.add(4));
-                    let d = half_at(row, k * SIZE);
+                    let d = half_read(block);
+                    let m = half_read(block.add(2));
                     for (j, acts) in x.iter().enumerate() {
                         let act = acts.get_unchecked(k);
                         let v = _mm256_loadu_si256(act.q.as_ptr() as *const __m256i);
@@ -406,17 +415,14 @@ mod avx2 {
                             _mm256_set1_ps(d * act.d),
                             acc[i][j],
                         );
+                        mins[i][j] += m * act.s;
                     }
                 }
             }
             let mut out = [[0f32; C]; R];
-            for (i, row) in w.iter().enumerate() {
-                for (j, acts) in x.iter().enumerate() {
-                    // The minimums' term: Σ_k m_k · s_k, from the blocks still in cache.
-                    let mins: f32 = (0..blocks)
-                        .map(|k| half_at(row, k * SIZE + 2) * acts.get_unchecked(k).s)
-                        .sum();
-                    out[i][j] = hsum(acc[i][j]) + mins;
+            for i in 0..R {
+                for j in 0..C {
+                    out[i][j] = hsum(acc[i][j]) + mins[i][j];
                 }
             }
             out
@@ -439,7 +445,7 @@ mod avx2 {
                     let q = _mm256_loadu_si256(block.add(2) as *const __m256i);
                     // maddubs multiplies unsigned by signed bytes: |q| times v with q's sign.
                     let magnitude = _mm256_sign_epi8(q, q);
-                    let d = half_at(row, k * SIZE);
+                    let d = half_read(block);
                     for (j, acts) in x.iter().enumerate() {
                         let act = acts.get_unchecked(k);
                         let v = _mm256_loadu_si256(act.q.as_ptr() as *const __m256i);

@@ -15,7 +15,7 @@ use callbox::agent::{Agent, CallContext, Event, Script};
 use callbox::models::{default_models_dir, Manifest};
 use callbox::speech::llm::{
     summary_text, summary_text_in_background, GenerateOptions, GroundedAnswerer, LanguageModel,
-    LlmError, LlmScorer, Prompt, StopReason, SummarySource,
+    LlamaBackend, LlmError, LlmScorer, Prompt, StopReason, SummarySource,
 };
 use callbox::speech::scheduler::{CancelToken, Priority, Scheduler, SchedulerOptions};
 
@@ -49,6 +49,12 @@ fn loads_the_llama_architecture_from_the_metadata() {
     assert_eq!(info.architecture, "llama");
     assert_eq!(info.vocab, 49152);
     assert!(info.tensors > 100);
+    assert_eq!(
+        info.backend,
+        LlamaBackend::Own,
+        "the own forward pass is the default"
+    );
+    assert_eq!(info.converted_to_q8_0, 0, "Q4_1 kept as stored");
 }
 
 #[test]

@@ -15,6 +15,7 @@
 mod answer;
 mod chat;
 mod gemma3;
+mod llama;
 mod model;
 mod scorer;
 mod sentencepiece;
@@ -27,7 +28,8 @@ use std::path::PathBuf;
 pub use answer::{GroundedAnswer, GroundedAnswerer};
 pub use chat::{grounded_system, ChatTemplate, Prompt};
 pub use model::{
-    probe_weights, GenerateOptions, Generation, LanguageModel, ModelInfo, Prefix, StopReason,
+    probe_weights, GenerateOptions, Generation, LanguageModel, LlamaBackend, ModelInfo, Prefix,
+    StopReason,
 };
 pub use scorer::LlmScorer;
 pub use summarize::{summary_text, summary_text_in_background, SummarySource};
@@ -66,6 +68,8 @@ pub enum LlmError {
         architecture: String,
         source: Box<candle_core::Error>,
     },
+    #[error("bad weights in the model file: {0}")]
+    BadWeights(String),
     #[error("inference failed: {0}")]
     Inference(Box<candle_core::Error>),
     #[error("the prompt needs {needed} tokens, more than the model's context of {max}")]

@@ -1,16 +1,22 @@
 //! Loading a GGUF chat model (the architecture picked from `general.architecture`), evaluating
 //! prompts with a reusable KV-cached [`Prefix`], and generating text token by token.
 //!
-//! Prefix reuse: candle's quantized models keep the KV cache inside the model value, but the
-//! model derives `Clone` and every tensor in it (weights, rotary tables, cache) is reference
-//! counted, and a forward pass replaces the cache tensors instead of writing into them. So a
-//! clone taken after the prefix was evaluated is a cheap snapshot (no weight copy) that later
-//! prompts continue from at `index_pos = prefix length`.
+//! The llama architecture runs on the project's own forward pass ([`super::llama`], quantized
+//! kernels in `speech::quant`; tests/llm_forward.rs holds it to an f64 forward on the dequantized
+//! weights); candle's `quantized_llama` stays selectable ([`LlamaBackend::Candle`]) with
+//! [`LanguageModel::load_with`]. Gemma 3 runs on `gemma3.rs`.
+//!
+//! Prefix reuse: a model state holds its KV cache and clones cheaply. The own llama state
+//! freezes the prefix's positions into shared segments that every session continuing it reads.
+//! candle's models derive `Clone` with every tensor (weights, rotary tables, cache) reference
+//! counted, and a forward pass replaces the cache tensors instead of writing into them, so a
+//! clone taken after the prefix is a cheap snapshot too. Later prompts continue from it at
+//! `index_pos = prefix length`.
 
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file::{self, Content};
@@ -20,6 +26,7 @@ use candle_transformers::models::quantized_llama;
 
 use super::chat::{ChatTemplate, Prompt};
 use super::gemma3::Gemma3;
+use super::llama::{self, LlamaModel, LlamaState};
 use super::tokenizer::Tokenizer;
 use super::LlmError;
 
@@ -29,10 +36,21 @@ const MAX_CONTEXT: usize = 4096;
 /// Values of `general.architecture` this build can run.
 pub const ARCHITECTURES: [&str; 2] = ["llama", "gemma3"];
 
+/// Which forward pass runs the llama architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LlamaBackend {
+    /// The project's own ([`super::llama`]): Q4_1 and Q8_0 blocks as stored, own threads.
+    #[default]
+    Own,
+    /// candle's `quantized_llama`, slow formats converted to Q8_0 at load.
+    Candle,
+}
+
 /// The weights of one supported architecture, with their KV cache.
 #[derive(Debug, Clone)]
 pub(crate) enum Weights {
-    Llama(quantized_llama::ModelWeights),
+    Llama(LlamaState),
+    CandleLlama(quantized_llama::ModelWeights),
     Gemma3(Gemma3),
 }
 
@@ -45,10 +63,20 @@ impl Weights {
         device: &Device,
     ) -> Result<Vec<f32>, LlmError> {
         let logits = match self {
-            Weights::Llama(m) => m.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, pos)?,
+            Weights::Llama(m) => return m.forward(tokens, pos),
+            Weights::CandleLlama(m) => {
+                m.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, pos)?
+            }
             Weights::Gemma3(m) => m.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, pos)?,
         };
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+
+    /// Shares the positions evaluated so far with every clone taken later (a prefix's cache).
+    fn freeze(&mut self) {
+        if let Weights::Llama(m) = self {
+            m.freeze();
+        }
     }
 }
 
@@ -65,6 +93,8 @@ pub struct ModelInfo {
     pub load_time: Duration,
     /// Tensors stored in a format without a SIMD kernel, converted to Q8_0 at load.
     pub converted_to_q8_0: usize,
+    /// The forward pass running a llama-architecture model.
+    pub backend: LlamaBackend,
 }
 
 /// A GGUF file opened and checked: metadata read, every tensor inside the file.
@@ -173,11 +203,17 @@ fn build<R: Read + Seek>(
 ) -> Result<Weights, candle_core::Error> {
     match architecture {
         "gemma3" => Gemma3::from_gguf(&content, reader, device, MAX_CONTEXT).map(Weights::Gemma3),
-        _ => quantized_llama::ModelWeights::from_gguf(content, reader, device).map(Weights::Llama),
+        _ => quantized_llama::ModelWeights::from_gguf(content, reader, device)
+            .map(Weights::CandleLlama),
     }
 }
 
-fn load_weights(path: &Path, checked: Checked, device: &Device) -> Result<Weights, LlmError> {
+fn load_weights(
+    path: &Path,
+    checked: Checked,
+    device: &Device,
+    backend: LlamaBackend,
+) -> Result<Weights, LlmError> {
     let Checked {
         content,
         mut reader,
@@ -186,6 +222,11 @@ fn load_weights(path: &Path, checked: Checked, device: &Device) -> Result<Weight
     } = checked;
     if !ARCHITECTURES.contains(&architecture.as_str()) {
         return Err(LlmError::UnsupportedArchitecture(architecture));
+    }
+    if architecture == "llama" && backend == LlamaBackend::Own {
+        let threads = candle_core::utils::get_num_threads();
+        let model = LlamaModel::load(&content, &mut reader, MAX_CONTEXT, threads)?;
+        return Ok(Weights::Llama(LlamaState::new(Arc::new(model))));
     }
     let load_err = |source| LlmError::Load {
         path: path.to_path_buf(),
@@ -207,7 +248,7 @@ pub fn probe_weights(path: &Path) -> Result<(String, usize), LlmError> {
     let checked = open_checked(path)?;
     let architecture = checked.architecture.clone();
     let device = Device::Cpu;
-    let mut weights = load_weights(path, checked, &device)?;
+    let mut weights = load_weights(path, checked, &device, LlamaBackend::default())?;
     let logits = weights.forward(&[1], 0, &device)?;
     Ok((architecture, logits.len()))
 }
@@ -235,6 +276,11 @@ impl Prefix {
 
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
+    }
+
+    /// The logits (f32) for the token after the prefix.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
     }
 }
 
@@ -341,6 +387,11 @@ impl LanguageModel {
     /// Loads a GGUF chat model: checks the file, builds the tokenizer from its metadata, then
     /// the weights of its architecture.
     pub fn load(path: &Path) -> Result<LanguageModel, LlmError> {
+        LanguageModel::load_with(path, LlamaBackend::default())
+    }
+
+    /// [`LanguageModel::load`] with the llama architecture on `backend`.
+    pub fn load_with(path: &Path, backend: LlamaBackend) -> Result<LanguageModel, LlmError> {
         let started = Instant::now();
         let checked = open_checked(path)?;
         if !ARCHITECTURES.contains(&checked.architecture.as_str()) {
@@ -360,7 +411,12 @@ impl LanguageModel {
         };
         let context = claimed("context_length").map_or(MAX_CONTEXT, |c| c.min(MAX_CONTEXT));
         let tensors = checked.content.tensor_infos.len();
-        let converted_to_q8_0 = slow_tensors(&checked.content);
+        let own = architecture == "llama" && backend == LlamaBackend::Own;
+        let converted_to_q8_0 = if own {
+            llama::converted_tensors(&checked.content)
+        } else {
+            slow_tensors(&checked.content)
+        };
         let file_size = checked.file_size;
         let template = ChatTemplate::for_architecture(&architecture);
         let end = tokenizer.token_id(template.end_of_turn()).ok_or_else(|| {
@@ -372,7 +428,7 @@ impl LanguageModel {
         let sequence_start = template.sequence_start().encode(&tokenizer);
         let mut stop_ids = vec![end];
         stop_ids.extend(tokenizer.eos_id.filter(|e| *e != end));
-        let weights = load_weights(path, checked, &Device::Cpu)?;
+        let weights = load_weights(path, checked, &Device::Cpu, backend)?;
         let info = ModelInfo {
             path: path.to_path_buf(),
             architecture,
@@ -383,6 +439,7 @@ impl LanguageModel {
             vocab: tokenizer.vocab_size(),
             load_time: started.elapsed(),
             converted_to_q8_0,
+            backend,
         };
         tracing::info!(
             model = %info.path.display(),
@@ -466,6 +523,7 @@ impl LanguageModel {
         let weights = self.lock();
         let mut session = self.start(&weights, None);
         session.feed(&tokens)?;
+        session.state.freeze();
         Ok(Prefix {
             tokens,
             state: session.state,
@@ -480,6 +538,7 @@ impl LanguageModel {
         let weights = self.lock();
         let mut session = self.start(&weights, Some(prefix));
         session.feed(&tokens)?;
+        session.state.freeze();
         let mut all = prefix.tokens.clone();
         all.extend(tokens);
         Ok(Prefix {

@@ -46,18 +46,17 @@ pub const MIN_FRAMES: usize = 100;
 /// audio means a faster encoder and cross-attention, but with less the decoder cuts short or says
 /// the last word first ("please. Yes, please.") on short utterances. On the test set in three
 /// takes (132 utterances, 1074 words per channel; `callbox bench stt --wer --takes 3`) 300 frames
-/// made 43 word errors through the telephone channel and 76 with noise, against 47 and 83 with
-/// 150 (docs/stt.md).
+/// made 30 / 40 / 75 word errors (clean, telephone, noisy), 500 frames 30 / 40 / 68, 1000 frames
+/// 30 / 36 / 69: differences of the size one take's noise makes, for 70–200 ms more encoder
+/// (docs/stt.md).
 pub const TAIL_FRAMES: usize = 300;
 /// Least window, in mel frames (10 s), of a low-confidence window's second decode
-/// ([`RETRY_CONFIDENCE`]). On the three-take set it made fewer errors than Whisper's 30 s window
-/// (42 and 74 against 43 and 76, telephone and noisy) at a third of the encoder's work; 600 frames
-/// made 45 and 80.
+/// ([`RETRY_CONFIDENCE`]): a third of the 30 s window's encoder work.
 pub const RETRY_FRAMES: usize = 1000;
 /// Below this many samples (0.1 s) there is nothing to transcribe.
 pub const MIN_SAMPLES: usize = 1600;
-/// Silence put before the audio (0.3 s): Whisper drops the first words of speech that starts
-/// right at the first sample (measured on espeak-ng speech, both encoder modes).
+/// Silence put before the audio (0.3 s). On the three-take set: 30 / 40 / 75 word errors
+/// (clean, telephone, noisy) against 35 / 43 / 73 with none (docs/stt.md).
 pub const LEAD_SAMPLES: usize = 4800;
 /// Audio whose RMS level is below this (about −46 dBFS) is silence: it is not run through the
 /// model, which tends to hallucinate ("you", "Thank you.") on near-silent input.
@@ -69,11 +68,11 @@ pub const LOGPROB_THRESHOLD: f32 = -1.0;
 /// Whisper's threshold: text whose zlib compression ratio is above this is a repetition loop.
 pub const COMPRESSION_RATIO_THRESHOLD: f32 = 2.4;
 /// A window encoded at its own length whose text's mean token probability is below this is
-/// decoded again on a longer window ([`RETRY_FRAMES`]), and the more confident text is kept. On
-/// a short window Whisper sometimes stops early or says only the end ("Sorry, could you repeat
-/// that?" → "that", mean probability 0.09; "My email is maria at example dot com." → "My name
-/// is", 0.50), while right texts of the test set score 0.57 and more (docs/stt.md). Whisper itself
-/// decodes again (at a higher temperature) below a mean log-probability of −1.
+/// decoded again on a longer window ([`RETRY_FRAMES`]), and the more confident text is kept: on a
+/// short window Whisper may stop early or say only the end of what was said. A safety net: with
+/// the English-only prompt no utterance of the three-take set fell below it clean or through the
+/// telephone, one with noise (docs/stt.md). Whisper itself decodes again (at a higher
+/// temperature) below a mean log-probability of −1.
 pub const RETRY_CONFIDENCE: f32 = 0.55;
 
 #[derive(Debug, thiserror::Error)]
@@ -397,8 +396,8 @@ impl SpeechToText {
         } else {
             None
         };
-        let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let vocab = config.dims.vocab_size;
+        let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"), vocab)?;
         let mut suppress = vec![false; vocab];
         for &t in &config.suppress_tokens {
             if let Some(s) = suppress.get_mut(t as usize) {

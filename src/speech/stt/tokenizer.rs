@@ -66,7 +66,7 @@ pub struct SpecialTokens {
     pub no_timestamps: u32,
     /// `<|nospeech|>`, or `<|nocaptions|>` in the older vocabularies.
     pub no_speech: u32,
-    /// `<|en|>`, present in multilingual models only.
+    /// `<|en|>`: in English-only vocabularies too, but put in the prompt of multilingual models only.
     pub english: Option<u32>,
 }
 
@@ -80,16 +80,25 @@ pub struct Tokenizer {
     pub multilingual: bool,
 }
 
+/// Whisper's multilingual models have 51865 output tokens or more (the model's `vocab_size`,
+/// timestamps included); the English-only ones (`tiny.en`) have one fewer. Their tokenizers list
+/// the language and task tokens too, but the English-only models were trained with
+/// `<|startoftranscript|>` alone before `<|notimestamps|>`: given `<|en|><|transcribe|>` as well
+/// they drop or garble first words, most of all when speech starts at the first sample or under
+/// noise.
+pub const MULTILINGUAL_VOCAB: usize = 51865;
+
 impl Tokenizer {
-    pub fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
+    /// The tokenizer of a model with `model_vocab` output tokens (its config's `vocab_size`).
+    pub fn load(path: &Path, model_vocab: usize) -> Result<Tokenizer, TokenizerError> {
         let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        Tokenizer::parse(&text)
+        Tokenizer::parse(&text, model_vocab)
     }
 
-    pub fn parse(json: &str) -> Result<Tokenizer, TokenizerError> {
+    pub fn parse(json: &str, model_vocab: usize) -> Result<Tokenizer, TokenizerError> {
         let parsed: TokenizerJson = serde_json::from_str(json)?;
         let u2b = unicode_to_byte();
         let max_id = parsed
@@ -120,7 +129,7 @@ impl Tokenizer {
                 .ok_or_else(|| TokenizerError::MissingSpecial(name.to_string()))
         };
         let english = special.get("<|en|>").copied();
-        let multilingual = english.is_some() && special.contains_key("<|de|>");
+        let multilingual = model_vocab >= MULTILINGUAL_VOCAB;
         let no_speech = get("<|nospeech|>").or_else(|_| get("<|nocaptions|>"))?;
         let specials = SpecialTokens {
             eot: get("<|endoftext|>")?,
@@ -189,10 +198,25 @@ mod tests {
             "added_tokens":[{"id":4,"content":"<|endoftext|>"},{"id":5,"content":"<|startoftranscript|>"},
             {"id":6,"content":"<|transcribe|>"},{"id":7,"content":"<|nocaptions|>"},
             {"id":8,"content":"<|notimestamps|>"}]}"#;
-        let t = Tokenizer::parse(json).unwrap();
+        let t = Tokenizer::parse(json, 9).unwrap();
         assert_eq!(t.decode(&[5, 0, 1, 2, 3, 4]), "Hello worldé!");
         assert_eq!(t.prompt(), vec![5, 8]);
         assert_eq!(t.specials.no_speech, 7);
         assert!(t.is_special(4) && !t.is_special(1));
+    }
+
+    /// `tiny.en`'s tokenizer lists `<|en|>` and the other language tokens, yet its prompt is
+    /// `<|startoftranscript|><|notimestamps|>`; a multilingual model (one output token more) gets
+    /// the language and the task.
+    #[test]
+    fn only_a_multilingual_model_gets_language_and_task_in_the_prompt() {
+        let json = r#"{"model":{"vocab":{"a":0}},
+            "added_tokens":[{"id":1,"content":"<|endoftext|>"},{"id":2,"content":"<|startoftranscript|>"},
+            {"id":3,"content":"<|en|>"},{"id":4,"content":"<|de|>"},{"id":5,"content":"<|transcribe|>"},
+            {"id":6,"content":"<|nocaptions|>"},{"id":7,"content":"<|notimestamps|>"}]}"#;
+        let english_only = Tokenizer::parse(json, MULTILINGUAL_VOCAB - 1).unwrap();
+        assert_eq!(english_only.prompt(), vec![2, 7]);
+        let multilingual = Tokenizer::parse(json, MULTILINGUAL_VOCAB).unwrap();
+        assert_eq!(multilingual.prompt(), vec![2, 3, 5, 7]);
     }
 }

@@ -131,10 +131,7 @@ fn a_refill_call_in_speech_ends_in_the_right_summary() {
         "Hi, I ran out of my blood pressure medication and need a refill.",
         "This is Dana Lee.",
         "5 5 5, 2 3 4, 9 8 7 6.",
-        // Not "Yes, that's right.": the voice pauses ~300 ms after "Yes," and the box, hearing a
-        // whole answer that Smart Turn finds done, answers it; the caller's "that's right" then
-        // barges in (docs/vad-and-end-of-turn.md, "Not done").
-        "That's right.",
+        "Yes, that's right.",
         "It can wait a few days.",
         "Lisinopril, ten milligrams.",
         "The CVS on Main Street.",

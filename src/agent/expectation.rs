@@ -84,6 +84,14 @@ impl TurnExpectation {
         }
     }
 
+    /// Whether `transcript` is a yes or a no alone ("Yes.", "No"), the start of most longer
+    /// answers ("Yes, that's right", "No, the other one"): a pause after it is often a comma.
+    pub fn is_bare_yes_no(self, transcript: &str) -> bool {
+        self == TurnExpectation::YesNo
+            && extract::normalize(transcript).split_whitespace().count() == 1
+            && extract::yes_no(transcript).is_some()
+    }
+
     /// Whether `transcript`, heard so far, is a whole answer of this kind, so that a pause after
     /// it may end the turn before the silence window. A caller whose words end in an unfinished
     /// number is still dictating whatever was asked.
@@ -118,6 +126,16 @@ impl TurnExpectation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_yes_or_no_is_bare_and_a_longer_answer_is_not() {
+        let yes_no = TurnExpectation::YesNo;
+        assert!(yes_no.is_bare_yes_no("Yes."));
+        assert!(yes_no.is_bare_yes_no("no"));
+        assert!(!yes_no.is_bare_yes_no("Yes, that's right."));
+        assert!(!yes_no.is_bare_yes_no("Maybe."));
+        assert!(!TurnExpectation::Open.is_bare_yes_no("Yes."));
+    }
 
     #[test]
     fn a_phone_number_is_complete_with_all_its_digits() {

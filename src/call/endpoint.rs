@@ -140,6 +140,11 @@ pub const DEFAULT_EARLY_PAUSE_MS: u64 = 100;
 pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 200;
 pub const DEFAULT_DICTATION_WINDOW_MS: u64 = 1_500;
+/// The least pause that ends a turn heard as a lone yes or no before the silence window: the
+/// Piper voice pauses ~300 ms at the comma of "Yes, that's right." and Smart Turn finds "Yes,"
+/// done, so at the ordinary confirmation pause the box answered "Yes," and the caller's "that's
+/// right" barged in (docs/vad-and-end-of-turn.md).
+pub const BARE_YES_NO_PAUSE_MS: u64 = 450;
 
 impl Default for EndpointOptions {
     fn default() -> Self {
@@ -435,7 +440,11 @@ impl Endpointer {
             return Some(self.committed);
         }
         self.dictating = self.expecting.is_dictating(transcript);
-        if self.silence_run_ms < self.options.confirm_ms {
+        let least_pause = match self.expecting.is_bare_yes_no(transcript) {
+            true => self.options.confirm_ms.max(BARE_YES_NO_PAUSE_MS),
+            false => self.options.confirm_ms,
+        };
+        if self.silence_run_ms < least_pause {
             return None;
         }
         let by = if self.expecting.is_whole_answer(transcript) && !self.model_doubts_the_end() {

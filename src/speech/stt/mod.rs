@@ -70,9 +70,9 @@ pub const COMPRESSION_RATIO_THRESHOLD: f32 = 2.4;
 /// A window encoded at its own length whose text's mean token probability is below this is
 /// decoded again on a longer window ([`RETRY_FRAMES`]), and the more confident text is kept: on a
 /// short window Whisper may stop early or say only the end of what was said. A safety net: with
-/// the English-only prompt no utterance of the three-take set fell below it clean or through the
-/// telephone, one with noise (docs/stt.md). Whisper itself decodes again (at a higher
-/// temperature) below a mean log-probability of −1.
+/// the English-only prompt no utterance of the three-take set fell below it in any channel (one
+/// noisy one did without the leading silence; docs/stt.md). Whisper itself decodes again (at a
+/// higher temperature) below a mean log-probability of −1.
 pub const RETRY_CONFIDENCE: f32 = 0.55;
 
 #[derive(Debug, thiserror::Error)]

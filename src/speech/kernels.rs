@@ -429,9 +429,10 @@ fn q8_dot4_avx2(rows: &[i8], scales: &[f32], x: &Q8Vector) -> [f32; 4] {
     assert!(rows.len() == 4 * cols && scales.len() == 4 * blocks);
     // 32 bytes from a slice of at least 32.
     let load = |v: &[i8]| -> __m256i {
-        let v = &v[..32];
-        // SAFETY: `v` holds 32 bytes; the load has no alignment requirement.
-        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+        let v: &[i8; 32] = v[..32].try_into().expect("32 bytes");
+        // SAFETY: same size, no alignment requirement for the value. (Not `_mm256_loadu_si256`:
+        // its copy's precondition checks, on in debug-assertion builds, cost a stack round trip.)
+        unsafe { std::mem::transmute::<[i8; 32], __m256i>(*v) }
     };
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 4];

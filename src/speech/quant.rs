@@ -492,9 +492,10 @@ mod avx2 {
             let mut out = [[0f32; C]; R];
             for i in 0..R {
                 for j in 0..C {
-                    let rest: f32 = (whole..blocks)
-                        .map(|k| f16_to_f32(*mins[i].get_unchecked(k)) * *sums[j].get_unchecked(k))
-                        .sum();
+                    let mut rest = 0f32;
+                    for k in whole..blocks {
+                        rest += f16_to_f32(*mins[i].get_unchecked(k)) * *sums[j].get_unchecked(k);
+                    }
                     out[i][j] = hsum(acc[i][j]) + rest;
                 }
             }

@@ -64,6 +64,8 @@ struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     scores: Vec<f32>,
+    /// Attention's output head by head (`[head][row][head_dim]`), for prompts of several rows.
+    context: Vec<f32>,
     quantized: QuantizedRows,
 }
 
@@ -342,6 +344,143 @@ fn rope(rows: &mut [f32], width: usize, head_dim: usize, pos: usize, cos: &[f32]
     }
 }
 
+/// What one layer's attention computes over: `rows` new positions after `pos` cached ones.
+struct AttentionShape<'a> {
+    config: &'a Config,
+    rows: usize,
+    pos: usize,
+}
+
+impl AttentionShape<'_> {
+    fn total(&self) -> usize {
+        self.pos + self.rows
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.config.head_dim as f32).sqrt()
+    }
+
+    /// Where head `h`'s key and value columns start in a cached row.
+    fn kv_offset(&self, h: usize) -> usize {
+        (h / (self.config.heads / self.config.kv_heads)) * self.config.head_dim
+    }
+}
+
+/// Causal grouped-query attention of the rows' queries over the cache `segments` (keys and
+/// values, `[position][kv_dim]`, in order, the new rows' last), into `out` (`[row][dim]`), one
+/// head per task, dot products one position at a time (generation: one row).
+fn attend_row(
+    shape: &AttentionShape<'_>,
+    query: &[f32],
+    segments: &[(&[f32], &[f32])],
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let c = shape.config;
+    let (dim, kv_dim, hd, total) = (c.dim, c.kv_dim(), c.head_dim, shape.total());
+    let scores = grow(scores, shape.rows * c.heads * total);
+    out.par_chunks_mut(hd)
+        .zip(scores.par_chunks_mut(total))
+        .enumerate()
+        .for_each(|(task, (out, scores))| {
+            let (i, h) = (task / c.heads, task % c.heads);
+            let q = &query[i * dim + h * hd..][..hd];
+            let at = shape.kv_offset(h);
+            // Causal: position pos + i sees positions 0..=pos + i.
+            let seen = shape.pos + i + 1;
+            let scores = &mut scores[..seen];
+            let mut t = 0;
+            for (keys, _) in segments {
+                for k in keys.chunks_exact(kv_dim) {
+                    if t == seen {
+                        break;
+                    }
+                    scores[t] = dot(q, &k[at..at + hd]) * shape.scale();
+                    t += 1;
+                }
+            }
+            kernels::softmax(scores);
+            out.fill(0.0);
+            let mut t = 0;
+            for (_, values) in segments {
+                for v in values.chunks_exact(kv_dim) {
+                    if t == seen {
+                        break;
+                    }
+                    axpy(out, scores[t], &v[at..at + hd]);
+                    t += 1;
+                }
+            }
+        });
+}
+
+/// [`attend_row`] for several rows: per head, the scores of all rows against a segment's keys
+/// are one matrix product, and so is their weighted sum of its values (a prompt or a turn of
+/// 25 tokens spent a third of its time in one-position dot products).
+fn attend_rows(
+    shape: &AttentionShape<'_>,
+    query: &[f32],
+    segments: &[(&[f32], &[f32])],
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+    context: &mut Vec<f32>,
+) {
+    let c = shape.config;
+    let (n, dim, kv_dim, hd, total) = (shape.rows, c.dim, c.kv_dim(), c.head_dim, shape.total());
+    let scores = grow(scores, c.heads * n * total);
+    let context = grow(context, c.heads * n * hd);
+    let serial = gemm::Parallelism::None;
+    scores
+        .par_chunks_mut(n * total)
+        .zip(context.par_chunks_mut(n * hd))
+        .enumerate()
+        .for_each(|(h, (scores, context))| {
+            let at = shape.kv_offset(h);
+            let queries = kernels::View::rows(&query[h * hd..], dim);
+            let mut column = 0;
+            for (keys, _) in segments.iter().filter(|(keys, _)| !keys.is_empty()) {
+                let len = keys.len() / kv_dim;
+                kernels::matmul_strided(
+                    &mut scores[column..],
+                    (total, 1),
+                    queries,
+                    kernels::View::transposed(&keys[at..], kv_dim),
+                    (n, len, hd),
+                    false,
+                    serial,
+                );
+                column += len;
+            }
+            for (i, row) in scores.chunks_exact_mut(total).enumerate() {
+                // Causal: position pos + i sees positions 0..=pos + i.
+                let (seen, unseen) = row.split_at_mut(shape.pos + i + 1);
+                seen.iter_mut().for_each(|v| *v *= shape.scale());
+                kernels::softmax(seen);
+                unseen.fill(0.0);
+            }
+            let mut column = 0;
+            let filled = segments.iter().filter(|(_, values)| !values.is_empty());
+            for (s, (_, values)) in filled.enumerate() {
+                let len = values.len() / kv_dim;
+                kernels::matmul_strided(
+                    context,
+                    (hd, 1),
+                    kernels::View::rows(&scores[column..], total),
+                    kernels::View::rows(&values[at..], kv_dim),
+                    (n, hd, len),
+                    s > 0,
+                    serial,
+                );
+                column += len;
+            }
+        });
+    for (i, row) in out.chunks_exact_mut(dim).enumerate() {
+        for (h, head) in row.chunks_exact_mut(hd).enumerate() {
+            head.copy_from_slice(&context[(h * n + i) * hd..][..hd]);
+        }
+    }
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
@@ -472,9 +611,6 @@ impl LlamaState {
             let query: &[f32] = query;
             self.tail.keys[l].extend_from_slice(key);
             self.tail.values[l].extend_from_slice(value);
-            let total = pos + n;
-            let attention = grow(&mut s.attention, n * dim);
-            let scores = grow(&mut s.scores, n * c.heads * total);
             let segments: Vec<(&[f32], &[f32])> = self
                 .frozen
                 .iter()
@@ -484,42 +620,25 @@ impl LlamaState {
                     &self.tail.values[l][..],
                 )))
                 .collect();
-            let group = c.heads / c.kv_heads;
-            let scale = 1.0 / (c.head_dim as f32).sqrt();
-            attention
-                .par_chunks_mut(c.head_dim)
-                .zip(scores.par_chunks_mut(total))
-                .enumerate()
-                .for_each(|(task, (out, scores))| {
-                    let (i, h) = (task / c.heads, task % c.heads);
-                    let q = &query[i * dim + h * c.head_dim..][..c.head_dim];
-                    let at = (h / group) * c.head_dim;
-                    // Causal: position pos + i sees positions 0..=pos + i.
-                    let seen = pos + i + 1;
-                    let scores = &mut scores[..seen];
-                    let mut t = 0;
-                    for (keys, _) in &segments {
-                        for k in keys.chunks_exact(kv_dim) {
-                            if t == seen {
-                                break;
-                            }
-                            scores[t] = dot(q, &k[at..at + c.head_dim]) * scale;
-                            t += 1;
-                        }
-                    }
-                    kernels::softmax(scores);
-                    out.fill(0.0);
-                    let mut t = 0;
-                    for (_, values) in &segments {
-                        for v in values.chunks_exact(kv_dim) {
-                            if t == seen {
-                                break;
-                            }
-                            axpy(out, scores[t], &v[at..at + c.head_dim]);
-                            t += 1;
-                        }
-                    }
-                });
+            let attention = grow(&mut s.attention, n * dim);
+            let shape = AttentionShape {
+                config: &c,
+                rows: n,
+                pos,
+            };
+            if n == 1 {
+                attend_row(&shape, query, &segments, attention, &mut s.scores);
+            } else {
+                attend_rows(
+                    &shape,
+                    query,
+                    &segments,
+                    attention,
+                    &mut s.scores,
+                    &mut s.context,
+                );
+            }
+            let attention: &mut [f32] = attention;
             s.quantized.quantize(attention, n, dim);
             let projected = grow(&mut s.projected, n * dim);
             workers.products(

@@ -97,6 +97,50 @@ pub(crate) struct QMatrix {
     /// Q4_1: every block's minimum again (f16 bits), row after row, so the kernels take eight at a
     /// time; empty for Q8_0.
     mins: Vec<u16>,
+    /// Q4_1 with AVX2: the first `rows / 8 · 8` rows again, eight rows interleaved (see
+    /// [`pack_q4_1`]); empty otherwise.
+    packed: Vec<u8>,
+}
+
+/// Weight rows interleaved in [`QMatrix::packed`].
+const PACK_ROWS: usize = 8;
+/// Bytes of one packed block of [`PACK_ROWS`] rows: 8 scales and 8 minimums as f32, then the
+/// nibbles as four 32-byte groups, group `h` holding bytes `4h..4h + 4` of each row's block (low
+/// nibbles: values `4h..4h + 4`; high nibbles: values `16 + 4h..16 + 4h + 4`).
+const PACKED_BLOCK: usize = 2 * 4 * PACK_ROWS + 16 * PACK_ROWS;
+
+/// Whether this build multiplies Q4_1 from the interleaved copy.
+const PACKS_Q4_1: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+));
+
+/// The interleaved copy of a Q4_1 matrix's whole groups of eight rows: per group, per block, one
+/// [`PACKED_BLOCK`] record. One 32-byte load then holds four values of eight rows, so a block
+/// of eight rows meets an activation block in eight integer products whose lanes are the rows,
+/// and the scales apply as vectors.
+fn pack_q4_1(data: &[u8], rows: usize, blocks: usize) -> Vec<u8> {
+    let size = Format::Q4_1.block_bytes();
+    let groups = rows / PACK_ROWS;
+    let mut packed = vec![0u8; groups * blocks * PACKED_BLOCK];
+    for (g, group) in packed.chunks_exact_mut(blocks * PACKED_BLOCK).enumerate() {
+        for (k, record) in group.chunks_exact_mut(PACKED_BLOCK).enumerate() {
+            for r in 0..PACK_ROWS {
+                let block = &data[((g * PACK_ROWS + r) * blocks + k) * size..][..size];
+                let d = half_at(block, 0).to_le_bytes();
+                let m = half_at(block, 2).to_le_bytes();
+                record[4 * r..4 * r + 4].copy_from_slice(&d);
+                record[32 + 4 * r..32 + 4 * r + 4].copy_from_slice(&m);
+                for h in 0..4 {
+                    let at = 64 + 32 * h + 4 * r;
+                    record[at..at + 4].copy_from_slice(&block[4 + 4 * h..4 + 4 * h + 4]);
+                }
+            }
+        }
+    }
+    packed
 }
 
 impl QMatrix {
@@ -126,12 +170,18 @@ impl QMatrix {
                 .collect(),
             Format::Q8_0 => Vec::new(),
         };
+        let packed = if format == Format::Q4_1 && PACKS_Q4_1 {
+            pack_q4_1(&data, rows, cols / BLOCK)
+        } else {
+            Vec::new()
+        };
         Ok(QMatrix {
             format,
             rows,
             cols,
             data,
             mins,
+            packed,
         })
     }
 
@@ -150,6 +200,12 @@ impl QMatrix {
     fn row(&self, r: usize) -> &[u8] {
         let n = self.row_bytes();
         &self.data[r * n..(r + 1) * n]
+    }
+
+    /// The packed records of the group of eight rows from `r` (a multiple of eight), if packed.
+    fn packed_group(&self, r: usize) -> Option<&[u8]> {
+        let n = self.cols / BLOCK * PACKED_BLOCK;
+        self.packed.get(r / PACK_ROWS * n..(r / PACK_ROWS + 1) * n)
     }
 
     /// Row `r`'s block minimums (Q4_1).
@@ -265,6 +321,23 @@ pub(crate) fn product_rows(
 ) {
     assert_eq!(w.cols / BLOCK, x.blocks_per_row, "inner dimensions differ");
     let mut r = rows.start;
+    while r.is_multiple_of(PACK_ROWS) && r + PACK_ROWS <= rows.end {
+        let Some(group) = w.packed_group(r) else {
+            break;
+        };
+        let mut a = 0;
+        while a < x.rows {
+            let store = &mut store;
+            match x.rows - a {
+                1 => packed_tile::<1>(group, x, r, a, store),
+                2 => packed_tile::<2>(group, x, r, a, store),
+                3 => packed_tile::<3>(group, x, r, a, store),
+                _ => packed_tile::<PACKED_ACTS>(group, x, r, a, store),
+            }
+            a += PACKED_ACTS;
+        }
+        r += PACK_ROWS;
+    }
     while r < rows.end {
         let tall = rows.end - r >= TILE_ROWS;
         let mut a = 0;
@@ -280,6 +353,46 @@ pub(crate) fn product_rows(
         }
         r += if tall { TILE_ROWS } else { 1 };
     }
+}
+
+/// Activation rows per packed tile.
+const PACKED_ACTS: usize = 4;
+
+/// Eight packed Q4_1 rows from `r` times up to `C` activation rows from `a`.
+#[inline(always)]
+fn packed_tile<const C: usize>(
+    group: &[u8],
+    x: &QuantizedRows,
+    r: usize,
+    a: usize,
+    store: &mut impl FnMut(usize, usize, f32),
+) {
+    let xa: [&[ActBlock]; C] = std::array::from_fn(|j| x.row(a + j));
+    let dots = packed_q4_1::<C>(group, xa);
+    for (j, lanes) in dots.iter().enumerate() {
+        for (i, &v) in lanes.iter().enumerate() {
+            store(a + j, r + i, v);
+        }
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+use avx2::packed_q4_1;
+
+/// Never called: nothing is packed without AVX2 ([`PACKS_Q4_1`]).
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+)))]
+fn packed_q4_1<const C: usize>(_group: &[u8], _x: [&[ActBlock]; C]) -> [[f32; PACK_ROWS]; C] {
+    unreachable!("Q4_1 is packed only for AVX2")
 }
 
 #[inline(always)]
@@ -386,7 +499,7 @@ mod portable {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{f16_to_f32, ActBlock, BLOCK};
+    use super::{f16_to_f32, ActBlock, BLOCK, PACKED_BLOCK, PACK_ROWS};
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -500,6 +613,62 @@ mod avx2 {
                 }
             }
             out
+        }
+    }
+
+    /// Eight interleaved Q4_1 rows (`group`: one [`PACKED_BLOCK`] record per block) times `C`
+    /// activation rows; lane `r` of every vector is row `r`. Per block the eight nibble groups'
+    /// products are summed in 16 bits (each `maddubs` lane is at most 2 · 15 · 127 = 3810, eight
+    /// of them 30480 < 2¹⁵), then widened once, scaled by the rows' scales and given the rows'
+    /// minimums times the activation block's sum.
+    pub(crate) fn packed_q4_1<const C: usize>(
+        group: &[u8],
+        x: [&[ActBlock]; C],
+    ) -> [[f32; PACK_ROWS]; C] {
+        let blocks = x[0].len();
+        assert!(group.len() >= blocks * PACKED_BLOCK && x.iter().all(|a| a.len() >= blocks));
+        // SAFETY: AVX2/FMA are enabled at compile time; every read is inside `group` (record `k`
+        // of `PACKED_BLOCK` bytes, `k < blocks`) or inside activation block `k` (checked above).
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let low = _mm256_set1_epi8(0x0f);
+            let mut acc = [_mm256_setzero_ps(); C];
+            for k in 0..blocks {
+                let record = group.as_ptr().add(k * PACKED_BLOCK);
+                let acts: [&ActBlock; C] = std::array::from_fn(|j| x[j].get_unchecked(k));
+                let mut sums = [_mm256_setzero_si256(); C];
+                for h in 0..4 {
+                    let p = load256(record.add(64 + 32 * h));
+                    let values_low = _mm256_and_si256(p, low);
+                    let values_high = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                    for j in 0..C {
+                        let q = acts[j].q.as_ptr() as *const u8;
+                        let a_low = _mm256_set1_epi32(i32::from_le_bytes(
+                            *(q.add(4 * h) as *const [u8; 4]),
+                        ));
+                        let a_high = _mm256_set1_epi32(i32::from_le_bytes(
+                            *(q.add(16 + 4 * h) as *const [u8; 4]),
+                        ));
+                        sums[j] = _mm256_add_epi16(
+                            sums[j],
+                            _mm256_add_epi16(
+                                _mm256_maddubs_epi16(values_low, a_low),
+                                _mm256_maddubs_epi16(values_high, a_high),
+                            ),
+                        );
+                    }
+                }
+                let d = std::mem::transmute::<[f32; 8], __m256>(*(record as *const [f32; 8]));
+                let m =
+                    std::mem::transmute::<[f32; 8], __m256>(*(record.add(32) as *const [f32; 8]));
+                for j in 0..C {
+                    let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[j], ones));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[j].d));
+                    acc[j] = _mm256_fmadd_ps(dot, scale, acc[j]);
+                    acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(acts[j].s), acc[j]);
+                }
+            }
+            acc.map(|v| std::mem::transmute::<__m256, [f32; 8]>(v))
         }
     }
 
@@ -635,8 +804,8 @@ impl Workers {
     pub(crate) fn products(&self, x: &QuantizedRows, jobs: &mut [(&QMatrix, &mut [f32])]) {
         let chunk_rows = |rows: usize| -> usize {
             // About four chunks per thread, whole tiles.
-            let chunk = rows.div_ceil(self.threads * 4).max(TILE_ROWS * 4);
-            chunk.div_ceil(TILE_ROWS) * TILE_ROWS
+            let chunk = rows.div_ceil(self.threads * 4).max(PACK_ROWS * 2);
+            chunk.div_ceil(PACK_ROWS) * PACK_ROWS
         };
         let mut chunks: Vec<(usize, Range<usize>)> = Vec::new();
         for (j, (w, out)) in jobs.iter().enumerate() {

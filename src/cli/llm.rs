@@ -220,11 +220,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The caller's turn `callbox bench llm` answers by default.
+pub const BENCH_TURN: &str = "Hi, do you have parking, and are you open on Saturdays?";
+
 /// Measures the configured model on the clinic script's grounded prompt: `runs` uncached and
-/// cached answers of `max_tokens` (greedy), and the scorer on one caller turn.
+/// cached answers to `turn` of `max_tokens` (greedy), and the scorer on one caller turn.
 pub fn bench(
     config: &Config,
     model: Option<&Path>,
+    turn: &str,
     runs: usize,
     max_tokens: usize,
     reference: bool,
@@ -235,7 +239,7 @@ pub fn bench(
     let script = Script::builtin("clinic").context("built-in clinic script")?;
     let template = m.template();
     let system = template.system(&grounded_system(&script));
-    let user = template.user("Hi, do you have parking, and are you open on Saturdays?");
+    let user = template.user(turn);
     let options = GenerateOptions {
         max_tokens,
         repeat_penalty: 1.0,

@@ -146,6 +146,10 @@ pub enum BenchCommand {
         /// A GGUF file instead of the configured model.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// The caller's turn answered after the cached prefix (the clinic script's grounded
+        /// prompt); the default is 25 tokens with SmolLM2's chat markup.
+        #[arg(long, default_value = llm::BENCH_TURN)]
+        turn: String,
         /// Also run llama.cpp (llama-cpp-python, built into the reference environment of
         /// tests/tools on first use: many minutes) on the same file, tokens and threads.
         #[arg(long)]
@@ -291,12 +295,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runs,
             max_tokens,
             model,
+            turn,
             reference,
             json,
         }) => {
             let stats = llm::bench(
                 &config,
                 model.as_deref(),
+                &turn,
                 runs.max(1),
                 max_tokens.max(2),
                 reference,

@@ -93,13 +93,15 @@ pub(crate) struct QMatrix {
     format: Format,
     rows: usize,
     cols: usize,
+    /// The rows from `packed_rows` on, as the file stores them.
     data: Vec<u8>,
-    /// Q4_1: every block's minimum again (f16 bits), row after row, so the kernels take eight at a
-    /// time; empty for Q8_0.
+    /// Q4_1: the block minimums of the rows in `data` again (f16 bits), row after row, so the
+    /// kernels take eight at a time; empty for Q8_0.
     mins: Vec<u16>,
-    /// Q4_1 with AVX2: the first `rows / 8 · 8` rows again, eight rows interleaved (see
-    /// [`pack_q4_1`]); empty otherwise.
+    /// Q4_1 with AVX2: the first `rows / 8 · 8` rows, eight rows interleaved (see
+    /// [`pack_q4_1`]) and kept only so; empty otherwise.
     packed: Vec<u8>,
+    packed_rows: usize,
 }
 
 /// Weight rows interleaved in [`QMatrix::packed`].
@@ -163,17 +165,23 @@ impl QMatrix {
                 got: data.len(),
             });
         }
+        let (packed, packed_rows) = if format == Format::Q4_1 && PACKS_Q4_1 {
+            let packed_rows = rows / PACK_ROWS * PACK_ROWS;
+            (pack_q4_1(&data, rows, cols / BLOCK), packed_rows)
+        } else {
+            (Vec::new(), 0)
+        };
+        let data = if packed_rows > 0 {
+            data[packed_rows * cols / BLOCK * format.block_bytes()..].to_vec()
+        } else {
+            data
+        };
         let mins = match format {
             Format::Q4_1 => data
                 .chunks_exact(format.block_bytes())
                 .map(|block| u16::from_le_bytes([block[2], block[3]]))
                 .collect(),
             Format::Q8_0 => Vec::new(),
-        };
-        let packed = if format == Format::Q4_1 && PACKS_Q4_1 {
-            pack_q4_1(&data, rows, cols / BLOCK)
-        } else {
-            Vec::new()
         };
         Ok(QMatrix {
             format,
@@ -182,6 +190,7 @@ impl QMatrix {
             data,
             mins,
             packed,
+            packed_rows,
         })
     }
 
@@ -197,8 +206,11 @@ impl QMatrix {
         self.cols / BLOCK * self.format.block_bytes()
     }
 
+    /// Row `r` as the file stores it; only rows that are not packed are kept so.
     fn row(&self, r: usize) -> &[u8] {
+        assert!(r >= self.packed_rows, "row {r} is only kept packed");
         let n = self.row_bytes();
+        let r = r - self.packed_rows;
         &self.data[r * n..(r + 1) * n]
     }
 
@@ -211,27 +223,54 @@ impl QMatrix {
     /// Row `r`'s block minimums (Q4_1).
     fn row_mins(&self, r: usize) -> &[u16] {
         let n = self.cols / BLOCK;
+        let r = r - self.packed_rows;
         &self.mins[r * n..(r + 1) * n]
     }
 
     /// Row `r` as f32 values (the embedding lookup).
     pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let row = self.row(r);
-        let size = self.format.block_bytes();
-        for (block, values) in row.chunks_exact(size).zip(out.chunks_exact_mut(BLOCK)) {
-            let d = half_at(block, 0);
-            match self.format {
-                Format::Q4_1 => {
-                    let m = half_at(block, 2);
-                    for (i, &byte) in block[4..].iter().enumerate() {
-                        values[i] = d * (byte & 0x0f) as f32 + m;
-                        values[i + 16] = d * (byte >> 4) as f32 + m;
-                    }
+        let Some(group) = (r < self.packed_rows)
+            .then(|| self.packed_group(r / PACK_ROWS * PACK_ROWS))
+            .flatten()
+        else {
+            return dequantize_blocks(self.format, self.row(r), out);
+        };
+        let lane = r % PACK_ROWS;
+        let f32_at = |record: &[u8], at: usize| {
+            f32::from_le_bytes(record[at..at + 4].try_into().expect("4 bytes"))
+        };
+        for (record, values) in group
+            .chunks_exact(PACKED_BLOCK)
+            .zip(out.chunks_exact_mut(BLOCK))
+        {
+            let (d, m) = (f32_at(record, 4 * lane), f32_at(record, 32 + 4 * lane));
+            for h in 0..4 {
+                let bytes = &record[64 + 32 * h + 4 * lane..][..4];
+                for (t, &byte) in bytes.iter().enumerate() {
+                    values[4 * h + t] = d * (byte & 0x0f) as f32 + m;
+                    values[16 + 4 * h + t] = d * (byte >> 4) as f32 + m;
                 }
-                Format::Q8_0 => {
-                    for (v, &q) in values.iter_mut().zip(&block[2..]) {
-                        *v = d * (q as i8) as f32;
-                    }
+            }
+        }
+    }
+}
+
+/// A row of blocks as the file stores them, as f32 values.
+fn dequantize_blocks(format: Format, row: &[u8], out: &mut [f32]) {
+    let size = format.block_bytes();
+    for (block, values) in row.chunks_exact(size).zip(out.chunks_exact_mut(BLOCK)) {
+        let d = half_at(block, 0);
+        match format {
+            Format::Q4_1 => {
+                let m = half_at(block, 2);
+                for (i, &byte) in block[4..].iter().enumerate() {
+                    values[i] = d * (byte & 0x0f) as f32 + m;
+                    values[i + 16] = d * (byte >> 4) as f32 + m;
+                }
+            }
+            Format::Q8_0 => {
+                for (v, &q) in values.iter_mut().zip(&block[2..]) {
+                    *v = d * (q as i8) as f32;
                 }
             }
         }
@@ -871,6 +910,11 @@ mod tests {
     }
 
     fn random_matrix(format: Format, rows: usize, cols: usize, rng: &mut Random) -> QMatrix {
+        QMatrix::new(format, rows, cols, random_blocks(format, rows, cols, rng)).unwrap()
+    }
+
+    /// Rows of random blocks as a file stores them.
+    fn random_blocks(format: Format, rows: usize, cols: usize, rng: &mut Random) -> Vec<u8> {
         let mut data = Vec::new();
         for _ in 0..rows * cols / BLOCK {
             let d = 0.001 + 0.02 * (rng.unit() + 1.0);
@@ -887,7 +931,20 @@ mod tests {
                 }
             }
         }
-        QMatrix::new(format, rows, cols, data).unwrap()
+        data
+    }
+
+    /// The rows of `blocks` as f32 values, read from the file's layout (not the matrix's).
+    fn dequantized_blocks(format: Format, blocks: &[u8], cols: usize) -> Vec<f32> {
+        let row_bytes = cols / BLOCK * format.block_bytes();
+        let mut out = vec![0f32; blocks.len() / row_bytes * cols];
+        for (row, values) in blocks
+            .chunks_exact(row_bytes)
+            .zip(out.chunks_exact_mut(cols))
+        {
+            dequantize_blocks(format, row, values);
+        }
+        out
     }
 
     fn random_rows(rows: usize, cols: usize, rng: &mut Random) -> Vec<f32> {
@@ -962,24 +1019,20 @@ mod tests {
         let mut rng = Random(0x9E37_79B9_7F4A_7C15);
         // 11 weight rows and 5 activation rows: full tiles and both remainders.
         let (outs, rows, cols) = (11, 5, 576);
-        let w = random_matrix(format, outs, cols, &mut rng);
-        let wf = dequantized(&w);
+        let blocks = random_blocks(format, outs, cols, &mut rng);
+        let w = QMatrix::new(format, outs, cols, blocks.clone()).unwrap();
+        let wf = dequantized_blocks(format, &blocks, cols);
         let x = random_rows(rows, cols, &mut rng);
         let mut q = QuantizedRows::default();
         q.quantize(&x, rows, cols);
         let xq = dequantized_acts(&q, cols);
         let simd = product(&w, &q);
         let mut portable = vec![f32::NAN; rows * outs];
-        let wr: Vec<&[u8]> = (0..outs).map(|r| w.row(r)).collect();
+        let wr: Vec<&[u8]> = blocks.chunks_exact(blocks.len() / outs).collect();
         for r in 0..outs {
             for a in 0..rows {
                 let dot = match format {
-                    Format::Q4_1 => portable::q4_1::<1, 1>(
-                        [wr[r]],
-                        [w.row_mins(r)],
-                        [q.row(a)],
-                        [q.row_sums(a)],
-                    ),
+                    Format::Q4_1 => portable::q4_1::<1, 1>([wr[r]], [&[]], [q.row(a)], [&[]]),
                     Format::Q8_0 => portable::q8_0::<1, 1>([wr[r]], [q.row(a)]),
                 };
                 portable[a * outs + r] = dot[0][0];
@@ -1017,6 +1070,18 @@ mod tests {
     #[test]
     fn q8_0_products_match_the_dequantized_reference() {
         kernels_match_reference(Format::Q8_0);
+    }
+
+    #[test]
+    fn every_row_dequantizes_as_the_file_stores_it() {
+        let mut rng = Random(11);
+        for format in [Format::Q4_1, Format::Q8_0] {
+            // Two packed groups of eight (with AVX2) and three rows kept as stored.
+            let (rows, cols) = (19, 96);
+            let blocks = random_blocks(format, rows, cols, &mut rng);
+            let w = QMatrix::new(format, rows, cols, blocks.clone()).unwrap();
+            assert_eq!(dequantized(&w), dequantized_blocks(format, &blocks, cols));
+        }
     }
 
     #[test]

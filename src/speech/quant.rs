@@ -407,31 +407,12 @@ fn packed_tile<const C: usize>(
     store: &mut impl FnMut(usize, usize, f32),
 ) {
     let xa: [&[ActBlock]; C] = std::array::from_fn(|j| x.row(a + j));
-    let dots = packed_q4_1::<C>(group, xa);
+    let dots = simd::packed_q4_1::<C>(group, xa);
     for (j, lanes) in dots.iter().enumerate() {
         for (i, &v) in lanes.iter().enumerate() {
             store(a + j, r + i, v);
         }
     }
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-use avx2::packed_q4_1;
-
-/// Never called: nothing is packed without AVX2 ([`PACKS_Q4_1`]).
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-)))]
-fn packed_q4_1<const C: usize>(_group: &[u8], _x: [&[ActBlock]; C]) -> [[f32; PACK_ROWS]; C] {
-    unreachable!("Q4_1 is packed only for AVX2")
 }
 
 #[inline(always)]
@@ -472,7 +453,7 @@ fn tile<const R: usize, const C: usize>(
     allow(dead_code)
 )]
 mod portable {
-    use super::{half_at, ActBlock, Format, BLOCK};
+    use super::{half_at, ActBlock, Format, BLOCK, PACK_ROWS};
 
     /// (The minimums and sums are read from the blocks here.)
     pub(super) fn q4_1<const R: usize, const C: usize>(
@@ -489,6 +470,14 @@ mod portable {
         x: [&[ActBlock]; C],
     ) -> [[f32; C]; R] {
         tile(Format::Q8_0, w, x)
+    }
+
+    /// Never called: nothing is packed without AVX2 ([`super::PACKS_Q4_1`]).
+    pub(super) fn packed_q4_1<const C: usize>(
+        _group: &[u8],
+        _x: [&[ActBlock]; C],
+    ) -> [[f32; PACK_ROWS]; C] {
+        unreachable!("Q4_1 is packed only for AVX2")
     }
 
     fn tile<const R: usize, const C: usize>(
@@ -660,7 +649,7 @@ mod avx2 {
     /// products are summed in 16 bits (each `maddubs` lane is at most 2 · 15 · 127 = 3810, eight
     /// of them 30480 < 2¹⁵), then widened once, scaled by the rows' scales and given the rows'
     /// minimums times the activation block's sum.
-    pub(crate) fn packed_q4_1<const C: usize>(
+    pub(super) fn packed_q4_1<const C: usize>(
         group: &[u8],
         x: [&[ActBlock]; C],
     ) -> [[f32; PACK_ROWS]; C] {

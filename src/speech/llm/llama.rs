@@ -414,9 +414,9 @@ fn attend_row(
         });
 }
 
-/// [`attend_row`] for several rows: per head, the scores of all rows against a segment's keys
-/// are one matrix product, and so is their weighted sum of its values (a prompt or a turn of
-/// 25 tokens spent a third of its time in one-position dot products).
+/// [`attend_row`] for several rows (a prompt or a caller's turn): per head, the scores of all
+/// rows against a segment's keys are one matrix product, and so is their weighted sum of its
+/// values.
 fn attend_rows(
     shape: &AttentionShape<'_>,
     query: &[f32],

@@ -6,8 +6,11 @@
 //! dot products run on `maddubs`/`madd`; elsewhere on portable integer code, tested against the
 //! same reference.
 //!
-//! Tiles of up to 4 weight rows × 2 activation rows share each loaded block, so a prompt of
-//! several tokens reads the weights once per pair of tokens, and one token streams them once.
+//! With AVX2, Q4_1 matrices are kept as an interleaved copy of eight rows at a time (vector lanes
+//! are rows; see [`pack_q4_1`]), each unpacked weight group meeting up to 4 activation rows.
+//! Otherwise (Q8_0, the rows left over, the portable build) tiles of up to 4 weight rows × 2
+//! activation rows share each loaded block. Either way a prompt of several tokens reads the
+//! weights once per few tokens, and one token streams them once.
 //! [`Workers`] splits the output rows over a thread pool that lives as long as the model.
 
 use std::ops::Range;

@@ -638,7 +638,6 @@ impl LlamaState {
                     &mut s.context,
                 );
             }
-            let attention: &mut [f32] = attention;
             s.quantized.quantize(attention, n, dim);
             let projected = grow(&mut s.projected, n * dim);
             workers.products(

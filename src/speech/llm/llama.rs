@@ -430,6 +430,10 @@ fn attend_rows(
     let scores = grow(scores, c.heads * n * total);
     let context = grow(context, c.heads * n * hd);
     let serial = gemm::Parallelism::None;
+    let segments: Vec<_> = segments
+        .iter()
+        .filter(|(keys, _)| !keys.is_empty())
+        .collect();
     scores
         .par_chunks_mut(n * total)
         .zip(context.par_chunks_mut(n * hd))
@@ -438,7 +442,7 @@ fn attend_rows(
             let at = shape.kv_offset(h);
             let queries = kernels::View::rows(&query[h * hd..], dim);
             let mut column = 0;
-            for (keys, _) in segments.iter().filter(|(keys, _)| !keys.is_empty()) {
+            for (keys, _) in &segments {
                 let len = keys.len() / kv_dim;
                 kernels::matmul_strided(
                     &mut scores[column..],
@@ -459,8 +463,7 @@ fn attend_rows(
                 unseen.fill(0.0);
             }
             let mut column = 0;
-            let filled = segments.iter().filter(|(_, values)| !values.is_empty());
-            for (s, (_, values)) in filled.enumerate() {
+            for (s, (_, values)) in segments.iter().enumerate() {
                 let len = values.len() / kv_dim;
                 kernels::matmul_strided(
                     context,

@@ -72,9 +72,13 @@ impl TurnExpectation {
 
     /// Whether `transcript` by its words alone is a whole answer of this kind (a yes or a no,
     /// all the digits of a number, a first and last name), so that the turn may end after the
-    /// confirmation pause whatever the end-of-turn model says. An open answer never is: only
-    /// the caller's intonation tells whether they are done.
+    /// confirmation pause. An open answer never is (only the caller's intonation tells whether
+    /// they are done), but a question asked back ("what are your hours?") is whole in place of
+    /// any answer: the caller waits for the box to answer it.
     pub fn is_whole_answer(self, transcript: &str) -> bool {
+        if is_question(transcript) {
+            return !is_only_preamble(transcript) && !ends_mid_number(transcript);
+        }
         match self {
             TurnExpectation::YesNo => {
                 self.is_complete(transcript) && extract::yes_no(transcript).is_some()
@@ -99,10 +103,10 @@ impl TurnExpectation {
         if transcript.trim().is_empty() {
             return false;
         }
-        let trailing = extract::digits_at_end(transcript);
-        let unfinished_number = (1..PHONE_DIGITS).contains(&trailing);
         match self {
-            TurnExpectation::Open | TurnExpectation::YesNo => !unfinished_number,
+            TurnExpectation::Open | TurnExpectation::YesNo => {
+                !ends_mid_number(transcript) && !is_only_preamble(transcript)
+            }
             TurnExpectation::PhoneNumber => {
                 extract::phone_number(transcript).is_some_and(|d| d.len() >= PHONE_DIGITS)
             }
@@ -121,6 +125,46 @@ impl TurnExpectation {
             TurnExpectation::Date => false,
         }
     }
+}
+
+/// Whether the caller's words end in a question mark (the recognizer punctuates by grammar and
+/// intonation).
+fn is_question(transcript: &str) -> bool {
+    transcript.trim_end().ends_with('?')
+}
+
+/// Whether the words end in part of a phone number (1 to 9 digits): "my number is five five
+/// five" goes on whatever was asked.
+fn ends_mid_number(transcript: &str) -> bool {
+    (1..PHONE_DIGITS).contains(&extract::digits_at_end(transcript))
+}
+
+/// Words a caller opens with before saying anything: a greeting or a filler.
+const PREAMBLE_WORDS: &[&str] = &[
+    "hi",
+    "hello",
+    "hey",
+    "hiya",
+    "good",
+    "morning",
+    "afternoon",
+    "evening",
+    "um",
+    "uh",
+    "er",
+    "erm",
+    "hmm",
+    "oh",
+    "so",
+    "well",
+];
+
+/// Whether the caller has said only a greeting or a filler ("Hi,", "Um, so"): the opening of
+/// a turn, not a turn, however done the intonation sounds after it.
+pub fn is_only_preamble(transcript: &str) -> bool {
+    let norm = extract::normalize(transcript);
+    let mut words = norm.split_whitespace().peekable();
+    words.peek().is_some() && words.all(|w| PREAMBLE_WORDS.contains(&w))
 }
 
 #[cfg(test)]
@@ -197,6 +241,40 @@ mod tests {
         assert!(!phone.is_dictating("Why do you need it?"));
         assert!(TurnExpectation::Date.is_dictating("March fourth"));
         assert!(!TurnExpectation::Open.is_dictating("Dana"));
+    }
+
+    #[test]
+    fn a_question_asked_back_is_a_whole_answer_to_anything() {
+        for expecting in [
+            TurnExpectation::Open,
+            TurnExpectation::Name,
+            TurnExpectation::PhoneNumber,
+            TurnExpectation::Date,
+            TurnExpectation::YesNo,
+        ] {
+            assert!(
+                expecting.is_whole_answer("What are your hours?"),
+                "{expecting:?}"
+            );
+            assert!(
+                !expecting.is_whole_answer("Is it 555 234?"),
+                "{expecting:?}"
+            );
+            assert!(!expecting.is_whole_answer("Hello?"), "{expecting:?}");
+        }
+        assert!(!TurnExpectation::Open.is_whole_answer("What are your hours"));
+    }
+
+    #[test]
+    fn a_greeting_or_a_filler_alone_opens_a_turn_and_does_not_end_it() {
+        let open = TurnExpectation::Open;
+        assert!(!open.is_complete("Hi."));
+        assert!(!open.is_complete("Hello, um,"));
+        assert!(!open.is_complete("Good morning."));
+        assert!(open.is_complete("Hi, I need a refill."));
+        assert!(!TurnExpectation::YesNo.is_complete("Um."));
+        assert!(TurnExpectation::YesNo.is_complete("Yes."));
+        assert!(!is_only_preamble(""));
     }
 
     #[test]

@@ -140,11 +140,13 @@ pub const DEFAULT_EARLY_PAUSE_MS: u64 = 100;
 pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 200;
 pub const DEFAULT_DICTATION_WINDOW_MS: u64 = 1_500;
-/// The least pause that ends a turn heard as a lone yes or no before the silence window: the
-/// Piper voice pauses ~300 ms at the comma of "Yes, that's right." and Smart Turn finds "Yes,"
-/// done, so at the ordinary confirmation pause the box answered "Yes," and the caller's "that's
-/// right" barged in (docs/vad-and-end-of-turn.md).
-pub const BARE_YES_NO_PAUSE_MS: u64 = 450;
+/// The least pause that ends, before the silence window, a turn heard as a lone yes or no, or a
+/// whole answer Smart Turn hears going on. The Piper voice pauses ~300 ms at the comma of "Yes,
+/// that's right." and Smart Turn finds "Yes," done, so at the ordinary confirmation pause the
+/// box answered "Yes," and the caller's "that's right" barged in; and Smart Turn hears most
+/// whole names and answers on this voice as unfinished, which left them to the window
+/// (docs/vad-and-end-of-turn.md).
+pub const PATIENT_PAUSE_MS: u64 = 450;
 
 impl Default for EndpointOptions {
     fn default() -> Self {
@@ -430,24 +432,29 @@ impl Endpointer {
 
     /// Whether the held turn whose transcript is `transcript` is final, since when (call time,
     /// ms) and why: once the pause has lasted the confirmation pause with a transcript that is a
-    /// whole answer to what was asked (unless the end-of-turn model is still weighing the pause
-    /// or heard the caller going on: "Yes," before "that's right" is a whole answer too), or that
-    /// the end-of-turn model found likely done and does not end mid-number (the turn is then
-    /// committed), or once the silence window made it final whatever its transcript. `None`:
-    /// keep holding it; the caller may go on, else the window decides.
+    /// whole answer to what was asked, or [`PATIENT_PAUSE_MS`] if the end-of-turn model is still
+    /// weighing the pause or heard the caller going on (a lone yes the model doubts waits for the
+    /// window: "Yes," before "that's right" is a whole answer too); or with a transcript the
+    /// end-of-turn model found likely done that does not end mid-number or in a greeting alone
+    /// (the turn is then committed); or once the silence window made it final whatever its
+    /// transcript. `None`: keep holding it; the caller may go on, else the window decides.
     pub fn confirm(&mut self, transcript: &str) -> Option<(u64, TurnEnd)> {
         if self.phase != Phase::Tentative {
             return Some(self.committed);
         }
         self.dictating = self.expecting.is_dictating(transcript);
-        let least_pause = match self.expecting.is_bare_yes_no(transcript) {
-            true => self.options.confirm_ms.max(BARE_YES_NO_PAUSE_MS),
+        let bare = self.expecting.is_bare_yes_no(transcript);
+        let whole = self.expecting.is_whole_answer(transcript);
+        let doubted = self.model_doubts_the_end();
+        let least_pause = match bare || (whole && doubted) {
+            true => self.options.confirm_ms.max(PATIENT_PAUSE_MS),
             false => self.options.confirm_ms,
         };
         if self.silence_run_ms < least_pause {
             return None;
         }
-        let by = if self.expecting.is_whole_answer(transcript) && !self.model_doubts_the_end() {
+        // A lone yes the model hears going on is the start of a longer answer.
+        let by = if whole && !(bare && doubted) {
             TurnEnd::Answer
         } else {
             match self.likely_done {
@@ -826,7 +833,7 @@ mod tests {
     }
 
     #[test]
-    fn a_question_in_place_of_a_dictated_answer_ends_at_the_ordinary_window() {
+    fn a_question_or_a_refusal_in_place_of_a_dictated_answer_is_not_held_for_dictation() {
         // Asked for a name, the caller says 1 s of words and is silent for 2 s; the transcript
         // arrives 520 ms into the pause.
         let run = |transcript: &str| {
@@ -846,9 +853,14 @@ mod tests {
             }
             final_at
         };
-        // A question: final when the 700 ms window ends (frame 74 + 35), as for an open answer.
+        // A question asked back is a whole turn: final as soon as its transcript is there.
         assert_eq!(
             run("What are your hours?"),
+            Some(((100 + 1) * FRAME_MS, TurnEnd::Answer))
+        );
+        // A refusal: final when the 700 ms window ends (frame 74 + 35), as for an open answer.
+        assert_eq!(
+            run("I'd rather not say."),
             Some(((74 + 35 + 1) * FRAME_MS, TurnEnd::Silence))
         );
         // A first name alone: the caller may be going on to the last name or spelling it, so
@@ -1124,6 +1136,35 @@ mod tests {
         assert_eq!(ep.confirm("Yes."), None);
         play(&mut ep, first.len(), &plan(&[(false, 300)]));
         assert_eq!(ep.confirm("Yes."), Some((1_900, TurnEnd::Silence)));
+    }
+
+    #[test]
+    fn a_whole_answer_the_model_hears_going_on_is_final_after_the_patient_pause() {
+        let mut ep = judged(0.1);
+        ep.expect(TurnExpectation::Name);
+        let first = plan(&[(false, 200), (true, 1000), (false, 400)]);
+        play(&mut ep, 0, &first);
+        assert_eq!(ep.confirm("This is Dana Lee."), None);
+        play(&mut ep, first.len(), &plan(&[(false, 60)]));
+        assert_eq!(
+            ep.confirm("This is Dana Lee."),
+            Some((1_660, TurnEnd::Answer))
+        );
+    }
+
+    #[test]
+    fn a_greeting_alone_is_not_ended_by_a_likely_done() {
+        let mut ep = judged(0.9);
+        play(
+            &mut ep,
+            0,
+            &plan(&[(false, 200), (true, 400), (false, 400)]),
+        );
+        assert_eq!(ep.confirm("Hi."), None);
+        assert_eq!(
+            ep.confirm("Hi, I need a refill."),
+            Some((1_000, TurnEnd::SmartTurn { probability: 0.9 }))
+        );
     }
 
     /// A model whose answer comes when the test lets it.

@@ -146,6 +146,43 @@ const TEXT_KEYS: &[&str] = &[
 const TRANSFER_FAILED: &str =
     "I'm sorry, I couldn't reach anyone just now. I'll take a message, and someone will call you back.";
 
+const THANK_YOU: &str = "Thank you.";
+const GREAT: &str = "Great.";
+const SORRY_ABOUT_THAT: &str = "Sorry about that.";
+const THATS_FINE: &str = "That's fine.";
+const THATS_OKAY: &str = "That's okay.";
+const KEEP_GOING: &str = "No problem, let's keep going.";
+const MOVE_ON: &str = "No problem, let's move on.";
+const ONE_MOMENT: &str = "One moment, please.";
+const STILL_THERE: &str = "Are you still there?";
+const COVERED_A_LOT: &str = "We've covered a lot, so let me make sure someone follows up with you.";
+/// The opening and the question of a confirmation: "Just to confirm, {label} is {value}. Is
+/// that right?"
+const CONFIRMING: &str = "Just to confirm,";
+const IS_THAT_RIGHT: &str = "Is that right?";
+const DID_NOT_CATCH: &str = "Sorry, I didn't catch that.";
+const TROUBLE_UNDERSTANDING: &str = "I'm sorry, I'm having trouble understanding.";
+
+/// What the agent says in its own words in any call, whole or opening a reply, so that a voice
+/// can have them ready before the calls (`Speaker::prewarm`).
+pub const OWN_PHRASES: &[&str] = &[
+    THANK_YOU,
+    GREAT,
+    SORRY_ABOUT_THAT,
+    THATS_FINE,
+    THATS_OKAY,
+    KEEP_GOING,
+    MOVE_ON,
+    ONE_MOMENT,
+    STILL_THERE,
+    COVERED_A_LOT,
+    TRANSFER_FAILED,
+    CONFIRMING,
+    IS_THAT_RIGHT,
+    DID_NOT_CATCH,
+    TROUBLE_UNDERSTANDING,
+];
+
 const ENGINE_DONT_KNOW: &str =
     "I'm sorry, I don't have that information. I can have someone from {business} call you back about it.";
 
@@ -291,9 +328,7 @@ impl Agent {
         }
         if self.caller_turns > self.ctx.max_turns {
             self.event("max_turns", "");
-            return self.take_message(vec![
-                "We've covered a lot, so let me make sure someone follows up with you.".into(),
-            ]);
+            return self.take_message(vec![COVERED_A_LOT.into()]);
         }
         match self.pending {
             Some(Pending::Confirm(i)) => {
@@ -308,7 +343,7 @@ impl Agent {
                         self.hand_off(&target, "caller accepted a person after misunderstandings")
                     } else {
                         self.misunderstood = 0;
-                        self.ask_next(vec!["No problem, let's keep going.".into()])
+                        self.ask_next(vec![KEEP_GOING.into()])
                     };
                 }
             }
@@ -375,7 +410,7 @@ impl Agent {
         }
         if self.fill_opportunistic(raw, &norm, None) > 0 {
             self.misunderstood = 0;
-            return self.acknowledge("Thank you.".into());
+            return self.acknowledge(THANK_YOU.into());
         }
         self.not_understood(raw, &norm)
     }
@@ -465,7 +500,7 @@ impl Agent {
             let closing = self.fill(&self.script.closing.silence, &[]);
             return self.end(vec![closing], EndedBy::SilenceTimeout);
         }
-        self.reask(vec!["Are you still there?".into()])
+        self.reask(vec![STILL_THERE.into()])
     }
 
     fn on_confirm(&mut self, i: usize, raw: &str, norm: &str) -> Option<Reply> {
@@ -476,18 +511,18 @@ impl Agent {
                     v.confirmed = true;
                 }
                 self.pending = None;
-                Some(self.acknowledge("Great.".into()))
+                Some(self.acknowledge(GREAT.into()))
             }
             Some(false) => {
                 if let Some((value, spoken)) = self.extract(&slot, raw, norm, true) {
                     self.set_slot(&slot.name, value, spoken);
-                    return Some(self.confirm(i, vec!["Sorry about that.".into()]));
+                    return Some(self.confirm(i, vec![SORRY_ABOUT_THAT.into()]));
                 }
                 self.slots.remove(&slot.name);
                 self.pending = Some(Pending::Slot(i));
                 let prompt = self.fill(&slot.prompt, &[]);
                 self.last_prompt = prompt.clone();
-                Some(self.say(vec!["Sorry about that.".into(), prompt]))
+                Some(self.say(vec![SORRY_ABOUT_THAT.into(), prompt]))
             }
             None => {
                 let (value, spoken) = self.extract(&slot, raw, norm, true)?;
@@ -504,11 +539,11 @@ impl Agent {
             if !slot.required {
                 self.skipped.insert(i);
                 self.event("slot_skipped", &slot.name);
-                return Some(self.ask_next(vec!["That's fine.".into()]));
+                return Some(self.ask_next(vec![THATS_FINE.into()]));
             }
             self.set_slot(&slot.name, json!("unknown"), "unknown".into());
             self.misunderstood = 0;
-            return Some(self.acknowledge("That's okay.".into()));
+            return Some(self.acknowledge(THATS_OKAY.into()));
         }
         let found = self
             .extract(&slot, raw, norm, true)
@@ -517,7 +552,7 @@ impl Agent {
             if !slot.required && is_dont_know(norm) {
                 self.skipped.insert(i);
                 self.event("slot_skipped", &slot.name);
-                return Some(self.ask_next(vec!["That's fine.".into()]));
+                return Some(self.ask_next(vec![THATS_FINE.into()]));
             }
             return None;
         };
@@ -635,7 +670,7 @@ impl Agent {
             // take the call it would promise a connection that never comes, so the unavailable
             // line stands alone.
             if matches!(reply.then, Then::Transfer { .. }) && !parts.is_empty() {
-                parts.push("One moment, please.".into());
+                parts.push(ONE_MOMENT.into());
                 reply.say = parts.join(" ");
                 self.last_said = reply.say.clone();
             }
@@ -727,19 +762,20 @@ impl Agent {
             let slot = &self.script.slots[i];
             if *attempts >= slot.max_attempts && !slot.required {
                 self.skipped.insert(i);
-                return self.ask_next(vec!["No problem, let's move on.".into()]);
+                return self.ask_next(vec![MOVE_ON.into()]);
             }
         }
         if self.misunderstood > self.script.policy.max_misunderstandings {
             let label = self.script.default_target().label.clone();
             self.pending = Some(Pending::OfferHuman);
-            let offer = format!("I'm sorry, I'm having trouble understanding. Would you like me to connect you with {label}?");
+            let offer =
+                format!("{TROUBLE_UNDERSTANDING} Would you like me to connect you with {label}?");
             self.last_prompt = offer.clone();
             return self.say(vec![offer]);
         }
         let reprompt = match self.pending {
             Some(Pending::Slot(i)) => self.fill(&self.script.slots[i].reprompt, &[]),
-            _ => format!("Sorry, I didn't catch that. {}", self.last_prompt),
+            _ => format!("{DID_NOT_CATCH} {}", self.last_prompt),
         };
         self.say(vec![reprompt])
     }
@@ -900,10 +936,7 @@ impl Agent {
             .get(&slot.name)
             .map(|v| v.spoken.clone())
             .unwrap_or_default();
-        let question = format!(
-            "Just to confirm, {} is {}. Is that right?",
-            slot.label, spoken
-        );
+        let question = format!("{CONFIRMING} {} is {spoken}. {IS_THAT_RIGHT}", slot.label);
         self.pending = Some(Pending::Confirm(i));
         self.last_prompt = question.clone();
         parts.push(question);
@@ -1406,7 +1439,7 @@ fn acknowledgement(slot: &Slot, name: Option<String>) -> String {
         (SlotType::PersonName, Some(name)) => {
             format!("Thank you, {}.", name.split(' ').next().unwrap_or(&name))
         }
-        _ => "Thank you.".into(),
+        _ => THANK_YOU.into(),
     }
 }
 

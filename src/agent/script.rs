@@ -407,7 +407,6 @@ impl Script {
     /// The lines the agent says word for word whatever the caller says: the greeting, the
     /// disclosure, each question and its reprompt, the closings. The business's and the
     /// assistant's names are filled in; templates with any other placeholder are left out.
-    /// A voice synthesizes these ahead of the calls.
     pub fn fixed_lines(&self) -> Vec<String> {
         let slots = self.slots.iter().flat_map(|s| [&s.prompt, &s.reprompt]);
         let c = &self.closing;
@@ -418,30 +417,64 @@ impl Script {
             &c.goodbye,
             &c.not_interested,
         ];
-        let mut lines: Vec<String> = Vec::new();
-        for template in [&self.greeting.text, &self.disclosure.text]
+        let templates = [&self.greeting.text, &self.disclosure.text]
             .into_iter()
             .chain(slots)
-            .chain(closings)
-        {
-            let names = placeholders(template);
-            if names
-                .iter()
-                .any(|n| !matches!(*n, "business" | "assistant"))
-            {
-                continue;
+            .chain(closings);
+        let mut lines: Vec<String> = Vec::new();
+        for template in templates {
+            if let Some(line) = self.filled(template) {
+                if !lines.contains(&line) {
+                    lines.push(line);
+                }
             }
-            let line = template
-                .replace("{business}", &self.business.name)
-                .replace("{assistant}", &self.business.assistant)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            if !line.is_empty() && !lines.contains(&line) {
+        }
+        lines
+    }
+
+    /// What a voice synthesizes ahead of the calls: the fixed lines whole; the first sentence
+    /// of each answer the script gives (to a question, an objection, an intent, an emergency,
+    /// no one free to take the call), whose rest is spoken while that sentence plays; and the
+    /// agent's own phrases (acknowledgements, the opening of a confirmation).
+    pub fn lines_said_as_is(&self) -> Vec<String> {
+        let answers = self
+            .intents
+            .iter()
+            .filter_map(|i| i.reply.as_ref())
+            .chain(self.knowledge.iter().map(|k| &k.answer))
+            .chain(self.objections.iter().map(|o| &o.answer))
+            .chain(self.emergency.iter().map(|e| &e.reply))
+            .chain([&self.handoff.unavailable]);
+        let openings = answers
+            .filter_map(|a| self.filled(a))
+            .map(|a| first_sentence(&a).to_string());
+        let own = super::engine::OWN_PHRASES.iter().map(|p| p.to_string());
+        let mut lines = self.fixed_lines();
+        for line in openings.chain(own) {
+            if !lines.contains(&line) {
                 lines.push(line);
             }
         }
         lines
+    }
+
+    /// `template` with the business's and the assistant's names filled in, on one line; `None`
+    /// if it has any other placeholder or nothing to say.
+    fn filled(&self, template: &str) -> Option<String> {
+        let names = placeholders(template);
+        if names
+            .iter()
+            .any(|n| !matches!(*n, "business" | "assistant"))
+        {
+            return None;
+        }
+        let line = template
+            .replace("{business}", &self.business.name)
+            .replace("{assistant}", &self.business.assistant)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        (!line.is_empty()).then_some(line)
     }
 
     /// `clinic`, `law` or a path to a script file.
@@ -923,3 +956,11 @@ impl Check<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// `text` up to the end of its first sentence (a word ending in `.`, `!` or `?`), or all of it.
+fn first_sentence(text: &str) -> &str {
+    text.match_indices(['.', '!', '?'])
+        .map(|(i, _)| i + 1)
+        .find(|&end| text[end..].is_empty() || text[end..].starts_with(char::is_whitespace))
+        .map_or(text, |end| &text[..end])
+}

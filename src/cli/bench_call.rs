@@ -338,7 +338,7 @@ fn bench(config: &Config, args: &BenchCallArgs) -> anyhow::Result<Report> {
     let law = Script::builtin("law").context("the built-in law script")?;
     voices
         .speaker
-        .prewarm_lines_background(&law.fixed_lines())?;
+        .prewarm_lines_background(&law.lines_said_as_is())?;
     let load_seconds = started.elapsed().as_secs_f64();
     let rss_after_load_mib = peak_rss_bytes().map(mib);
     let conversations = prepare()?;

@@ -824,6 +824,25 @@ fn a_script_needs_slots_and_outcomes() {
 }
 
 #[test]
+fn the_lines_said_as_is_add_the_answers_openings_and_the_agents_own_phrases() {
+    let text = edit(
+        MINIMAL,
+        "reply = \"We're open nine to five.\"",
+        "reply = \"We're open nine to five. Closed on Sundays.\"",
+    );
+    let script = Script::parse(&text, "mini").unwrap();
+    let lines = script.lines_said_as_is();
+    assert_eq!(lines[..script.fixed_lines().len()], script.fixed_lines());
+    assert!(lines.iter().any(|l| l == "We're open nine to five."));
+    assert!(!lines.iter().any(|l| l.contains("Sundays")));
+    assert!(lines.iter().any(|l| l == "Nobody is here."));
+    assert!(lines.iter().any(|l| l == "Just to confirm,"));
+    assert_eq!(first_sentence("Yes. Of course."), "Yes.");
+    assert_eq!(first_sentence("Open at 8.30 today. Bye."), "Open at 8.30 today.");
+    assert_eq!(first_sentence("No end"), "No end");
+}
+
+#[test]
 fn fixed_lines_are_filled_and_leave_out_slot_templates() {
     let text = edit(
         MINIMAL,

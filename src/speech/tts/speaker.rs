@@ -472,7 +472,7 @@ impl Speaker {
         script: &Script,
     ) -> Result<Prewarmed, SpeakerError> {
         self.cache.unpin_all();
-        self.prewarm_lines_background(&script.fixed_lines())
+        self.prewarm_lines_background(&script.lines_said_as_is())
     }
 
     /// [`Speaker::prewarm_lines`] as background jobs of the scheduler, one per line.
@@ -510,7 +510,7 @@ impl Speaker {
     /// unpinned. Run it when a script becomes active.
     pub fn prewarm(&self, script: &Script) -> Result<Prewarmed, SpeakerError> {
         self.cache.unpin_all();
-        self.prewarm_lines(&script.fixed_lines())
+        self.prewarm_lines(&script.lines_said_as_is())
     }
 
     /// Synthesizes lines into the cache (pinned), in every chunking a reply can give them.

@@ -1,8 +1,9 @@
 //! The end of the caller's turn in whole audio calls, in real time: a caller asked for their
 //! number who pauses between its groups is not cut off and the number fills the slot, a yes to
-//! the box's question is final after the confirmation pause, Smart Turn ends a complete answer
-//! after a short pause, a held turn the caller talks past resumes without its transcript leaking,
-//! and without the model the silence window ends open answers as before.
+//! the box's question is final after the confirmation pause, and so is a question asked back in
+//! place of the number, Smart Turn ends a complete answer after a short pause, a held turn the
+//! caller talks past resumes without its transcript leaking, and without the model the silence
+//! window ends open answers as before.
 //!
 //! The callers are spoken by Piper's own runtime (the reference environment, `tests/tools/pyenv`),
 //! their pauses stretched inside the whole spoken line so the voice keeps its mid-sentence
@@ -42,6 +43,8 @@ const VOLUNTEERED: &str = "My number is six one seven, five five five, zero one 
 const PAUSE_MS: usize = 600;
 /// A complete short answer.
 const SHORT: &str = "I need to speak with someone about my bill.";
+/// A question asked back instead of an answer.
+const QUESTION: &str = "What are your opening hours?";
 /// The caller confirms the number the box read back.
 const YES: &str = "Yes, that's right.";
 /// The pause at the yes's comma: Piper's own, not stretched. A caller who stops for 600 ms after
@@ -230,6 +233,24 @@ fn a_caller_asked_for_their_number_who_pauses_between_its_groups_is_not_cut_off(
     let waited = endpointing_ms(yes);
     assert!(waited >= patient().confirm_ms, "{yes}");
     assert!(waited < patient().end_silence_ms, "{yes}");
+}
+
+#[test]
+fn a_question_asked_back_in_place_of_the_number_is_answered_after_a_short_pause() {
+    // Asked for their number, the caller asks about the hours instead: a whole turn by its
+    // words, not a dictation held for the longer window (6 s here).
+    let done = call(
+        vec![spoken(OPENING, PAUSE_MS), spoken(QUESTION, PAUSE_MS)],
+        call_voices::voices(),
+        patient(),
+    );
+    assert_eq!(done.heard.len(), 2, "{:#?}", done.heard);
+    assert!(done.heard[1].trim_end().ends_with('?'), "{:#?}", done.heard);
+    let (_, asked) = &done.stored[1];
+    assert_eq!(asked["ended_by"]["by"], "answer", "{asked}");
+    let waited = endpointing_ms(asked);
+    assert!(waited >= patient().confirm_ms, "{asked}");
+    assert!(waited < patient().end_silence_ms, "{asked}");
 }
 
 #[test]

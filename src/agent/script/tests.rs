@@ -838,7 +838,10 @@ fn the_lines_said_as_is_add_the_answers_openings_and_the_agents_own_phrases() {
     assert!(lines.iter().any(|l| l == "Nobody is here."));
     assert!(lines.iter().any(|l| l == "Just to confirm,"));
     assert_eq!(first_sentence("Yes. Of course."), "Yes.");
-    assert_eq!(first_sentence("Open at 8.30 today. Bye."), "Open at 8.30 today.");
+    assert_eq!(
+        first_sentence("Open at 8.30 today. Bye."),
+        "Open at 8.30 today."
+    );
     assert_eq!(first_sentence("No end"), "No end");
 }
 

@@ -1,7 +1,8 @@
 //! Whole calls in audio, in real time: a caller spoken by the Piper voice (Piper's own runtime)
 //! through a telephone channel is played on the audio-file line; the box hears it through the
 //! endpointer and Whisper, the agent answers, and the neural voice on candle speaks the replies
-//! onto the line. The summary must come out right from speech alone; barge-in must stop the box
+//! onto the line. The summary of a clinic refill call and of a law intake call must come out right
+//! from speech alone; barge-in must stop the box
 //! (and the box's own echo must not); silence and keys must reach the agent.
 
 #[path = "support/call_voices.rs"]
@@ -199,6 +200,44 @@ fn a_refill_call_in_speech_ends_in_the_right_summary() {
     assert_eq!(on("/summary"), 1);
     assert!(on("/event") >= 2, "the call's started and ended events");
     assert_eq!(queued.len(), on("/summary") + on("/event"));
+}
+
+#[test]
+fn a_law_intake_call_in_speech_ends_in_the_right_summary() {
+    let lines = [
+        "Hi, I was in a car accident last month and I think I need a lawyer.",
+        "This is John Park.",
+        "6 1 7, 5 5 5, 0 1 4 2.",
+        "Yes, that's correct.",
+        "The other driver was Steven Miller.",
+        "It's pretty urgent.",
+        "Around two thousand dollars.",
+        "Yes, I'm the one hiring.",
+        "Thursday afternoon works.",
+    ];
+    let done = call("law", says(&lines), None, &config("script = \"law\""));
+    let summary = &done.report.summary;
+    assert_eq!(
+        serde_json::to_value(summary.outcome).unwrap(),
+        "qualified",
+        "{:#?}",
+        done.said
+    );
+    assert_eq!(
+        slot(summary, "callback_number").as_deref(),
+        Some("6175550142"),
+        "{:#?}",
+        done.said
+    );
+    assert_eq!(slot(summary, "reason").as_deref(), Some("personal_injury"));
+    assert_eq!(slot(summary, "urgency").as_deref(), Some("urgent"));
+    assert_eq!(slot(summary, "authority").as_deref(), Some("yes"));
+    assert!(
+        slot(summary, "opposing_party").is_some_and(|p| p.contains("Steven")),
+        "{:#?}",
+        done.said
+    );
+    assert!(done.report.turns.iter().all(|t| t.first_audio_ms.is_some()));
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! Whole calls in audio, in real time: a caller spoken by the Piper voice (Piper's own runtime)
 //! through a telephone channel is played on the audio-file line; the box hears it through the
 //! endpointer and Whisper, the agent answers, and the neural voice on candle speaks the replies
-//! onto the line. The summary of a clinic refill call and of a law intake call must come out right
-//! from speech alone; barge-in must stop the box
-//! (and the box's own echo must not); silence and keys must reach the agent.
+//! onto the line. The summaries of a clinic refill call and of a law intake call must come out
+//! right from speech alone; barge-in must stop the box (and the box's own echo must not);
+//! silence and keys must reach the agent.
 
 #[path = "support/call_voices.rs"]
 mod call_voices;

@@ -126,6 +126,31 @@ fn slot(summary: &Summary, name: &str) -> Option<String> {
     v["slots"][name].as_str().map(str::to_string)
 }
 
+/// A call with the built-in `script` where the caller says `lines`: it must end qualified,
+/// with `number` to call back.
+fn qualified_call(script: &str, lines: &[&str], number: &str) -> Done {
+    let done = call(
+        script,
+        says(lines),
+        None,
+        &config(&format!("script = \"{script}\"")),
+    );
+    let summary = &done.report.summary;
+    assert_eq!(
+        serde_json::to_value(summary.outcome).unwrap(),
+        "qualified",
+        "{:#?}",
+        done.said
+    );
+    assert_eq!(
+        slot(summary, "callback_number").as_deref(),
+        Some(number),
+        "{:#?}",
+        done.said
+    );
+    done
+}
+
 #[test]
 fn a_refill_call_in_speech_ends_in_the_right_summary() {
     let lines = [
@@ -137,18 +162,8 @@ fn a_refill_call_in_speech_ends_in_the_right_summary() {
         "Lisinopril, ten milligrams.",
         "The CVS on Main Street.",
     ];
-    let done = call("clinic", says(&lines), None, &config("script = \"clinic\""));
+    let done = qualified_call("clinic", &lines, "5552349876");
     let summary = &done.report.summary;
-    assert_eq!(
-        serde_json::to_value(summary.outcome).unwrap(),
-        "qualified",
-        "{:#?}",
-        done.said
-    );
-    assert_eq!(
-        slot(summary, "callback_number").as_deref(),
-        Some("5552349876")
-    );
     // Every caller turn was answered, and the timing of each was recorded.
     assert!(
         done.report.turns.len() >= lines.len(),
@@ -215,20 +230,8 @@ fn a_law_intake_call_in_speech_ends_in_the_right_summary() {
         "Yes, I'm the one hiring.",
         "Thursday afternoon works.",
     ];
-    let done = call("law", says(&lines), None, &config("script = \"law\""));
+    let done = qualified_call("law", &lines, "6175550142");
     let summary = &done.report.summary;
-    assert_eq!(
-        serde_json::to_value(summary.outcome).unwrap(),
-        "qualified",
-        "{:#?}",
-        done.said
-    );
-    assert_eq!(
-        slot(summary, "callback_number").as_deref(),
-        Some("6175550142"),
-        "{:#?}",
-        done.said
-    );
     assert_eq!(slot(summary, "reason").as_deref(), Some("personal_injury"));
     assert_eq!(slot(summary, "urgency").as_deref(), Some("urgent"));
     assert_eq!(slot(summary, "authority").as_deref(), Some("yes"));

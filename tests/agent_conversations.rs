@@ -362,6 +362,30 @@ fn clinic_reschedule_with_a_corrected_number_at_the_confirmation() {
 }
 
 #[test]
+fn a_number_heard_with_digits_missing_is_asked_again_not_read_back() {
+    let r = run(
+        law(MON_10),
+        vec![
+            s("I was in a car accident and I think I need a lawyer"),
+            s("this is John Park"),
+            // "617 555 0142" with one 5 lost: 9 digits, no North American number.
+            s("You can reach me at 617-550142."),
+            s("six one seven, five five five, zero one four two"),
+            s("yes"),
+        ],
+    );
+    let again = &r.replies[3].say;
+    assert!(!again.contains("550 142"), "{again}");
+    assert!(again.contains("area code"), "{again}");
+    let confirm = &r.replies[4].say;
+    assert!(
+        confirm.contains("617 555 0142. Is that right?"),
+        "{confirm}"
+    );
+    assert_eq!(r.slot("callback_number"), "6175550142");
+}
+
+#[test]
 fn clinic_cancellation_counts_as_changing_an_appointment() {
     let mut events = vec![s("I have to cancel my appointment")];
     events.extend(clinic_contact());

@@ -1050,6 +1050,9 @@ impl Agent {
             }
             SlotType::Phone => {
                 let digits = extract::phone_number(raw)?;
+                if !dialable(self.ctx.market, &digits) {
+                    return None;
+                }
                 let spoken = extract::group_digits_for_speech(&digits);
                 Some((json!(digits), spoken))
             }
@@ -1423,6 +1426,17 @@ fn outcome_words(o: Outcome) -> String {
         .ok()
         .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
         .unwrap_or_default()
+}
+
+/// Whether `digits` can be a number to call back in `market`. A North American number has 7
+/// digits (local), 10, or 11 with the leading 1; 8 or 9 digits is one heard with digits
+/// missing ("617 555 0142" as "617-550142"), which would be read back and stored unusable.
+/// Longer runs may be international. Elsewhere lengths vary too much to say.
+fn dialable(market: Market, digits: &str) -> bool {
+    match market {
+        Market::Us | Market::Ca => !matches!(digits.len(), 8 | 9),
+        Market::Uk | Market::Eu | Market::Au => true,
+    }
 }
 
 fn emergency_number(market: Market) -> &'static str {

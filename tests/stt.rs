@@ -115,15 +115,18 @@ fn score_utterances(
 }
 
 /// Upper bounds asserted per voice and condition. The bar is 10 % on clean speech for
-/// tiny.en; the Piper voice (natural speech) is held to it through the telephone channel too. The
-/// espeak-ng voice is formant-synthesized and robotic: tiny.en hears it clean but loses much of it
-/// once the telephone band cuts its low harmonics (measured 45 %); its bounds guard against
-/// regressions, a margin above what was measured (the README's table).
+/// tiny.en: on the whole set (both voices, [`clean_speech_of_both_voices_is_within_the_bar`]); the
+/// Piper voice (natural speech) is held to it alone, and through the telephone channel too. The
+/// espeak-ng voice is formant-synthesized and robotic: tiny.en hears it clean at about 10 %
+/// (faster-whisper on the same model 15–17 %, `callbox bench stt --wer --wer-voice espeak
+/// --wer-condition clean --reference`) but loses much of it once the telephone band cuts its low
+/// harmonics (measured 45 %); its bounds guard against regressions, a margin above what was
+/// measured (the README's table).
 fn bound(voice: Voice, condition: Condition) -> f64 {
     match (voice, condition) {
         (Voice::Piper, Condition::Clean | Condition::Telephone) => 0.10,
         (Voice::Piper, Condition::NoisyTelephone) => 0.20,
-        (Voice::Espeak, Condition::Clean) => 0.20,
+        (Voice::Espeak, Condition::Clean) => 0.13,
         (Voice::Espeak, Condition::Telephone) => 0.55,
         (Voice::Espeak, Condition::NoisyTelephone) => 0.65,
     }
@@ -176,13 +179,23 @@ fn float_on_the_piper_voice() {
     check_all_conditions(stt(), "f32", Voice::Piper);
 }
 
-/// espeak-ng's robotic voice, clean: a second speaker for the clean-speech bar (its telephone
-/// figures are in `callbox bench stt --wer` and the README).
+/// The clean-speech bar on the whole set: both voices' clean audio together, and each voice
+/// within its own bound (espeak-ng's robotic voice is the second speaker; its telephone figures
+/// are in the README).
 #[test]
-fn float_on_espeak_clean() {
-    let n = spoken(Voice::Espeak).len();
-    let wer = score(stt(), "f32", Voice::Espeak, Condition::Clean, false, n).rate();
-    assert!(wer <= bound(Voice::Espeak, Condition::Clean), "{wer}");
+fn clean_speech_of_both_voices_is_within_the_bar() {
+    let mut both = WordErrors::default();
+    for voice in Voice::ALL {
+        let n = spoken(voice).len();
+        let errors = score(stt(), "f32", voice, Condition::Clean, false, n);
+        assert!(
+            errors.rate() <= bound(voice, Condition::Clean),
+            "{}: {errors:?}",
+            voice.name()
+        );
+        both.add(errors);
+    }
+    assert!(both.rate() <= 0.10, "both voices, clean: {both:?}");
 }
 
 #[test]

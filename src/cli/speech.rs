@@ -11,7 +11,7 @@ use crate::models::Manifest;
 use crate::speech::audio;
 use crate::speech::stt::{SpeechToText, SttOptions, Timings};
 use crate::speech::testset::{self, Condition, Voice};
-use crate::speech::wer::WordErrors;
+use crate::speech::wer::{self, ErrorDifference, WordErrors};
 use crate::system::resources;
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +55,22 @@ impl WerCondition {
     }
 }
 
+/// A voice of the word-error-rate set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WerVoice {
+    Piper,
+    Espeak,
+}
+
+impl WerVoice {
+    fn voice(self) -> Voice {
+        match self {
+            WerVoice::Piper => Voice::Piper,
+            WerVoice::Espeak => Voice::Espeak,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct BenchSttArgs {
     /// Speech-to-text model id.
@@ -73,9 +89,13 @@ pub struct BenchSttArgs {
     /// The channels the word-error-rate set is heard through (each one's rate is reported).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "telephone")]
     pub wer_condition: Vec<WerCondition>,
+    /// The voices that speak the word-error-rate set: the Piper voice (the realistic caller) and
+    /// espeak-ng's formant voice (one take: it speaks each line one way only).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "piper")]
+    pub wer_voice: Vec<WerVoice>,
     /// Takes of the word-error-rate set: each further take is the same lines spoken again by the
     /// Piper voice with other noise and at another pace, for a larger set (44 lines per take).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub takes: u32,
     /// Print the figures as JSON.
     #[arg(long)]
@@ -211,14 +231,18 @@ struct BenchRow {
     load_s: f64,
     peak_rss_mib: f64,
     utterances: Vec<UtteranceRow>,
-    /// Word error rate per channel of the word-error-rate set.
+    /// Word error rate per voice and channel of the word-error-rate set.
     wer: Vec<WerRow>,
     /// The word-error-rate set's utterances this configuration got wrong: (said, heard).
     misheard: Vec<(String, String)>,
+    /// Word errors per utterance of the word-error-rate set, in its order.
+    #[serde(skip)]
+    item_errors: Vec<usize>,
 }
 
 #[derive(Debug, serde::Serialize)]
 struct WerRow {
+    voice: &'static str,
     condition: &'static str,
     errors: usize,
     words: usize,
@@ -227,11 +251,24 @@ struct WerRow {
     retried: usize,
 }
 
-/// One utterance of the word-error-rate set: its file, what was said, and the channel.
+/// One utterance of the word-error-rate set: its file, what was said, by which voice, and the
+/// channel.
 struct SetItem {
     file: PathBuf,
     said: String,
+    voice: Voice,
     condition: Condition,
+}
+
+/// A candle configuration's word errors against a faster-whisper configuration's on one voice
+/// and channel of the set, utterance by utterance.
+#[derive(Debug, serde::Serialize)]
+struct Comparison {
+    candle: String,
+    reference: String,
+    voice: &'static str,
+    condition: &'static str,
+    difference: ErrorDifference,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -398,19 +435,21 @@ fn run_worker(mut command: Process) -> anyhow::Result<WorkerReport> {
     serde_json::from_str(last).with_context(|| format!("bad worker report: {last}"))
 }
 
-/// Speech for the bench (`take` of the lines), heard through `condition` and written as 16 kHz
-/// WAVs: the Piper voice when the reference environment is there, else espeak-ng (one take).
+/// Speech for the bench (`take` of the lines spoken by `voice`), heard through `condition` and
+/// written as 16 kHz WAVs. The Piper voice needs the reference environment; without it the first
+/// take is espeak-ng's.
 fn bench_audio(
     lines: &[&str],
     dir: &Path,
     name: &str,
+    voice: Voice,
     condition: Condition,
     take: u32,
 ) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let cache = std::env::temp_dir().join("callbox-bench-speech");
     let piper = crate::models::default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
-    let spoken = testset::speak_take(Voice::Piper, lines, &cache, &piper, take).or_else(|e| {
-        if take > 0 {
+    let spoken = testset::speak_take(voice, lines, &cache, &piper, take).or_else(|e| {
+        if take > 0 || voice != Voice::Piper {
             return Err(e);
         }
         eprintln!("bench: the Piper voice is not available ({e}); using espeak-ng");
@@ -438,22 +477,31 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         &BENCH_SENTENCES,
         tmp.path(),
         "timed",
+        Voice::Piper,
         Condition::Telephone,
         0,
     )?;
     let mut wer_set = Vec::new();
     if args.wer {
-        for (c, condition) in args.wer_condition.iter().enumerate() {
-            let condition = condition.condition();
-            for take in 0..args.takes {
-                let name = format!("set{c}");
-                let lines = testset::sentences();
-                for (file, said) in bench_audio(&lines, tmp.path(), &name, condition, take)? {
-                    wer_set.push(SetItem {
-                        file,
-                        said,
-                        condition,
-                    });
+        let lines = testset::sentences();
+        for voice in args.wer_voice.iter().map(|v| v.voice()) {
+            let takes = match voice {
+                Voice::Piper => args.takes,
+                Voice::Espeak => 1,
+            };
+            for (c, condition) in args.wer_condition.iter().enumerate() {
+                let condition = condition.condition();
+                for take in 0..takes {
+                    let name = format!("{}-set{c}", voice.name());
+                    let audio = bench_audio(&lines, tmp.path(), &name, voice, condition, take)?;
+                    for (file, said) in audio {
+                        wer_set.push(SetItem {
+                            file,
+                            said,
+                            voice,
+                            condition,
+                        });
+                    }
                 }
             }
         }
@@ -523,22 +571,29 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut misheard = Vec::new();
         let mut wer = Vec::new();
-        for condition in args.wer_condition.iter().map(|c| c.condition()) {
+        let item_errors: Vec<WordErrors> = report
+            .transcribed
+            .iter()
+            .zip(&wer_set)
+            .map(|(heard, item)| WordErrors::of(&item.said, &heard.text))
+            .collect();
+        for (voice, condition) in set_groups(&args) {
             let mut total = WordErrors::default();
             let mut retried = 0;
-            for (heard, item) in report.transcribed.iter().zip(&wer_set) {
-                if item.condition != condition {
+            let heard_items = report.transcribed.iter().zip(&wer_set).zip(&item_errors);
+            for ((heard, item), errors) in heard_items {
+                if (item.voice, item.condition) != (voice, condition) {
                     continue;
                 }
-                let errors = WordErrors::of(&item.said, &heard.text);
                 if errors.rate() > 0.0 {
                     misheard.push((item.said.clone(), heard.text.clone()));
                 }
-                total.add(errors);
+                total.add(*errors);
                 retried += heard.retried;
             }
             if total.words > 0 {
                 wer.push(WerRow {
+                    voice: voice.name(),
                     condition: condition.name(),
                     errors: total.errors,
                     words: total.words,
@@ -555,8 +610,10 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             utterances,
             wer,
             misheard,
+            item_errors: item_errors.iter().map(|e| e.errors).collect(),
         });
     }
+    let comparisons = compare(&args, &rows, &wer_set);
     if args.json {
         let v = serde_json::json!({
             "model": args.model,
@@ -566,6 +623,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             "condition": Condition::Telephone.name(),
             "takes": args.takes,
             "results": rows,
+            "comparisons": comparisons,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -589,7 +647,8 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         );
         for w in &r.wer {
             println!(
-                "      WER {}: {:.1} % ({} errors in {} words; {} decoded again)",
+                "      WER {}, {}: {:.1} % ({} errors in {} words; {} decoded again)",
+                w.voice,
                 w.condition,
                 w.rate * 100.0,
                 w.errors,
@@ -616,5 +675,58 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    for c in &comparisons {
+        let d = c.difference;
+        println!(
+            "  candle {} against faster-whisper {}, {}, {}: {:+} word errors (95 % interval {:+} \
+             to {:+}, paired bootstrap over utterances)",
+            c.candle, c.reference, c.voice, c.condition, d.errors, d.low, d.high
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The (voice, channel) groups of the word-error-rate set, in the order they are reported.
+fn set_groups(args: &BenchSttArgs) -> Vec<(Voice, Condition)> {
+    let conditions = args.wer_condition.iter().map(|c| c.condition());
+    args.wer_voice
+        .iter()
+        .flat_map(|v| conditions.clone().map(move |c| (v.voice(), c)))
+        .collect()
+}
+
+/// Every candle configuration's word errors against every faster-whisper configuration's, per
+/// voice and channel, utterance by utterance.
+fn compare(args: &BenchSttArgs, rows: &[BenchRow], set: &[SetItem]) -> Vec<Comparison> {
+    let runtime = |name: &'static str| rows.iter().filter(move |r| r.runtime == name);
+    let mut out = Vec::new();
+    for ours in runtime("candle") {
+        for reference in runtime("faster-whisper") {
+            for (voice, condition) in set_groups(args) {
+                let in_group = |errors: &[usize]| -> Vec<usize> {
+                    errors
+                        .iter()
+                        .zip(set)
+                        .filter(|(_, item)| (item.voice, item.condition) == (voice, condition))
+                        .map(|(&e, _)| e)
+                        .collect()
+                };
+                let (a, b) = (
+                    in_group(&ours.item_errors),
+                    in_group(&reference.item_errors),
+                );
+                if a.is_empty() {
+                    continue;
+                }
+                out.push(Comparison {
+                    candle: ours.config.clone(),
+                    reference: reference.config.clone(),
+                    voice: voice.name(),
+                    condition: condition.name(),
+                    difference: wer::paired_difference(&a, &b),
+                });
+            }
+        }
+    }
+    out
 }

@@ -436,8 +436,8 @@ fn run_worker(mut command: Process) -> anyhow::Result<WorkerReport> {
 }
 
 /// Speech for the bench (`take` of the lines spoken by `voice`), heard through `condition` and
-/// written as 16 kHz WAVs. The Piper voice needs the reference environment; without it the first
-/// take is espeak-ng's.
+/// written as 16 kHz WAVs, with the voice that spoke it. The Piper voice needs the reference
+/// environment; without it the first take is espeak-ng's.
 fn bench_audio(
     lines: &[&str],
     dir: &Path,
@@ -445,17 +445,19 @@ fn bench_audio(
     voice: Voice,
     condition: Condition,
     take: u32,
-) -> anyhow::Result<Vec<(PathBuf, String)>> {
+) -> anyhow::Result<(Voice, Vec<(PathBuf, String)>)> {
     let cache = std::env::temp_dir().join("callbox-bench-speech");
     let piper = crate::models::default_models_dir().join("piper-joe/en_US-joe-medium.onnx");
-    let spoken = testset::speak_take(voice, lines, &cache, &piper, take).or_else(|e| {
-        if take > 0 || voice != Voice::Piper {
-            return Err(e);
+    let (voice, spoken) = match testset::speak_take(voice, lines, &cache, &piper, take) {
+        Ok(spoken) => (voice, spoken),
+        Err(e) if take == 0 && voice == Voice::Piper => {
+            eprintln!("bench: the Piper voice is not available ({e}); using espeak-ng");
+            let espeak = Voice::Espeak;
+            (espeak, testset::speak_lines(espeak, lines, &cache, &piper)?)
         }
-        eprintln!("bench: the Piper voice is not available ({e}); using espeak-ng");
-        testset::speak_lines(Voice::Espeak, lines, &cache, &piper)
-    })?;
-    spoken
+        Err(e) => return Err(e.into()),
+    };
+    let files = spoken
         .iter()
         .enumerate()
         .map(|(i, u)| {
@@ -465,7 +467,8 @@ fn bench_audio(
             audio::write_wav(&path, &heard, 16_000)?;
             Ok((path, u.text.clone()))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((voice, files))
 }
 
 pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
@@ -473,7 +476,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
         return bench_worker(config, &args, which);
     }
     let tmp = tempfile::tempdir()?;
-    let timed = bench_audio(
+    let (_, timed) = bench_audio(
         &BENCH_SENTENCES,
         tmp.path(),
         "timed",
@@ -493,12 +496,13 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
                 let condition = condition.condition();
                 for take in 0..takes {
                     let name = format!("{}-set{c}", voice.name());
-                    let audio = bench_audio(&lines, tmp.path(), &name, voice, condition, take)?;
+                    let (spoken_by, audio) =
+                        bench_audio(&lines, tmp.path(), &name, voice, condition, take)?;
                     for (file, said) in audio {
                         wer_set.push(SetItem {
                             file,
                             said,
-                            voice,
+                            voice: spoken_by,
                             condition,
                         });
                     }
@@ -577,7 +581,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             .zip(&wer_set)
             .map(|(heard, item)| WordErrors::of(&item.said, &heard.text))
             .collect();
-        for (voice, condition) in set_groups(&args) {
+        for (voice, condition) in set_groups(&wer_set) {
             let mut total = WordErrors::default();
             let mut retried = 0;
             let heard_items = report.transcribed.iter().zip(&wer_set).zip(&item_errors);
@@ -613,7 +617,7 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
             item_errors: item_errors.iter().map(|e| e.errors).collect(),
         });
     }
-    let comparisons = compare(&args, &rows, &wer_set);
+    let comparisons = compare(&rows, &wer_set);
     if args.json {
         let v = serde_json::json!({
             "model": args.model,
@@ -686,23 +690,25 @@ pub fn bench(config: &Config, args: BenchSttArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The (voice, channel) groups of the word-error-rate set, in the order they are reported.
-fn set_groups(args: &BenchSttArgs) -> Vec<(Voice, Condition)> {
-    let conditions = args.wer_condition.iter().map(|c| c.condition());
-    args.wer_voice
-        .iter()
-        .flat_map(|v| conditions.clone().map(move |c| (v.voice(), c)))
-        .collect()
+/// The (voice, channel) groups of the word-error-rate set, in the set's order.
+fn set_groups(set: &[SetItem]) -> Vec<(Voice, Condition)> {
+    let mut groups = Vec::new();
+    for item in set {
+        if !groups.contains(&(item.voice, item.condition)) {
+            groups.push((item.voice, item.condition));
+        }
+    }
+    groups
 }
 
 /// Every candle configuration's word errors against every faster-whisper configuration's, per
 /// voice and channel, utterance by utterance.
-fn compare(args: &BenchSttArgs, rows: &[BenchRow], set: &[SetItem]) -> Vec<Comparison> {
+fn compare(rows: &[BenchRow], set: &[SetItem]) -> Vec<Comparison> {
     let runtime = |name: &'static str| rows.iter().filter(move |r| r.runtime == name);
     let mut out = Vec::new();
     for ours in runtime("candle") {
         for reference in runtime("faster-whisper") {
-            for (voice, condition) in set_groups(args) {
+            for (voice, condition) in set_groups(set) {
                 let in_group = |errors: &[usize]| -> Vec<usize> {
                     errors
                         .iter()

@@ -40,7 +40,8 @@ fn stt() -> &'static SpeechToText {
     STT.get_or_init(|| SpeechToText::load(imported()).expect("load tiny.en"))
 }
 
-/// The configuration calls run: the q8_0 decoder and the f32 encoder.
+/// The configuration calls run: the q8_0 decoder and the f32 encoder, its products on bf16 tiles
+/// where the CPU has them.
 fn stt_q8() -> &'static SpeechToText {
     static STT: OnceLock<SpeechToText> = OnceLock::new();
     STT.get_or_init(|| {
@@ -200,7 +201,7 @@ fn clean_speech_of_both_voices_is_within_the_bar() {
 
 #[test]
 fn q8_0_on_the_piper_voice() {
-    check_all_conditions(stt_q8(), "q8_0 + f32 encoder", Voice::Piper);
+    check_all_conditions(stt_q8(), "the calls' configuration", Voice::Piper);
 }
 
 /// The imported f32 weights as candle-transformers' Whisper loads them: their directory, the
@@ -233,7 +234,7 @@ fn own_encoder_matches_candles() {
 
     let (_, config, vb, mut candles) = candle_whisper();
     let device = Device::Cpu;
-    let ours = AudioEncoder::load(vb.pp("model.encoder"), &config.dims).unwrap();
+    let ours = AudioEncoder::load(vb.pp("model.encoder"), &config.dims, false).unwrap();
 
     let utterance = &spoken(Voice::Piper)[0];
     let log_mel = callbox::speech::stt::mel::LogMel::new(config.dims.num_mel_bins).unwrap();
@@ -247,16 +248,33 @@ fn own_encoder_matches_candles() {
         .unwrap();
     let mel = Tensor::from_vec(mel, (1, config.dims.num_mel_bins, frames), &device).unwrap();
     let expected = candles.encoder.forward(&mel, true).unwrap();
+    let largest = |t: Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
+    let scale = largest(expected.clone());
     let got = ours.forward(&mel).unwrap();
     assert_eq!(got.dims(), expected.dims());
-    let largest = |t: Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
     let diff = largest((got - &expected).unwrap());
-    let scale = largest(expected);
     assert!(
         diff <= 0.01 * scale,
         "largest difference {diff} (largest value {scale})"
     );
+
+    // On bf16 tiles, where this CPU has them: the rounding of every product's operands to 8
+    // significant bits moves the output further, within a bound of its own.
+    let tiles = AudioEncoder::load(vb.pp("model.encoder"), &config.dims, true).unwrap();
+    if tiles.on_bf16_tiles() {
+        let got = tiles.forward(&mel).unwrap();
+        let diff = largest((got - &expected).unwrap());
+        eprintln!("bf16 tiles: largest difference {diff} (largest value {scale})");
+        assert!(
+            diff <= BF16_ENCODER_BOUND * scale,
+            "bf16 tiles: largest difference {diff} (largest value {scale})"
+        );
+    }
 }
+
+/// The bf16 encoder's largest difference from candle's f32 one, as a share of the largest value
+/// (2.1 % measured on this utterance).
+const BF16_ENCODER_BOUND: f32 = 0.03;
 
 /// The 30 s padded window, Whisper's own way, for comparison on the first lines of the set (the
 /// names, the hardest part: measured 8–12 %).
@@ -533,7 +551,7 @@ fn cached_decoder_logits_stay_close_to_candles_f32_model() {
 
     let (dir, config, vb, mut candles) = candle_whisper();
     let device = Device::Cpu;
-    let encoder = AudioEncoder::load(vb.pp("model.encoder"), &config.dims).unwrap();
+    let encoder = AudioEncoder::load(vb.pp("model.encoder"), &config.dims, false).unwrap();
     let f32_decoder = TextDecoder::load(&Weights::Full(&vb), &config.dims, false).unwrap();
     let qvb = quantized_model::VarBuilder::from_gguf(dir.join(GGUF_FILE), &device).unwrap();
     let q8_decoder = TextDecoder::load(&Weights::Quantized(&qvb), &config.dims, true).unwrap();

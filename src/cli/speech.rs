@@ -101,13 +101,14 @@ pub struct BenchSttArgs {
     #[arg(long)]
     pub json: bool,
     /// The candle configurations to measure, among f32, q8_0 (key/value-cached decoder; logits
-    /// with the q8_0 embedding), q8_0-f32-encoder (the same with the f32 encoder, as calls run
+    /// with the q8_0 embedding), q8_0-f32-encoder (the same with the f32 encoder),
+    /// q8_0-bf16-encoder (its products in bf16 on AMX tiles where the CPU has them, as calls run
     /// it), q8_0-f32-logits (logits with its f32 copy), f32-uncached, q8_0-uncached
     /// (candle-transformers' decoder), f32-30s and q8_0-f32-encoder-30s (30 s window).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "f32,q8_0,q8_0-f32-encoder,f32-uncached,f32-30s"
+        default_value = "f32,q8_0,q8_0-f32-encoder,q8_0-bf16-encoder,f32-uncached,f32-30s"
     )]
     pub only: Vec<String>,
     /// Silence appended after each utterance, in mel frames (10 ms each).
@@ -287,7 +288,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// The candle configurations the bench can measure, by name, with the bench's tail of silence
 /// and retry threshold.
-fn candle_configs(args: &BenchSttArgs) -> [(&'static str, SttOptions); 8] {
+fn candle_configs(args: &BenchSttArgs) -> [(&'static str, SttOptions); 9] {
     let f32 = SttOptions {
         quantized: false,
         pad_to_30s: false,
@@ -296,15 +297,20 @@ fn candle_configs(args: &BenchSttArgs) -> [(&'static str, SttOptions); 8] {
         quantized_logits: false,
         tail_frames: args.tail_frames,
         dense_encoder: false,
+        bf16_tiles: false,
         retry_confidence: args.retry_confidence,
         min_frames: args.min_frames,
         retry_frames: args.retry_frames,
     };
-    let calls = SttOptions {
+    let f32_encoder = SttOptions {
         quantized: true,
         quantized_logits: true,
         dense_encoder: true,
         ..f32
+    };
+    let calls = SttOptions {
+        bf16_tiles: true,
+        ..f32_encoder
     };
     let q8_0 = SttOptions {
         quantized: true,
@@ -314,12 +320,13 @@ fn candle_configs(args: &BenchSttArgs) -> [(&'static str, SttOptions); 8] {
     [
         ("f32", f32),
         ("q8_0", q8_0),
-        ("q8_0-f32-encoder", calls),
+        ("q8_0-f32-encoder", f32_encoder),
+        ("q8_0-bf16-encoder", calls),
         (
             "q8_0-f32-encoder-30s",
             SttOptions {
                 pad_to_30s: true,
-                ..calls
+                ..f32_encoder
             },
         ),
         (

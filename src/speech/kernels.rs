@@ -5,7 +5,10 @@
 //! `exp` and `erf` as polynomials (libm's are scalar calls). Matrix-vector products of q8_0
 //! rows ([`Q8Matrix`], for one-token decoder steps) run on 8-bit integer dot products.
 //!
-//! Each matrix product uses as many threads as candle's own do
+//! Where asked ([`Products::Bf16Tiles`]) and the CPU has Intel's AMX, the products run on its tile
+//! unit in bf16 instead ([`super::amx`]).
+//!
+//! Each f32 matrix product uses as many threads as candle's own do
 //! ([`candle_core::utils::get_num_threads`], set per process by
 //! [`super::scheduler::apply_candle_threads`]).
 
@@ -36,7 +39,7 @@ impl<'a> View<'a> {
         }
     }
 
-    fn holds(&self, rows: usize, cols: usize) -> bool {
+    pub(crate) fn holds(&self, rows: usize, cols: usize) -> bool {
         rows == 0
             || cols == 0
             || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
@@ -133,6 +136,45 @@ pub(crate) fn matmul_strided(
     }
 }
 
+/// Which unit an encoder's matrix products run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Products {
+    /// f32 operands on `gemm`.
+    F32,
+    /// Operands rounded to bf16, sums in f32, on the CPU's AMX tile unit.
+    Bf16Tiles,
+}
+
+impl Products {
+    /// bf16 tiles if `wanted` and the CPU and kernel offer them, f32 otherwise.
+    pub(crate) fn tiles_if_available(wanted: bool) -> Products {
+        if wanted && super::amx::available() {
+            Products::Bf16Tiles
+        } else {
+            Products::F32
+        }
+    }
+
+    /// `dst[m × n] = lhs[m × k] · rhs[k × n]` ([`matmul`]) on this unit; for the tiles, `rhs`
+    /// is packed on every call.
+    pub(crate) fn product(
+        self,
+        dst: &mut [f32],
+        dst_row_stride: usize,
+        lhs: View<'_>,
+        rhs: View<'_>,
+        (m, n, k): (usize, usize, usize),
+    ) {
+        match self {
+            Products::F32 => matmul(dst, dst_row_stride, lhs, rhs, (m, n, k), false),
+            Products::Bf16Tiles => {
+                let rhs = super::amx::PackedRhs::pack(rhs, k, n);
+                super::amx::matmul(dst, (dst_row_stride, 1), lhs, &rhs, m, false);
+            }
+        }
+    }
+}
+
 /// A dense layer `y = x · W + b` with `W` kept as `[inputs, outputs]` (row-major), the layout
 /// the matrix product reads fastest.
 pub(crate) struct Dense {
@@ -140,6 +182,8 @@ pub(crate) struct Dense {
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
+    /// The weight packed for [`Products::Bf16Tiles`], when the layer runs there.
+    tiles: Option<super::amx::PackedRhs>,
 }
 
 impl Dense {
@@ -158,6 +202,7 @@ impl Dense {
             bias,
             inputs,
             outputs,
+            tiles: None,
         }
     }
 
@@ -183,7 +228,9 @@ impl Dense {
     /// Several layers on the same input as one: their outputs side by side.
     pub(crate) fn concat(parts: &[Dense]) -> Dense {
         let inputs = parts[0].inputs;
-        assert!(parts.iter().all(|p| p.inputs == inputs));
+        assert!(parts
+            .iter()
+            .all(|p| p.inputs == inputs && p.tiles.is_none()));
         let outputs = parts.iter().map(|p| p.outputs).sum();
         let mut weight = Vec::with_capacity(inputs * outputs);
         for i in 0..inputs {
@@ -196,14 +243,36 @@ impl Dense {
             bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
             inputs,
             outputs,
+            tiles: None,
         }
     }
 
     /// Multiplies weights and bias by `factor` (folds a scale of the output into the layer).
     pub(crate) fn scaled(mut self, factor: f32) -> Dense {
+        assert!(self.tiles.is_none(), "scale a layer before packing it");
         self.weight.iter_mut().for_each(|w| *w *= factor);
         self.bias.iter_mut().for_each(|b| *b *= factor);
         self
+    }
+
+    /// The layer with its products on `products` ([`Dense::put_on`]).
+    pub(crate) fn on(mut self, products: Products) -> Dense {
+        self.put_on(products);
+        self
+    }
+
+    /// Runs the layer's products on `products`: for the tiles, the weight is packed once and
+    /// its f32 copy dropped.
+    pub(crate) fn put_on(&mut self, products: Products) {
+        if products == Products::Bf16Tiles && self.tiles.is_none() {
+            let packed = super::amx::PackedRhs::pack(
+                View::rows(&self.weight, self.outputs),
+                self.inputs,
+                self.outputs,
+            );
+            self.tiles = Some(packed);
+            self.weight = Vec::new();
+        }
     }
 
     pub(crate) fn outputs(&self) -> usize {
@@ -232,14 +301,17 @@ impl Dense {
                 row.copy_from_slice(&self.bias);
             }
         }
-        matmul(
-            dst,
-            self.outputs,
-            x,
-            View::rows(&self.weight, self.outputs),
-            (rows, self.outputs, self.inputs),
-            true,
-        );
+        match &self.tiles {
+            Some(packed) => super::amx::matmul(dst, (self.outputs, 1), x, packed, rows, true),
+            None => matmul(
+                dst,
+                self.outputs,
+                x,
+                View::rows(&self.weight, self.outputs),
+                (rows, self.outputs, self.inputs),
+                true,
+            ),
+        }
     }
 
     /// `x[rows × inputs] · W + b` in a new buffer.
@@ -811,6 +883,27 @@ mod tests {
         let part = tensor(&x, &[rows, inputs]).narrow(1, 10, 20).unwrap();
         let expected = values(part.matmul(&part.t().unwrap()).unwrap());
         assert!(largest_difference(&gram, &expected) < 1e-5);
+    }
+
+    /// A layer on bf16 tiles (the tile unit where this CPU has one, the same rounding in scalar
+    /// code elsewhere): bias and accumulation as in f32, the products within bf16's precision.
+    #[test]
+    fn dense_layers_on_bf16_tiles_stay_within_bf16_of_f32() {
+        let (rows, inputs, outputs) = (37, 70, 45);
+        let x = random(rows * inputs, 1.0, 13);
+        let w = random(outputs * inputs, 1.0, 14);
+        let b = random(outputs, 1.0, 15);
+        let f32_layer = Dense::from_torch(&w, b.clone(), inputs);
+        let tiles = Dense::from_torch(&w, b, inputs).on(Products::Bf16Tiles);
+        assert!(tiles.weight.is_empty(), "the f32 copy is dropped");
+        let mut expected = vec![1.0; rows * outputs];
+        f32_layer.forward_into(&x, rows, &mut expected, true);
+        let mut got = vec![1.0; rows * outputs];
+        tiles.forward_into(&x, rows, &mut got, true);
+        // 70 products of values below 1, each within 2^-8 relative after rounding.
+        let worst = largest_difference(&got, &expected);
+        assert!(worst < 70.0 / 256.0 / 4.0, "largest difference {worst}");
+        assert!(worst > 0.0, "the operands were rounded to bf16");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`scheduler`]: the inference workers every model's work runs on, live calls first.
 //! - `kernels`: the f32 kernels of the Whisper-style audio encoders (speech to text, end of turn).
 //! - `quant`: products of GGUF block-quantized weights (Q4_1, Q8_0) for the language model.
+pub(crate) mod amx;
 pub mod audio;
 pub(crate) mod kernels;
 pub mod llm;

@@ -22,7 +22,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::whisper::quantized_model::VarBuilder as QVarBuilder;
 
 use super::import::WhisperDims;
-use crate::speech::kernels::{self, Dense, Norm, Q8Matrix, Q8Vector};
+use crate::speech::kernels::{self, Dense, Norm, Products, Q8Matrix, Q8Vector};
 
 const LAYER_NORM_EPS: f64 = 1e-5;
 
@@ -337,6 +337,17 @@ impl TextDecoder {
             vocab: dims.vocab_size,
             n_ctx: dims.max_target_positions,
         })
+    }
+
+    /// Projects the cross-attention keys and values (a product over every encoder frame, once
+    /// per utterance) with operands rounded to bf16 on the CPU's AMX tile unit, if `wanted` and
+    /// the CPU has one; the steps themselves are unchanged.
+    pub fn with_bf16_cross_attention(mut self, wanted: bool) -> TextDecoder {
+        let products = Products::tiles_if_available(wanted);
+        for block in &mut self.blocks {
+            block.cross_kv.put_on(products);
+        }
+        self
     }
 
     /// Most tokens one utterance can hold (the positional embedding's length).

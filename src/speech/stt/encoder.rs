@@ -7,14 +7,15 @@
 //! kernels ([`crate::speech::kernels`]): each convolution is one matrix product over its stacked
 //! taps read in place, attention runs head by head on slices of one fused query/key/value
 //! product, and GELU, softmax and layer norms are vectorized loops. Its matrix products span
-//! hundreds of frames, where f32's tuned matrix product is faster than candle's q8_0 kernels; the
+//! hundreds of frames, where f32's tuned matrix product is faster than candle's q8_0 kernels, and
+//! where a CPU with AMX does them in bf16 on its tile unit faster still ([`Products`]); the
 //! decoder, one token per step, is the part the quantized weights speed up (docs/stt.md).
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::import::WhisperDims;
-use crate::speech::kernels::{self, Dense, Norm, View};
+use crate::speech::kernels::{self, Dense, Norm, Products, View};
 
 const LAYER_NORM_EPS: f64 = 1e-5;
 
@@ -36,10 +37,15 @@ struct EncoderLayer {
     mlp_norm: Norm,
     fc1: Dense,
     fc2: Dense,
+    products: Products,
 }
 
 impl EncoderLayer {
-    fn load(vb: VarBuilder, shape: EncoderShape) -> candle_core::Result<EncoderLayer> {
+    fn load(
+        vb: VarBuilder,
+        shape: EncoderShape,
+        products: Products,
+    ) -> candle_core::Result<EncoderLayer> {
         let d = shape.width;
         let attn = vb.pp("self_attn");
         let scale = ((d / shape.heads) as f32).powf(-0.5);
@@ -49,11 +55,13 @@ impl EncoderLayer {
                 Dense::load(&attn.pp("q_proj"), (d, d), true)?.scaled(scale),
                 Dense::load(&attn.pp("k_proj"), (d, d), false)?,
                 Dense::load(&attn.pp("v_proj"), (d, d), true)?,
-            ]),
-            out: Dense::load(&attn.pp("out_proj"), (d, d), true)?,
+            ])
+            .on(products),
+            out: Dense::load(&attn.pp("out_proj"), (d, d), true)?.on(products),
             mlp_norm: Norm::load(&vb.pp("final_layer_norm"), d, LAYER_NORM_EPS)?,
-            fc1: Dense::load(&vb.pp("fc1"), (d, 4 * d), true)?,
-            fc2: Dense::load(&vb.pp("fc2"), (4 * d, d), true)?,
+            fc1: Dense::load(&vb.pp("fc1"), (d, 4 * d), true)?.on(products),
+            fc2: Dense::load(&vb.pp("fc2"), (4 * d, d), true)?.on(products),
+            products,
         })
     }
 
@@ -69,22 +77,20 @@ impl EncoderLayer {
         let context = &mut h;
         for head in 0..heads {
             let at = |part: usize| &qkv[part * d + head * head_dim..];
-            kernels::matmul(
+            self.products.product(
                 &mut scores,
                 frames,
                 View::rows(at(0), qkv_width),
                 View::transposed(at(1), qkv_width),
                 (frames, frames, head_dim),
-                false,
             );
             scores.chunks_exact_mut(frames).for_each(kernels::softmax);
-            kernels::matmul(
+            self.products.product(
                 &mut context[head * head_dim..],
                 d,
                 View::rows(&scores, frames),
                 View::rows(at(2), qkv_width),
                 (frames, head_dim, frames),
-                false,
             );
         }
         self.out.forward_into(context, frames, x, true);
@@ -109,6 +115,7 @@ impl Conv3 {
         vb: VarBuilder,
         (inputs, outputs): (usize, usize),
         stride: usize,
+        products: Products,
     ) -> candle_core::Result<Conv3> {
         let weight = vb.get((outputs, inputs, 3), "weight")?;
         let weight = weight.flatten_all()?.to_vec1::<f32>()?;
@@ -123,7 +130,7 @@ impl Conv3 {
         }
         let bias = vb.get(outputs, "bias")?.to_vec1::<f32>()?;
         Ok(Conv3 {
-            taps: Dense::from_torch(&stacked, bias, 3 * inputs),
+            taps: Dense::from_torch(&stacked, bias, 3 * inputs).on(products),
             inputs,
             stride,
         })
@@ -152,30 +159,33 @@ pub(crate) struct Encoder {
     layers: Vec<EncoderLayer>,
     final_norm: Norm,
     shape: EncoderShape,
+    products: Products,
 }
 
 impl Encoder {
     /// Loads `conv1`, `conv2`, `layers.N` and `layer_norm` (candle's Whisper names) from `vb`;
-    /// `positions` is `[positions, width]`, row-major.
+    /// `positions` is `[positions, width]`, row-major. The matrix products run on `products`.
     pub(crate) fn load(
         vb: VarBuilder,
         shape: EncoderShape,
         positions: Vec<f32>,
+        products: Products,
     ) -> candle_core::Result<Encoder> {
         let d = shape.width;
         let layers = (0..shape.layers)
-            .map(|i| EncoderLayer::load(vb.pp(format!("layers.{i}")), shape))
+            .map(|i| EncoderLayer::load(vb.pp(format!("layers.{i}")), shape, products))
             .collect::<candle_core::Result<Vec<_>>>()?;
         if !positions.len().is_multiple_of(d) {
             candle_core::bail!("position table of {} values for width {d}", positions.len());
         }
         Ok(Encoder {
-            conv1: Conv3::load(vb.pp("conv1"), (shape.mels, d), 1)?,
-            conv2: Conv3::load(vb.pp("conv2"), (d, d), 2)?,
+            conv1: Conv3::load(vb.pp("conv1"), (shape.mels, d), 1, products)?,
+            conv2: Conv3::load(vb.pp("conv2"), (d, d), 2, products)?,
             positions,
             layers,
             final_norm: Norm::load(&vb.pp("layer_norm"), d, LAYER_NORM_EPS)?,
             shape,
+            products,
         })
     }
 
@@ -229,8 +239,14 @@ pub struct AudioEncoder {
 }
 
 impl AudioEncoder {
-    /// Loads `vb`'s encoder tensors (candle's Whisper names under `model.encoder`).
-    pub fn load(vb: VarBuilder, dims: &WhisperDims) -> candle_core::Result<AudioEncoder> {
+    /// Loads `vb`'s encoder tensors (candle's Whisper names under `model.encoder`). With
+    /// `bf16_tiles`, the matrix products round their operands to bf16 and run on the CPU's AMX
+    /// tile unit where it has one ([`AudioEncoder::on_bf16_tiles`]), in f32 elsewhere.
+    pub fn load(
+        vb: VarBuilder,
+        dims: &WhisperDims,
+        bf16_tiles: bool,
+    ) -> candle_core::Result<AudioEncoder> {
         let shape = EncoderShape {
             mels: dims.num_mel_bins,
             width: dims.d_model,
@@ -238,9 +254,15 @@ impl AudioEncoder {
             layers: dims.encoder_layers,
         };
         let positions = sinusoids(dims.max_source_positions, dims.d_model);
+        let products = Products::tiles_if_available(bf16_tiles);
         Ok(AudioEncoder {
-            encoder: Encoder::load(vb, shape, positions)?,
+            encoder: Encoder::load(vb, shape, positions, products)?,
         })
+    }
+
+    /// Whether the products run on bf16 tiles (asked for, and the CPU has them).
+    pub fn on_bf16_tiles(&self) -> bool {
+        self.encoder.products == Products::Bf16Tiles
     }
 
     /// Encodes log-mel features `(1, mels, frames)` into `(1, frames / 2, d_model)` (frames
@@ -400,7 +422,7 @@ mod tests {
         let vb = VarBuilder::from_tensors(weights(&mut random), DType::F32, &Device::Cpu);
         let positions = random.tensor(&[9, SHAPE.width], (-1.0, 1.0));
         let table = positions.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let ours = Encoder::load(vb.clone(), SHAPE, table).unwrap();
+        let ours = Encoder::load(vb.clone(), SHAPE, table, Products::F32).unwrap();
         for frames in [16, 13] {
             let mel = random.tensor(&[1, SHAPE.mels, frames], (-1.5, 1.0));
             let expected = candle_encoder(&vb, &mel, &positions);

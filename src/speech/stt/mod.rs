@@ -15,7 +15,9 @@
 //! the no-speech token's probability at the first step; a repetition check stops decoding loops,
 //! and text that compresses too well (Whisper's compression-ratio check) is dropped as a loop. By
 //! default the encoder runs on the audio there is (at least [`MIN_FRAMES`]), not on a 30 s padded
-//! window.
+//! window. As calls run it ([`SttOptions::for_calls`]), the encoder's matrix products and the
+//! decoder's cross-attention projections round their operands to bf16 and run on the CPU's AMX
+//! tile unit where it has one ([`crate::speech::amx`]; docs/stt.md has speed and word errors).
 
 pub mod ct2;
 pub mod decoder;
@@ -129,6 +131,9 @@ pub struct SttOptions {
     /// hundreds of frames, where f32's tuned matrix product beats the q8_0 kernels, while the
     /// decoder's one-token steps stay q8_0 (docs/stt.md has the figures).
     pub dense_encoder: bool,
+    /// With the f32 encoder, round its matrix products' operands to bf16 and run them on the
+    /// CPU's AMX tile unit where it has one (Intel Xeon from Sapphire Rapids on); f32 elsewhere.
+    pub bf16_tiles: bool,
     /// A short window whose mean token probability is below this is decoded again on a longer
     /// window ([`RETRY_CONFIDENCE`]; 0 never decodes again).
     pub retry_confidence: f32,
@@ -148,6 +153,7 @@ impl Default for SttOptions {
             quantized_logits: true,
             tail_frames: TAIL_FRAMES,
             dense_encoder: false,
+            bf16_tiles: false,
             retry_confidence: RETRY_CONFIDENCE,
             min_frames: MIN_FRAMES,
             retry_frames: RETRY_FRAMES,
@@ -157,11 +163,13 @@ impl Default for SttOptions {
 
 impl SttOptions {
     /// How calls load the recognizer: the q8_0 weights for decoding and the f32 ones for the
-    /// encoder, which is fastest and as accurate on the test set (docs/stt.md).
+    /// encoder, its products on bf16 tiles where the CPU has them, which is fastest and as
+    /// accurate on the test set (docs/stt.md).
     pub fn for_calls() -> SttOptions {
         SttOptions {
             quantized: true,
             dense_encoder: true,
+            bf16_tiles: true,
             ..SttOptions::default()
         }
     }
@@ -370,7 +378,8 @@ impl SpeechToText {
                     &Weights::Quantized(&vb),
                     &config.dims,
                     options.quantized_logits,
-                )?,
+                )?
+                .with_bf16_cross_attention(options.dense_encoder && options.bf16_tiles),
             )
         } else {
             let tensors = candle_core::safetensors::load(&weights, &device)?;
@@ -392,6 +401,7 @@ impl SpeechToText {
             Some(encoder::AudioEncoder::load(
                 vb.pp(ENCODER_PREFIX),
                 &config.dims,
+                options.bf16_tiles,
             )?)
         } else {
             None

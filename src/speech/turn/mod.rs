@@ -33,7 +33,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use super::kernels::{self, Dense, Norm};
+use super::kernels::{self, Dense, Norm, Products};
 use super::scheduler::{Priority, ScheduleError, Scheduler};
 use super::stt::encoder::{Encoder, EncoderShape};
 use super::stt::mel;
@@ -160,7 +160,7 @@ impl Network {
             .flatten_all()?
             .to_vec1::<f32>()?;
         Ok(Network {
-            encoder: Encoder::load(vb.pp("encoder"), shape, positions)?,
+            encoder: Encoder::load(vb.pp("encoder"), shape, positions, Products::F32)?,
             pool_hidden: dense(vb, "pool_attention.0", (D_MODEL, POOL))?,
             pool_score: dense(vb, "pool_attention.2", (POOL, 1))?,
             classifier: [

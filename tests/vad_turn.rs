@@ -27,6 +27,8 @@ const VAD_TOLERANCE: f32 = 0.02;
 /// makes its output jump with the order of summation (onnxruntime's fused kernels and its
 /// node-by-node run differ by up to 0.24 on one input), so those figures are printed, not held.
 const TURN_TOLERANCE: f32 = 0.02;
+/// The same with the encoder's products in bf16 on AMX tiles, as calls run it (1.0·10⁻² measured).
+const BF16_TURN_TOLERANCE: f32 = 0.02;
 
 /// The first two are the behaviour test's: on espeak-ng speech Smart Turn's judgement of a
 /// sentence cut mid-word is often wrong (it calls many cut sentences complete and many complete
@@ -333,6 +335,32 @@ fn smart_turn_matches_onnxruntime() {
         );
     }
     println!("Smart Turn: largest |Δp| against onnxruntime {worst:.2e}");
+}
+
+/// As calls load it: the encoder's products in bf16 on AMX tiles, where this CPU has them. The
+/// rounding moves the probability further from onnxruntime's f32 figure than the f32 port is, but
+/// within a bound of its own, far from moving a decision at the 0.5 threshold.
+#[test]
+fn smart_turn_on_bf16_tiles_stays_close_to_onnxruntime() {
+    end_of_turn();
+    let tiles = EndOfTurn::load_with(&turn_dir(), true).unwrap_or_else(|e| panic!("{e}"));
+    if !tiles.on_bf16_tiles() {
+        println!("this CPU has no AMX tiles: calls run Smart Turn in f32, checked above");
+        return;
+    }
+    let reference = reference();
+    let mut worst = 0f32;
+    for (i, clip) in clips().clips.iter().enumerate() {
+        let ours = tiles.probability(&to_f32(clip)).expect("Smart Turn runs");
+        let d = (ours - reference[i].turn_f32).abs();
+        println!(
+            "clip {i}: bf16 tiles {ours:.4}, onnxruntime f32 activations {:.4}",
+            reference[i].turn_f32
+        );
+        worst = worst.max(d);
+    }
+    println!("Smart Turn on bf16 tiles: largest |Δp| against onnxruntime {worst:.2e}");
+    assert!(worst < BF16_TURN_TOLERANCE, "largest |Δp| {worst}");
 }
 
 #[test]

@@ -130,7 +130,7 @@ pub fn load_end_of_turn(config: &Config, manifest: &Manifest) -> anyhow::Result<
         );
         return Ok(None);
     };
-    EndOfTurn::load(&dir)
+    EndOfTurn::load_with(&dir, true)
         .map(Some)
         .context("cannot load Smart Turn")
 }

@@ -113,6 +113,8 @@ pub fn agent(iterations: usize) -> TurnStats {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TurnBenchStats {
     pub vad_load_ms: f64,
+    /// Smart Turn's encoder ran on AMX bf16 tiles.
+    pub turn_on_bf16_tiles: bool,
     pub vad_frames: usize,
     /// Per 20 ms frame (about 5 frames in 8 run the network on a completed 32 ms window).
     pub vad_frame_p50_us: f64,
@@ -133,11 +135,13 @@ pub struct TurnBenchStats {
 }
 
 /// Runs Silero VAD over `seconds` of speech (espeak-ng) and silence in 20 ms frames, and Smart
-/// Turn `decisions` times on the last 8 s of it.
+/// Turn `decisions` times on the last 8 s of it (its encoder on bf16 tiles if `bf16_tiles` and
+/// the CPU has them).
 pub fn turn(
     models_dir: &std::path::Path,
     seconds: usize,
     decisions: usize,
+    bf16_tiles: bool,
 ) -> anyhow::Result<TurnBenchStats> {
     use crate::speech::{audio, tts::espeak::EspeakVoice, turn, vad};
     let spoken = EspeakVoice::new("en-us").synthesize(
@@ -169,7 +173,7 @@ pub fn turn(
     frame_times.sort();
 
     let started = Instant::now();
-    let eot = turn::EndOfTurn::load(&models_dir.join("smart-turn-v3"))?;
+    let eot = turn::EndOfTurn::load_with(&models_dir.join("smart-turn-v3"), bf16_tiles)?;
     let turn_load = started.elapsed();
     let window = &samples[samples.len().saturating_sub(turn::WINDOW_SAMPLES)..];
     let mut feature_times = Vec::new();
@@ -194,6 +198,7 @@ pub fn turn(
         vad_frame_mean_us: vad_total / frame_times.len().max(1) as f64 * 1e6,
         vad_real_time_share: vad_total / (pcm.len() as f64 / 16_000.0),
         turn_load_ms: turn_load.as_secs_f64() * 1e3,
+        turn_on_bf16_tiles: eot.on_bf16_tiles(),
         turn_decisions: decision_times.len(),
         turn_features_p50_ms: ms(percentile(&feature_times, 0.5)),
         turn_decision_p50_ms: ms(percentile(&decision_times, 0.5)),
@@ -215,7 +220,12 @@ pub fn print_turn(s: &TurnBenchStats) {
         s.vad_real_time_share * 100.0
     );
     println!(
-        "Smart Turn v3: loaded in {:.1} ms; {} decisions on 8 s\n  per decision p50 {:.1} ms  p95 {:.1} ms  max {:.1} ms  (features p50 {:.1} ms)",
+        "Smart Turn v3 ({}): loaded in {:.1} ms; {} decisions on 8 s\n  per decision p50 {:.1} ms  p95 {:.1} ms  max {:.1} ms  (features p50 {:.1} ms)",
+        if s.turn_on_bf16_tiles {
+            "encoder on AMX bf16 tiles"
+        } else {
+            "f32"
+        },
         s.turn_load_ms,
         s.turn_decisions,
         s.turn_decision_p50_ms,

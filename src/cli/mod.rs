@@ -130,6 +130,9 @@ pub enum BenchCommand {
         /// Smart Turn decisions timed.
         #[arg(long, default_value_t = 20)]
         decisions: usize,
+        /// Smart Turn's encoder in f32 even where the CPU has AMX tiles (calls use the tiles).
+        #[arg(long)]
+        f32: bool,
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -317,9 +320,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Turn {
             seconds,
             decisions,
+            f32,
             json,
         }) => {
-            let stats = bench::turn(&config.models.dir, seconds.max(1), decisions.max(1))?;
+            let stats = bench::turn(&config.models.dir, seconds.max(1), decisions.max(1), !f32)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {

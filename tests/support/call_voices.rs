@@ -56,7 +56,7 @@ pub fn voices() -> &'static Voices {
             &turn_dir.join(turn::CANDLE_DIR),
         )
         .expect("import Smart Turn");
-        let end_of_turn = EndOfTurn::load(&turn_dir)
+        let end_of_turn = EndOfTurn::load_with(&turn_dir, true)
             .expect("Smart Turn")
             .with_scheduler(scheduler);
         Voices {

@@ -189,6 +189,11 @@ impl Encoder {
         })
     }
 
+    /// Where the matrix products run.
+    pub(crate) fn products(&self) -> Products {
+        self.products
+    }
+
     /// Frames of the output for `frames` of input (half, rounded up).
     pub(crate) fn frames_out(&self, frames: usize) -> usize {
         self.conv2.frames_out(frames)
@@ -262,7 +267,7 @@ impl AudioEncoder {
 
     /// Whether the products run on bf16 tiles (asked for, and the CPU has them).
     pub fn on_bf16_tiles(&self) -> bool {
-        self.encoder.products == Products::Bf16Tiles
+        self.encoder.products() == Products::Bf16Tiles
     }
 
     /// Encodes log-mel features `(1, mels, frames)` into `(1, frames / 2, d_model)` (frames

@@ -11,7 +11,8 @@
 //! spectrogram (centered STFT, 800 frames, clamp to max − 8, (x + 4) / 4). The encoder is the
 //! speech-to-text one ([`super::stt::encoder`]) with learned positions; it and the head run on
 //! the project's f32 kernels, not on candle's tensors (which cost most of a decision in copies,
-//! scalar GELU and softmax).
+//! scalar GELU and softmax). As calls load it ([`EndOfTurn::load_with`] with `bf16_tiles`), the
+//! encoder's matrix products run in bf16 on the CPU's AMX tile unit where it has one.
 //!
 //! The weights come from `callbox models import smart-turn-v3` ([`import`]), which dequantizes
 //! the int8 ONNX file into f32 safetensors. The activations are computed in f32: the shipped
@@ -94,8 +95,15 @@ struct Network {
 
 impl EndOfTurn {
     /// Loads the imported weights of the model directory `dir` (e.g.
-    /// `~/.cache/callbox/models/smart-turn-v3`).
+    /// `~/.cache/callbox/models/smart-turn-v3`), all in f32.
     pub fn load(dir: &Path) -> Result<EndOfTurn> {
+        EndOfTurn::load_with(dir, false)
+    }
+
+    /// [`EndOfTurn::load`]; with `bf16_tiles`, the encoder's matrix products round their operands
+    /// to bf16 and run on the CPU's AMX tile unit where it has one (f32 elsewhere), as calls run
+    /// it (docs/vad-and-end-of-turn.md has what that changes).
+    pub fn load_with(dir: &Path, bf16_tiles: bool) -> Result<EndOfTurn> {
         let path: PathBuf = dir.join(CANDLE_DIR).join(import::WEIGHTS_FILE);
         if !path.is_file() {
             return Err(TurnError::NotImported {
@@ -112,11 +120,17 @@ impl EndOfTurn {
             VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu)
                 .map_err(weights_err)?
         };
-        let network = Network::from_var_builder(&vb).map_err(weights_err)?;
+        let products = Products::tiles_if_available(bf16_tiles);
+        let network = Network::from_var_builder(&vb, products).map_err(weights_err)?;
         Ok(EndOfTurn {
             network: Arc::new(network),
             scheduler: None,
         })
+    }
+
+    /// Whether the encoder's products run on bf16 tiles (asked for, and the CPU has them).
+    pub fn on_bf16_tiles(&self) -> bool {
+        self.network.encoder.products() == Products::Bf16Tiles
     }
 
     /// Runs every decision on `scheduler`'s workers, as live work.
@@ -148,7 +162,7 @@ impl EndOfTurn {
 }
 
 impl Network {
-    fn from_var_builder(vb: &VarBuilder) -> candle_core::Result<Network> {
+    fn from_var_builder(vb: &VarBuilder, products: Products) -> candle_core::Result<Network> {
         let shape = EncoderShape {
             mels: N_MELS,
             width: D_MODEL,
@@ -160,7 +174,7 @@ impl Network {
             .flatten_all()?
             .to_vec1::<f32>()?;
         Ok(Network {
-            encoder: Encoder::load(vb.pp("encoder"), shape, positions, Products::F32)?,
+            encoder: Encoder::load(vb.pp("encoder"), shape, positions, products)?,
             pool_hidden: dense(vb, "pool_attention.0", (D_MODEL, POOL))?,
             pool_score: dense(vb, "pool_attention.2", (POOL, 1))?,
             classifier: [

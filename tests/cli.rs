@@ -600,6 +600,17 @@ fn tts_speaks_with_the_neural_voice_and_whisper_hears_it() {
     for word in ["appointment", "tuesday", "3", "30", "call", "555"] {
         assert!(heard.contains(word), "{word:?} not heard in {heard:?}");
     }
+    // Whisper's own size name picks the same model; a size not installed is named.
+    let (code, by_size, err) = run(callbox(dir.path())
+        .args(["stt", "--model", "tiny.en"])
+        .arg(&wav));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(by_size.to_lowercase(), heard);
+    let (code, _, err) = run(callbox(dir.path())
+        .args(["stt", "--model", "large"])
+        .arg(&wav));
+    assert_ne!(code, 0);
+    assert!(err.contains("no speech-to-text model `large`"), "{err}");
 
     let fallback = dir.path().join("fallback.wav");
     let (code, out, err) = run(callbox(dir.path())

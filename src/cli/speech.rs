@@ -27,7 +27,7 @@ pub struct SttArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
-    /// Speech-to-text model id.
+    /// Speech-to-text model: a manifest id, or Whisper's size name (`tiny.en`, `base`).
     #[arg(long, default_value = "whisper-tiny-en")]
     pub model: String,
     /// Use the q8_0 quantized model.
@@ -138,10 +138,21 @@ pub struct BenchSttArgs {
     pub transcribed: Vec<PathBuf>,
 }
 
-fn model_dir(config: &Config, id: &str) -> anyhow::Result<PathBuf> {
+/// The manifest id of a speech-to-text model named by its id or by Whisper's own size name
+/// (`tiny.en`, `base`).
+fn stt_model_id(name: &str) -> &str {
+    match name {
+        "tiny.en" => "whisper-tiny-en",
+        "base" => "whisper-base",
+        id => id,
+    }
+}
+
+fn model_dir(config: &Config, name: &str) -> anyhow::Result<PathBuf> {
     let manifest = Manifest::embedded();
+    let id = stt_model_id(name);
     let Some(entry) = manifest.get(id).filter(|m| m.role == "stt") else {
-        bail!("no speech-to-text model `{id}` in the manifest");
+        bail!("no speech-to-text model `{name}` in the manifest");
     };
     Ok(entry.dir(&config.models.dir))
 }

@@ -140,15 +140,18 @@ pub const DEFAULT_EARLY_PAUSE_MS: u64 = 100;
 pub const DEFAULT_TURN_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_CONFIRM_PAUSE_MS: u64 = 200;
 pub const DEFAULT_DICTATION_WINDOW_MS: u64 = 1_500;
-/// The least pause that ends, before the silence window, a turn heard as a lone yes or no, a
-/// whole answer Smart Turn hears going on, or an answer only Smart Turn finds done (an open
-/// one). The Piper voice pauses ~300 ms at the comma of "Yes, that's right." and Smart Turn finds
-/// "Yes," done, so at the ordinary confirmation pause the box answered "Yes," and the caller's
-/// "that's right" barged in; Smart Turn hears most whole names and answers on this voice as
-/// unfinished, which left them to the window; and once the recognizer was fast enough to have the
-/// transcript within the confirmation pause (session 23), "Lisinopril, ten milligrams." was cut
-/// at its comma on Smart Turn's word alone (docs/vad-and-end-of-turn.md).
+/// The least pause that ends, before the silence window, a turn heard as a lone yes or no, or a
+/// whole answer Smart Turn hears going on. The Piper voice pauses ~300 ms at the comma of "Yes,
+/// that's right." and Smart Turn finds "Yes," done, so at the ordinary confirmation pause the
+/// box answered "Yes," and the caller's "that's right" barged in; and Smart Turn hears most
+/// whole names and answers on this voice as unfinished, which left them to the window
+/// (docs/vad-and-end-of-turn.md).
 pub const PATIENT_PAUSE_MS: u64 = 450;
+/// The least pause that ends an answer only Smart Turn finds done (an open one: its words cannot
+/// tell). Once the recognizer had the transcript within the confirmation pause (session 23),
+/// "Lisinopril, ten milligrams." was cut at its comma on Smart Turn's word alone
+/// (docs/vad-and-end-of-turn.md).
+pub const LIKELY_DONE_PAUSE_MS: u64 = 400;
 
 impl Default for EndpointOptions {
     fn default() -> Self {
@@ -437,7 +440,7 @@ impl Endpointer {
     /// whole answer to what was asked, or [`PATIENT_PAUSE_MS`] if the end-of-turn model is still
     /// weighing the pause or heard the caller going on (a lone yes the model doubts waits for the
     /// window: "Yes," before "that's right" is a whole answer too); or, after
-    /// [`PATIENT_PAUSE_MS`] too, with a transcript the end-of-turn model found likely done that
+    /// [`LIKELY_DONE_PAUSE_MS`], with a transcript the end-of-turn model found likely done that
     /// does not end mid-number or in a greeting alone
     /// (the turn is then committed); or once the silence window made it final whatever its
     /// transcript. `None`: keep holding it; the caller may go on, else the window decides.
@@ -450,10 +453,13 @@ impl Endpointer {
         let whole = self.expecting.is_whole_answer(transcript);
         let doubted = self.model_doubts_the_end();
         // Only words that make a whole answer the model does not doubt end a turn at the
-        // confirmation pause; an end the model alone vouches for waits the patient pause.
-        let least_pause = match bare || doubted || !whole {
-            true => self.options.confirm_ms.max(PATIENT_PAUSE_MS),
-            false => self.options.confirm_ms,
+        // confirmation pause; an end the model alone vouches for waits longer.
+        let least_pause = if bare || (whole && doubted) {
+            self.options.confirm_ms.max(PATIENT_PAUSE_MS)
+        } else if !whole {
+            self.options.confirm_ms.max(LIKELY_DONE_PAUSE_MS)
+        } else {
+            self.options.confirm_ms
         };
         if self.silence_run_ms < least_pause {
             return None;
@@ -1044,23 +1050,17 @@ mod tests {
         play(&mut ep, first.len(), &more);
         // An answer ending in part of a number is held.
         assert_eq!(ep.confirm("my number is five five five"), None);
-        // 400 ms of pause: the confirmation pause, but a likely done alone waits the patient
-        // pause.
-        assert_eq!(ep.confirm("I have a question about my bill."), None);
-        // The first 20 ms frame at or past the patient pause ends 460 ms into it.
-        let patient = plan(&[(false, 460 - 400)]);
-        play(&mut ep, first.len() + more.len(), &patient);
-        // Final at the frame that made it the patient pause.
+        // 400 ms of pause (the confirmation pause here, and a likely done's least pause):
+        // final at the frame that made it 400 ms.
         assert!(
             matches!(
                 ep.confirm("I have a question about my bill."),
-                Some((1_660, TurnEnd::SmartTurn { probability })) if (probability - 0.9).abs() < 1e-6
+                Some((1_600, TurnEnd::SmartTurn { probability })) if (probability - 0.9).abs() < 1e-6
             ),
             "{:?}",
             ep.confirm("")
         );
-        let resumed_at = first.len() + more.len() + patient.len();
-        let events = play(&mut ep, resumed_at, &plan(&[(true, 200)]));
+        let events = play(&mut ep, first.len() + more.len(), &plan(&[(true, 200)]));
         assert!(
             matches!(events.first(), Some((_, Endpoint::SpeechStarted { .. }))),
             "{events:?}"
@@ -1164,18 +1164,51 @@ mod tests {
         );
     }
 
+    /// At the default 200 ms confirmation pause a whole answer ends the turn, but an open one
+    /// the model alone finds done waits [`LIKELY_DONE_PAUSE_MS`]: a comma's pause is longer.
+    #[test]
+    fn an_open_answer_only_the_model_finds_done_waits_longer_than_a_whole_one() {
+        let defaults = EndpointOptions::default();
+        assert!(defaults.confirm_ms < LIKELY_DONE_PAUSE_MS);
+        let mut ep = Endpointer::new(Box::<EnergyVad>::default(), defaults)
+            .with_end_of_turn(Some(Arc::new(Answers(0.9))));
+        play(
+            &mut ep,
+            0,
+            &plan(&[(false, 200), (true, 1000), (false, 300)]),
+        );
+        assert_eq!(ep.confirm("Lisinopril."), None);
+        let mut whole = Endpointer::new(Box::<EnergyVad>::default(), defaults)
+            .with_end_of_turn(Some(Arc::new(Answers(0.9))));
+        whole.expect(TurnExpectation::PhoneNumber);
+        play(
+            &mut whole,
+            0,
+            &plan(&[(false, 200), (true, 1000), (false, 300)]),
+        );
+        assert!(matches!(
+            whole.confirm("5 5 5, 2 3 4, 9 8 7 6."),
+            Some((_, TurnEnd::Answer))
+        ));
+        play(&mut ep, 75, &plan(&[(false, 100)]));
+        assert_eq!(
+            ep.confirm("Lisinopril."),
+            Some((1_600, TurnEnd::SmartTurn { probability: 0.9 }))
+        );
+    }
+
     #[test]
     fn a_greeting_alone_is_not_ended_by_a_likely_done() {
         let mut ep = judged(0.9);
         play(
             &mut ep,
             0,
-            &plan(&[(false, 200), (true, 400), (false, 460)]),
+            &plan(&[(false, 200), (true, 400), (false, 400)]),
         );
         assert_eq!(ep.confirm("Hi."), None);
         assert_eq!(
             ep.confirm("Hi, I need a refill."),
-            Some((1_060, TurnEnd::SmartTurn { probability: 0.9 }))
+            Some((1_000, TurnEnd::SmartTurn { probability: 0.9 }))
         );
     }
 

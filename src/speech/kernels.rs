@@ -175,15 +175,30 @@ impl Products {
     }
 }
 
-/// A dense layer `y = x · W + b` with `W` kept as `[inputs, outputs]` (row-major), the layout
-/// the matrix product reads fastest.
+/// A dense layer `y = x · W + b`.
 pub(crate) struct Dense {
-    weight: Vec<f32>,
+    weight: Weight,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
-    /// The weight packed for [`Products::Bf16Tiles`], when the layer runs there.
-    tiles: Option<super::amx::PackedRhs>,
+}
+
+/// A dense layer's `W`, as the unit its products run on reads it.
+enum Weight {
+    /// `[inputs, outputs]` (row-major), the layout `gemm` reads fastest.
+    F32(Vec<f32>),
+    /// Rounded to bf16 and packed for [`Products::Bf16Tiles`].
+    Bf16Tiles(super::amx::PackedRhs),
+}
+
+impl Weight {
+    /// The f32 values, for building a layer from others (a packed layer is built already).
+    fn f32_values(&self) -> &[f32] {
+        match self {
+            Weight::F32(values) => values,
+            Weight::Bf16Tiles(_) => panic!("a layer packed for the tiles is built already"),
+        }
+    }
 }
 
 impl Dense {
@@ -198,11 +213,10 @@ impl Dense {
             }
         }
         Dense {
-            weight: transposed,
+            weight: Weight::F32(transposed),
             bias,
             inputs,
             outputs,
-            tiles: None,
         }
     }
 
@@ -228,29 +242,28 @@ impl Dense {
     /// Several layers on the same input as one: their outputs side by side.
     pub(crate) fn concat(parts: &[Dense]) -> Dense {
         let inputs = parts[0].inputs;
-        assert!(parts
-            .iter()
-            .all(|p| p.inputs == inputs && p.tiles.is_none()));
+        assert!(parts.iter().all(|p| p.inputs == inputs));
         let outputs = parts.iter().map(|p| p.outputs).sum();
         let mut weight = Vec::with_capacity(inputs * outputs);
         for i in 0..inputs {
             for p in parts {
-                weight.extend_from_slice(&p.weight[i * p.outputs..][..p.outputs]);
+                weight.extend_from_slice(&p.weight.f32_values()[i * p.outputs..][..p.outputs]);
             }
         }
         Dense {
-            weight,
+            weight: Weight::F32(weight),
             bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
             inputs,
             outputs,
-            tiles: None,
         }
     }
 
     /// Multiplies weights and bias by `factor` (folds a scale of the output into the layer).
     pub(crate) fn scaled(mut self, factor: f32) -> Dense {
-        assert!(self.tiles.is_none(), "scale a layer before packing it");
-        self.weight.iter_mut().for_each(|w| *w *= factor);
+        let Weight::F32(values) = &mut self.weight else {
+            panic!("scale a layer before packing it for the tiles");
+        };
+        values.iter_mut().for_each(|w| *w *= factor);
         self.bias.iter_mut().for_each(|b| *b *= factor);
         self
     }
@@ -261,17 +274,16 @@ impl Dense {
         self
     }
 
-    /// Runs the layer's products on `products`: for the tiles, the weight is packed once and
-    /// its f32 copy dropped.
+    /// Runs the layer's products on `products`: for the tiles, the weight is packed once in
+    /// place of its f32 values.
     pub(crate) fn put_on(&mut self, products: Products) {
-        if products == Products::Bf16Tiles && self.tiles.is_none() {
+        if let (Products::Bf16Tiles, Weight::F32(values)) = (products, &self.weight) {
             let packed = super::amx::PackedRhs::pack(
-                View::rows(&self.weight, self.outputs),
+                View::rows(values, self.outputs),
                 self.inputs,
                 self.outputs,
             );
-            self.tiles = Some(packed);
-            self.weight = Vec::new();
+            self.weight = Weight::Bf16Tiles(packed);
         }
     }
 
@@ -301,13 +313,15 @@ impl Dense {
                 row.copy_from_slice(&self.bias);
             }
         }
-        match &self.tiles {
-            Some(packed) => super::amx::matmul(dst, (self.outputs, 1), x, packed, rows, true),
-            None => matmul(
+        match &self.weight {
+            Weight::Bf16Tiles(packed) => {
+                super::amx::matmul(dst, (self.outputs, 1), x, packed, rows, true)
+            }
+            Weight::F32(values) => matmul(
                 dst,
                 self.outputs,
                 x,
-                View::rows(&self.weight, self.outputs),
+                View::rows(values, self.outputs),
                 (rows, self.outputs, self.inputs),
                 true,
             ),
@@ -895,7 +909,10 @@ mod tests {
         let b = random(outputs, 1.0, 15);
         let f32_layer = Dense::from_torch(&w, b.clone(), inputs);
         let tiles = Dense::from_torch(&w, b, inputs).on(Products::Bf16Tiles);
-        assert!(tiles.weight.is_empty(), "the f32 copy is dropped");
+        assert!(
+            matches!(tiles.weight, Weight::Bf16Tiles(_)),
+            "packed in place of the f32 values"
+        );
         let mut expected = vec![1.0; rows * outputs];
         f32_layer.forward_into(&x, rows, &mut expected, true);
         let mut got = vec![1.0; rows * outputs];

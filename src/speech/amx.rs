@@ -38,7 +38,15 @@ pub(crate) fn available() -> bool {
 /// `x` rounded to the nearest bf16 (ties to even), as its 16 bits.
 fn bf16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    // A NaN stays a (quiet) NaN: rounding its payload could carry into the sign or wrap. A
+    // select, not a branch, so the packing loops stay vectorized.
+    let quiet_nan = (bits >> 16) as u16 | 0x0040;
+    if x.is_nan() {
+        quiet_nan
+    } else {
+        rounded
+    }
 }
 
 fn bf16_value(bits: u16) -> f32 {
@@ -331,6 +339,8 @@ mod tests {
         assert_eq!(bf16_value(bf16_bits(1.0 + 1.0 / 256.0)), 1.0);
         assert_eq!(bf16_value(bf16_bits(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
         assert_eq!(bf16_value(bf16_bits(-0.75)), -0.75);
+        assert!(bf16_value(bf16_bits(f32::from_bits(0xffff_ffff))).is_nan());
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
     }
 
     /// Ragged shapes (neither rows, columns nor depth whole blocks), strided operands and an
